@@ -1,0 +1,10 @@
+//! In-process fakes for latchkey's tests and demo.
+//!
+//! [`McpUpstream`] is a small but real MCP server over HTTP on a loopback port. It
+//! speaks Streamable HTTP (sessions, JSON and SSE replies, a GET stream, DELETE) at
+//! `/mcp` and the 2024-11-05 HTTP+SSE transport at `/sse`, and records every request
+//! it receives so tests can check what latchkey forwarded.
+
+mod mcp;
+
+pub use mcp::{McpUpstream, RecordedRequest};

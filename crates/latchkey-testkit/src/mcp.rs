@@ -1,0 +1,387 @@
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::stream;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// The protocol revision the fake answers `initialize` with.
+pub const PROTOCOL_VERSION: &str = "2025-06-18";
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A running fake MCP server. Dropping it does not stop it; call [`McpUpstream::stop`]
+/// or cancel the token passed to [`McpUpstream::start_with`].
+#[derive(Debug, Clone)]
+pub struct McpUpstream {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    requests: Mutex<Vec<RecordedRequest>>,
+    sessions: Mutex<HashMap<String, Session>>,
+    next_session: AtomicU64,
+    /// Released by the test to let the `gated` tool finish its SSE reply.
+    gate: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Session {
+    /// Server-to-client messages for the session's GET stream (Streamable HTTP) or its
+    /// only stream (legacy SSE).
+    stream: Option<mpsc::UnboundedSender<Value>>,
+    legacy: bool,
+}
+
+impl McpUpstream {
+    /// Starts on an ephemeral loopback port.
+    pub async fn start() -> std::io::Result<Self> {
+        Self::start_on("127.0.0.1:0".parse().expect("valid address"), CancellationToken::new())
+            .await
+    }
+
+    /// Starts on `addr`, serving until `stop` is cancelled.
+    pub async fn start_on(addr: SocketAddr, stop: CancellationToken) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let app = Router::new()
+            .route("/mcp", post(mcp_post).get(mcp_get).delete(mcp_delete))
+            .route("/sse", get(legacy_sse))
+            .route("/messages", post(legacy_post))
+            .with_state(shared.clone())
+            .layer(axum::middleware::from_fn_with_state(shared.clone(), record));
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
+        });
+        Ok(Self { addr, shared, stop })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The Streamable HTTP endpoint.
+    pub fn mcp_url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    /// The legacy HTTP+SSE endpoint.
+    pub fn sse_url(&self) -> String {
+        format!("http://{}/sse", self.addr)
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Lets one pending call of the `gated` tool send its result.
+    pub fn open_gate(&self) {
+        self.shared.gate.notify_one();
+    }
+
+    /// Sends a notification on a session's standalone stream. Returns false if the
+    /// session has no open stream.
+    pub fn notify(&self, session: &str, message: Value) -> bool {
+        let sessions = self.shared.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        sessions
+            .get(session)
+            .and_then(|s| s.stream.as_ref())
+            .is_some_and(|tx| tx.send(message).is_ok())
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+async fn record(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    // The fake's own bodies are small; buffering them here is fine (latchkey's are not).
+    let body = axum::body::to_bytes(body, 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    shared
+        .requests
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(RecordedRequest {
+            method: parts.method.clone(),
+            path: parts.uri.to_string(),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+    next.run(axum::extract::Request::from_parts(parts, Body::from(body)))
+        .await
+}
+
+fn session_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn jsonrpc_error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": message}})),
+    )
+        .into_response()
+}
+
+async fn mcp_post(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(message) = serde_json::from_slice::<Value>(&body) else {
+        return jsonrpc_error(StatusCode::BAD_REQUEST, "parse error");
+    };
+    let method = message["method"].as_str().unwrap_or("").to_owned();
+    let mut new_session = None;
+    if method == "initialize" {
+        let id = format!("s{}", shared.next_session.fetch_add(1, Ordering::Relaxed) + 1);
+        shared
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone(), Session::default());
+        new_session = Some(id);
+    } else {
+        let known = session_header(&headers).is_some_and(|id| {
+            shared
+                .sessions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(&id)
+        });
+        if !known {
+            return jsonrpc_error(StatusCode::NOT_FOUND, "session not found");
+        }
+    }
+    if message.get("id").is_none() {
+        // A notification or a response from the client.
+        return StatusCode::ACCEPTED.into_response();
+    }
+    let mut response = if method == "tools/call" && message["params"]["name"] == "gated" {
+        gated_reply(shared, message)
+    } else {
+        let reply = answer(&message);
+        let wants_sse = headers
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"))
+            && method == "tools/call";
+        if wants_sse {
+            sse_response(stream::iter([Ok::<_, std::io::Error>(sse_event(&reply))]))
+        } else {
+            axum::Json(reply).into_response()
+        }
+    };
+    if let Some(id) = new_session {
+        response.headers_mut().insert(
+            "mcp-session-id",
+            HeaderValue::from_str(&id).expect("session ids are ASCII"),
+        );
+    }
+    response
+}
+
+/// An SSE reply that sends a progress notification at once and the result only when
+/// the test opens the gate: proof that events are relayed as they arrive.
+fn gated_reply(shared: Arc<Shared>, message: Value) -> Response {
+    let progress = json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/progress",
+        "params": {"progressToken": message["params"]["_meta"]["progressToken"], "progress": 1, "total": 2},
+    });
+    let result = answer(&message);
+    let events = stream::unfold(0u8, move |step| {
+        let shared = shared.clone();
+        let progress = progress.clone();
+        let result = result.clone();
+        async move {
+            match step {
+                0 => Some((Ok::<_, std::io::Error>(sse_event(&progress)), 1)),
+                1 => {
+                    shared.gate.notified().await;
+                    Some((Ok(sse_event(&result)), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    sse_response(events)
+}
+
+fn sse_event(message: &Value) -> Bytes {
+    Bytes::from(format!("event: message\ndata: {message}\n\n"))
+}
+
+fn sse_response<S>(events: S) -> Response
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    let mut response = Response::new(Body::from_stream(events));
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/event-stream"));
+    response
+        .headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The reply to a request, the same for both transports.
+fn answer(message: &Value) -> Value {
+    let id = message["id"].clone();
+    let result = match message["method"].as_str().unwrap_or("") {
+        "initialize" => json!({
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {"tools": {}, "resources": {}},
+            "serverInfo": {"name": "latchkey-testkit", "version": "0.1.0"},
+        }),
+        "ping" => json!({}),
+        "tools/list" => json!({"tools": [
+            {"name": "echo", "description": "Echoes its text.",
+             "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}},
+            {"name": "gated", "description": "Streams progress, then answers when the test allows.",
+             "inputSchema": {"type": "object"}},
+        ]}),
+        "tools/call" => {
+            let text = message["params"]["arguments"]["text"].as_str().unwrap_or("done");
+            json!({"content": [{"type": "text", "text": text}]})
+        }
+        "resources/list" => json!({"resources": [
+            {"uri": "test://hello", "name": "hello", "mimeType": "text/plain"}
+        ]}),
+        "resources/read" => json!({"contents": [
+            {"uri": message["params"]["uri"], "mimeType": "text/plain", "text": "hello from the testkit"}
+        ]}),
+        other => {
+            return json!({"jsonrpc": "2.0", "id": id,
+                "error": {"code": -32601, "message": format!("method not found: {other}")}});
+        }
+    };
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+/// `GET /mcp`: the session's stream of server-initiated messages.
+async fn mcp_get(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let Some(id) = session_header(&headers) else {
+        return jsonrpc_error(StatusCode::BAD_REQUEST, "Mcp-Session-Id required");
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    {
+        let mut sessions = shared.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(session) = sessions.get_mut(&id) else {
+            return jsonrpc_error(StatusCode::NOT_FOUND, "session not found");
+        };
+        session.stream = Some(tx);
+    }
+    sse_response(message_stream(rx, Bytes::from_static(b": stream open\n\n")))
+}
+
+fn message_stream(
+    rx: mpsc::UnboundedReceiver<Value>,
+    first: Bytes,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    stream::unfold((rx, Some(first)), |(mut rx, first)| async move {
+        if let Some(first) = first {
+            return Some((Ok(first), (rx, None)));
+        }
+        let message = rx.recv().await?;
+        Some((Ok(sse_event(&message)), (rx, None)))
+    })
+}
+
+async fn mcp_delete(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let removed = session_header(&headers).and_then(|id| {
+        shared
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)
+    });
+    match removed {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => jsonrpc_error(StatusCode::NOT_FOUND, "session not found"),
+    }
+}
+
+/// `GET /sse`: a 2024-11-05 stream. The first event names the endpoint to POST to.
+async fn legacy_sse(State(shared): State<Arc<Shared>>) -> Response {
+    let id = format!("l{}", shared.next_session.fetch_add(1, Ordering::Relaxed) + 1);
+    let (tx, rx) = mpsc::unbounded_channel();
+    shared
+        .sessions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(
+            id.clone(),
+            Session {
+                stream: Some(tx),
+                legacy: true,
+            },
+        );
+    let endpoint = Bytes::from(format!("event: endpoint\ndata: /messages?sessionId={id}\n\n"));
+    sse_response(message_stream(rx, endpoint))
+}
+
+#[derive(serde::Deserialize)]
+struct LegacyQuery {
+    #[serde(rename = "sessionId")]
+    session_id: String,
+}
+
+/// `POST /messages?sessionId=…`: replies go out on the session's SSE stream.
+async fn legacy_post(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<LegacyQuery>,
+    body: Bytes,
+) -> Response {
+    let Ok(message) = serde_json::from_slice::<Value>(&body) else {
+        return jsonrpc_error(StatusCode::BAD_REQUEST, "parse error");
+    };
+    let sessions = shared.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(tx) = sessions
+        .get(&query.session_id)
+        .filter(|s| s.legacy)
+        .and_then(|s| s.stream.as_ref())
+    else {
+        return jsonrpc_error(StatusCode::NOT_FOUND, "session not found");
+    };
+    if message.get("id").is_some() && message.get("method").is_some() {
+        let _ = tx.send(answer(&message));
+    }
+    StatusCode::ACCEPTED.into_response()
+}

@@ -1,0 +1,540 @@
+//! The configuration file: parsing, validation, and diagnostics that point at the
+//! offending line.
+//!
+//! Parsing happens in two passes so that `latchkey check` can report every problem at
+//! once: the TOML is parsed (recovering from syntax errors), then each section (the
+//! top level and every `[servers.NAME]` table) is deserialized on its own with
+//! `deny_unknown_fields`, and finally the values are checked. Every problem becomes a
+//! [`Diagnostic`] with a byte span that is turned into a line and column.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use latchkey_auth::Secret;
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use url::Url;
+
+/// The port latchkey listens on when the config has no `listen` key.
+pub const DEFAULT_PORT: u16 = 8931;
+
+/// Where `serve` listens by default: loopback only.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), DEFAULT_PORT);
+
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Set by `allow_non_loopback = true`; without it a non-loopback `listen` is refused.
+    pub allow_non_loopback: bool,
+    /// Extra `Origin` values (besides the loopback ones) allowed on the local endpoint.
+    pub allowed_origins: Vec<String>,
+    /// Extra `Host` values (besides the loopback ones) allowed on the local endpoint.
+    pub allowed_hosts: Vec<String>,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub shutdown_timeout: Duration,
+    pub servers: Vec<Server>,
+}
+
+/// One `[servers.NAME]` table.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// The first path segment of the local endpoint: `http://127.0.0.1:PORT/<name>`.
+    pub name: String,
+    pub url: Url,
+    pub transport: Transport,
+    /// Static headers sent upstream on every request. Values are marked sensitive, so
+    /// `Debug` never shows them.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The reserved `oauth` key: `false` turns OAuth off for this server.
+    pub oauth: OAuth,
+}
+
+/// How latchkey talks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// Streamable HTTP, falling back to HTTP+SSE (2024-11-05) as the spec describes.
+    #[default]
+    Auto,
+    StreamableHttp,
+    /// The 2024-11-05 HTTP+SSE transport only.
+    Sse,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::StreamableHttp => "streamable-http",
+            Self::Sse => "sse",
+        }
+    }
+}
+
+/// The `oauth` key. Only its shape is checked for now; the OAuth flow reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OAuth {
+    Enabled(toml::Table),
+    Disabled,
+}
+
+/// A problem found in a config file, with where it is and how to fix it.
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "cannot read config file {path}: {source}\n  hint: create it (see config/example.toml), or pass --config FILE or set LATCHKEY_CONFIG"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", Invalid::render(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+struct Invalid;
+
+impl Invalid {
+    fn render(diagnostics: &[Diagnostic]) -> String {
+        let mut out = String::new();
+        for d in diagnostics {
+            out.push_str(&format!("{d}\n"));
+        }
+        out.push_str(&format!(
+            "{} error{} in config",
+            diagnostics.len(),
+            if diagnostics.len() == 1 { "" } else { "s" }
+        ));
+        out
+    }
+}
+
+/// The config file used when none is given: `LATCHKEY_CONFIG`, else
+/// `$XDG_CONFIG_HOME/latchkey/config.toml`, else `~/.config/latchkey/config.toml`.
+pub fn default_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("LATCHKEY_CONFIG").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("latchkey").join("config.toml")
+}
+
+/// Reads and validates a config file, resolving `${VAR}` from the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text, |name| std::env::var(name).ok())
+}
+
+/// Validates config text. `env` resolves `${VAR}` references in header values.
+pub fn parse(
+    path: &Path,
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut cx = Checker {
+        file: path,
+        text,
+        diagnostics: Vec::new(),
+    };
+    let config = cx.config(&env);
+    if cx.diagnostics.is_empty() {
+        Ok(config)
+    } else {
+        cx.diagnostics.sort_by_key(|d| (d.line, d.column));
+        Err(ConfigError::Invalid(cx.diagnostics))
+    }
+}
+
+/// Refuses a non-loopback listen address unless the config allows it. Used for the
+/// config's `listen` and for `serve --listen`.
+pub fn check_listen(addr: SocketAddr, allow_non_loopback: bool) -> Result<(), String> {
+    if addr.ip().is_loopback() || allow_non_loopback {
+        Ok(())
+    } else {
+        Err(format!(
+            "{addr} is not a loopback address; the local endpoint has no authentication, so anyone who can reach it can use your credentials. Use 127.0.0.1, or set `allow_non_loopback = true` if that is really what you want"
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTop {
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_non_loopback: bool,
+    #[serde(default)]
+    allowed_origins: Vec<Spanned<String>>,
+    #[serde(default)]
+    allowed_hosts: Vec<Spanned<String>>,
+    shutdown_timeout_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    url: Spanned<String>,
+    #[serde(default)]
+    transport: Transport,
+    #[serde(default)]
+    headers: BTreeMap<String, Spanned<String>>,
+    oauth: Option<Spanned<toml::Value>>,
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    text: &'a str,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>, hint: Option<&str>) {
+        let (line, column) = line_column(self.text, span.start);
+        self.diagnostics.push(Diagnostic {
+            file: self.file.to_owned(),
+            line,
+            column,
+            message: message.into(),
+            hint: hint.map(str::to_owned),
+        });
+    }
+
+    fn toml_error(&mut self, error: toml::de::Error, fallback: Range<usize>, hint: &str) {
+        let span = error.span().unwrap_or(fallback);
+        let message = error.message().trim_end().to_owned();
+        self.error(span, message, Some(hint));
+    }
+
+    fn config(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Config {
+        let (doc, errors) = DeTable::parse_recoverable(self.text);
+        for error in errors {
+            self.toml_error(error, 0..0, "fix the TOML syntax at this position");
+        }
+        let whole = doc.span();
+        let mut top = doc.into_inner();
+        let servers = top.remove("servers");
+
+        let raw = RawTop::deserialize(ValueDeserializer::from(Spanned::new(
+            whole.clone(),
+            DeValue::Table(top),
+        )));
+        let mut config = Config {
+            listen: DEFAULT_LISTEN,
+            allow_non_loopback: false,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            servers: Vec::new(),
+        };
+        match raw {
+            Ok(raw) => self.top(raw, &mut config),
+            Err(e) => self.toml_error(
+                e,
+                whole.clone(),
+                "top-level keys are listen, allow_non_loopback, allowed_origins, allowed_hosts, shutdown_timeout_secs and [servers.NAME] tables",
+            ),
+        }
+
+        match servers {
+            None => self.error(
+                0..0,
+                "no servers configured",
+                Some("add a table such as [servers.notes] with url = \"https://mcp.example.com/mcp\""),
+            ),
+            Some(servers) => {
+                let span = servers.span();
+                match servers.into_inner() {
+                    DeValue::Table(table) => {
+                        for (name, value) in table {
+                            if let Some(server) = self.server(name, value, env) {
+                                config.servers.push(server);
+                            }
+                        }
+                    }
+                    _ => self.error(
+                        span,
+                        "`servers` must be a table of servers",
+                        Some("write each server as [servers.NAME] with a url key"),
+                    ),
+                }
+            }
+        }
+        config
+    }
+
+    fn top(&mut self, raw: RawTop, config: &mut Config) {
+        config.allow_non_loopback = raw.allow_non_loopback;
+        if let Some(listen) = raw.listen {
+            match listen.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => {
+                    if let Err(message) = check_listen(addr, raw.allow_non_loopback) {
+                        self.error(listen.span(), message, None);
+                    }
+                    config.listen = addr;
+                }
+                Err(_) => self.error(
+                    listen.span(),
+                    format!("`listen` is not an IP:PORT address: {:?}", listen.get_ref()),
+                    Some(&format!("for example listen = \"{DEFAULT_LISTEN}\"")),
+                ),
+            }
+        }
+        for origin in raw.allowed_origins {
+            match Url::parse(origin.get_ref()) {
+                Ok(url)
+                    if matches!(url.scheme(), "http" | "https")
+                        && url.host().is_some()
+                        && url.path() == "/" =>
+                {
+                    config
+                        .allowed_origins
+                        .push(url.origin().ascii_serialization());
+                }
+                _ => self.error(
+                    origin.span(),
+                    format!(
+                        "allowed_origins entry {:?} is not an origin",
+                        origin.get_ref()
+                    ),
+                    Some("an origin is scheme://host[:port], such as \"https://app.example.com\""),
+                ),
+            }
+        }
+        for host in raw.allowed_hosts {
+            let value = host.get_ref();
+            if value.is_empty() || value.contains(['/', ' ', '@']) {
+                self.error(
+                    host.span(),
+                    format!("allowed_hosts entry {value:?} is not a host name"),
+                    Some("write the Host header value, such as \"proxy.lan:8931\""),
+                );
+            } else {
+                config.allowed_hosts.push(value.to_ascii_lowercase());
+            }
+        }
+        if let Some(secs) = raw.shutdown_timeout_secs {
+            config.shutdown_timeout = Duration::from_secs(secs);
+        }
+    }
+
+    fn server(
+        &mut self,
+        name: Spanned<toml::de::DeString<'_>>,
+        value: Spanned<DeValue<'_>>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<Server> {
+        let name_span = name.span();
+        let name = name.into_inner().into_owned();
+        if !is_valid_name(&name) {
+            self.error(
+                name_span.clone(),
+                format!("server name {name:?} cannot be used as a URL path segment"),
+                Some("use letters, digits, '-', '_' and '.', not starting with '.'"),
+            );
+        }
+        let value_span = value.span();
+        let raw = match RawServer::deserialize(ValueDeserializer::from(value)) {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.toml_error(
+                    e,
+                    value_span,
+                    "a server has url (required), transport, headers and oauth",
+                );
+                return None;
+            }
+        };
+        let url = self.url(&name, &raw.url);
+        let headers = self.headers(&raw.headers, env);
+        let oauth = match raw.oauth {
+            None => OAuth::Enabled(toml::Table::new()),
+            Some(value) => match value.get_ref() {
+                toml::Value::Boolean(true) => OAuth::Enabled(toml::Table::new()),
+                toml::Value::Boolean(false) => OAuth::Disabled,
+                toml::Value::Table(table) => OAuth::Enabled(table.clone()),
+                other => {
+                    self.error(
+                        value.span(),
+                        format!("`oauth` must be true, false or a table, not a {}", other.type_str()),
+                        Some("write oauth = false to use only the static headers"),
+                    );
+                    OAuth::Disabled
+                }
+            },
+        };
+        Some(Server {
+            name,
+            url: url?,
+            transport: raw.transport,
+            headers,
+            oauth,
+        })
+    }
+
+    fn url(&mut self, name: &str, raw: &Spanned<String>) -> Option<Url> {
+        let problem = match Url::parse(raw.get_ref()) {
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                format!("server {name:?}: url scheme must be http or https, not {:?}", url.scheme())
+            }
+            Ok(url) if url.host().is_none() => format!("server {name:?}: url has no host"),
+            Ok(url) if url.fragment().is_some() => {
+                format!("server {name:?}: url must not have a #fragment")
+            }
+            Ok(url) => return Some(url),
+            Err(e) => format!("server {name:?}: url {:?} is not a URL: {e}", raw.get_ref()),
+        };
+        self.error(
+            raw.span(),
+            problem,
+            Some("write the remote MCP endpoint, such as url = \"https://mcp.example.com/mcp\""),
+        );
+        None
+    }
+
+    fn headers(
+        &mut self,
+        raw: &BTreeMap<String, Spanned<String>>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let mut headers = Vec::new();
+        let mut seen = HashSet::new();
+        for (key, value) in raw {
+            let Ok(name) = HeaderName::from_bytes(key.as_bytes()) else {
+                self.error(
+                    value.span(),
+                    format!("header name {key:?} is not a valid HTTP header name"),
+                    Some("header names are ASCII tokens such as \"X-Api-Key\""),
+                );
+                continue;
+            };
+            if !seen.insert(name.clone()) {
+                self.error(
+                    value.span(),
+                    format!("header {key:?} is given twice (header names are case-insensitive)"),
+                    None,
+                );
+                continue;
+            }
+            let secret = match substitute_env(value.get_ref(), env) {
+                Ok(secret) => secret,
+                Err(message) => {
+                    self.error(
+                        value.span(),
+                        format!("header {key:?}: {message}"),
+                        Some("export the variable before starting latchkey (for the systemd unit, use Environment= or EnvironmentFile=), or write $${ for a literal ${"),
+                    );
+                    continue;
+                }
+            };
+            match HeaderValue::from_str(secret.expose()) {
+                Ok(mut header) => {
+                    header.set_sensitive(true);
+                    headers.push((name, header));
+                }
+                Err(_) => self.error(
+                    value.span(),
+                    format!("header {key:?}: the value has characters not allowed in an HTTP header (such as a newline)"),
+                    None,
+                ),
+            }
+        }
+        headers
+    }
+}
+
+/// Replaces `${NAME}` with the variable's value; `$${` is a literal `${`. The result
+/// may be a credential, so it comes back as a [`Secret`], and errors name only the
+/// variable.
+fn substitute_env(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Secret, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("${") {
+            let end = tail
+                .find('}')
+                .ok_or_else(|| "unterminated ${ in value".to_owned())?;
+            let name = &tail[..end];
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(format!("${{{name}}} is not a valid environment variable name"));
+            }
+            let value =
+                env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+            out.push_str(&value);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(Secret::new(out))
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}

@@ -1,0 +1,84 @@
+//! The one place where a failure becomes an HTTP response for the MCP client.
+//!
+//! Every error body is JSON-RPC shaped, so an MCP client that shows JSON-RPC errors to
+//! its user shows ours too. The text names the server and the cause, never a header
+//! value.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde_json::json;
+
+/// JSON-RPC "server error" range, used for everything latchkey itself reports.
+const JSONRPC_SERVER_ERROR: i64 = -32000;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProxyError {
+    #[error("no server named {name:?} is configured; configured servers: {known}")]
+    UnknownServer { name: String, known: String },
+    #[error("latchkey cannot reach upstream server {server:?} at {url}: {cause}")]
+    Upstream {
+        server: String,
+        url: String,
+        cause: String,
+    },
+    #[error(
+        "the SSE message endpoint {path} is unknown or its stream has closed; open the server's SSE stream again"
+    )]
+    UnknownLegacyEndpoint { path: String },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("method {method} is not supported on {path}; MCP uses POST, GET and DELETE")]
+    MethodNotAllowed { method: String, path: String },
+}
+
+impl ProxyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownServer { .. } | Self::UnknownLegacyEndpoint { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut data = json!({ "latchkey": true });
+        if let Self::Upstream { server, url, cause } = &self {
+            data = json!({ "latchkey": true, "server": server, "url": url, "cause": cause });
+        }
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": { "code": JSONRPC_SERVER_ERROR, "message": self.to_string(), "data": data },
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+        }
+        response
+    }
+}
+
+/// A transport error as one line: the whole `source()` chain, without the URL (which
+/// may carry a query-string key) that reqwest would otherwise print.
+pub(crate) fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,15 @@
+//! latchkey: a local reverse proxy that serves remote MCP servers on
+//! `http://127.0.0.1:PORT/<server>` and adds the upstream credentials.
+//!
+//! The binary (`main.rs`) parses the command line and calls into this library:
+//! [`config::load`] reads the config, and [`daemon::run`] serves it on a listener
+//! until a shutdown future completes.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+mod error;
+mod guard;
+mod proxy;
+mod status;
+pub mod telemetry;
