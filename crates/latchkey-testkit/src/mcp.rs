@@ -56,8 +56,11 @@ struct Session {
 impl McpUpstream {
     /// Starts on an ephemeral loopback port.
     pub async fn start() -> std::io::Result<Self> {
-        Self::start_on("127.0.0.1:0".parse().expect("valid address"), CancellationToken::new())
-            .await
+        Self::start_on(
+            "127.0.0.1:0".parse().expect("valid address"),
+            CancellationToken::new(),
+        )
+        .await
     }
 
     /// Starts on `addr`, serving until `stop` is cancelled.
@@ -111,7 +114,11 @@ impl McpUpstream {
     /// Sends a notification on a session's standalone stream. Returns false if the
     /// session has no open stream.
     pub fn notify(&self, session: &str, message: Value) -> bool {
-        let sessions = self.shared.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let sessions = self
+            .shared
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         sessions
             .get(session)
             .and_then(|s| s.stream.as_ref())
@@ -157,7 +164,9 @@ fn session_header(headers: &HeaderMap) -> Option<String> {
 fn jsonrpc_error(status: StatusCode, message: &str) -> Response {
     (
         status,
-        axum::Json(json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": message}})),
+        axum::Json(
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": message}}),
+        ),
     )
         .into_response()
 }
@@ -169,7 +178,10 @@ async fn mcp_post(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
     let method = message["method"].as_str().unwrap_or("").to_owned();
     let mut new_session = None;
     if method == "initialize" {
-        let id = format!("s{}", shared.next_session.fetch_add(1, Ordering::Relaxed) + 1);
+        let id = format!(
+            "s{}",
+            shared.next_session.fetch_add(1, Ordering::Relaxed) + 1
+        );
         shared
             .sessions
             .lock()
@@ -252,9 +264,10 @@ where
     S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 {
     let mut response = Response::new(Body::from_stream(events));
-    response
-        .headers_mut()
-        .insert("content-type", HeaderValue::from_static("text/event-stream"));
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
     response
         .headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-cache"));
@@ -278,7 +291,9 @@ fn answer(message: &Value) -> Value {
              "inputSchema": {"type": "object"}},
         ]}),
         "tools/call" => {
-            let text = message["params"]["arguments"]["text"].as_str().unwrap_or("done");
+            let text = message["params"]["arguments"]["text"]
+                .as_str()
+                .unwrap_or("done");
             json!({"content": [{"type": "text", "text": text}]})
         }
         "resources/list" => json!({"resources": [
@@ -302,7 +317,10 @@ async fn mcp_get(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respo
     };
     let (tx, rx) = mpsc::unbounded_channel();
     {
-        let mut sessions = shared.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sessions = shared
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let Some(session) = sessions.get_mut(&id) else {
             return jsonrpc_error(StatusCode::NOT_FOUND, "session not found");
         };
@@ -340,7 +358,10 @@ async fn mcp_delete(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Re
 
 /// `GET /sse`: a 2024-11-05 stream. The first event names the endpoint to POST to.
 async fn legacy_sse(State(shared): State<Arc<Shared>>) -> Response {
-    let id = format!("l{}", shared.next_session.fetch_add(1, Ordering::Relaxed) + 1);
+    let id = format!(
+        "l{}",
+        shared.next_session.fetch_add(1, Ordering::Relaxed) + 1
+    );
     let (tx, rx) = mpsc::unbounded_channel();
     shared
         .sessions
@@ -353,7 +374,9 @@ async fn legacy_sse(State(shared): State<Arc<Shared>>) -> Response {
                 legacy: true,
             },
         );
-    let endpoint = Bytes::from(format!("event: endpoint\ndata: /messages?sessionId={id}\n\n"));
+    let endpoint = Bytes::from(format!(
+        "event: endpoint\ndata: /messages?sessionId={id}\n\n"
+    ));
     sse_response(message_stream(rx, endpoint))
 }
 
@@ -372,7 +395,10 @@ async fn legacy_post(
     let Ok(message) = serde_json::from_slice::<Value>(&body) else {
         return jsonrpc_error(StatusCode::BAD_REQUEST, "parse error");
     };
-    let sessions = shared.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+    let sessions = shared
+        .sessions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let Some(tx) = sessions
         .get(&query.session_id)
         .filter(|s| s.legacy)

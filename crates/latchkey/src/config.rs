@@ -25,8 +25,10 @@ use url::Url;
 pub const DEFAULT_PORT: u16 = 8931;
 
 /// Where `serve` listens by default: loopback only.
-pub const DEFAULT_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), DEFAULT_PORT);
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    DEFAULT_PORT,
+);
 
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -200,6 +202,15 @@ pub fn check_listen(addr: SocketAddr, allow_non_loopback: bool) -> Result<(), St
     }
 }
 
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "allow_non_loopback",
+    "allowed_origins",
+    "allowed_hosts",
+    "shutdown_timeout_secs",
+    "servers",
+];
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTop {
@@ -212,6 +223,8 @@ struct RawTop {
     allowed_hosts: Vec<Spanned<String>>,
     shutdown_timeout_secs: Option<u64>,
 }
+
+const SERVER_KEYS: &[&str] = &["url", "transport", "headers", "oauth"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -256,6 +269,7 @@ impl Checker<'_> {
         let whole = doc.span();
         let mut top = doc.into_inner();
         let servers = top.remove("servers");
+        self.take_unknown(&mut top, TOP_KEYS, "top-level keys are");
 
         let raw = RawTop::deserialize(ValueDeserializer::from(Spanned::new(
             whole.clone(),
@@ -274,7 +288,7 @@ impl Checker<'_> {
             Err(e) => self.toml_error(
                 e,
                 whole.clone(),
-                "top-level keys are listen, allow_non_loopback, allowed_origins, allowed_hosts, shutdown_timeout_secs and [servers.NAME] tables",
+                "see config/example.toml for every key and its type",
             ),
         }
 
@@ -303,6 +317,24 @@ impl Checker<'_> {
             }
         }
         config
+    }
+
+    /// Reports and removes keys that are not in `known`, so that one misspelt key does
+    /// not hide the problems in the rest of its table.
+    fn take_unknown(&mut self, table: &mut DeTable<'_>, known: &[&str], listing: &str) {
+        let unknown: Vec<_> = table
+            .keys()
+            .filter(|key| !known.contains(&key.get_ref().as_ref()))
+            .cloned()
+            .collect();
+        for key in unknown {
+            table.remove(key.get_ref().as_ref());
+            self.error(
+                key.span(),
+                format!("unknown key `{}`", key.get_ref()),
+                Some(&format!("{listing} {}", known.join(", "))),
+            );
+        }
     }
 
     fn top(&mut self, raw: RawTop, config: &mut Config) {
@@ -376,13 +408,17 @@ impl Checker<'_> {
             );
         }
         let value_span = value.span();
+        let mut value = value;
+        if let DeValue::Table(table) = value.get_mut() {
+            self.take_unknown(table, SERVER_KEYS, "a server's keys are");
+        }
         let raw = match RawServer::deserialize(ValueDeserializer::from(value)) {
             Ok(raw) => raw,
             Err(e) => {
                 self.toml_error(
                     e,
                     value_span,
-                    "a server has url (required), transport, headers and oauth",
+                    "a server has url (required), transport (auto, streamable-http or sse), headers (a table of strings) and oauth (true, false or a table)",
                 );
                 return None;
             }
@@ -398,7 +434,10 @@ impl Checker<'_> {
                 other => {
                     self.error(
                         value.span(),
-                        format!("`oauth` must be true, false or a table, not a {}", other.type_str()),
+                        format!(
+                            "`oauth` must be true, false or a table, not a {}",
+                            other.type_str()
+                        ),
                         Some("write oauth = false to use only the static headers"),
                     );
                     OAuth::Disabled
@@ -417,7 +456,10 @@ impl Checker<'_> {
     fn url(&mut self, name: &str, raw: &Spanned<String>) -> Option<Url> {
         let problem = match Url::parse(raw.get_ref()) {
             Ok(url) if !matches!(url.scheme(), "http" | "https") => {
-                format!("server {name:?}: url scheme must be http or https, not {:?}", url.scheme())
+                format!(
+                    "server {name:?}: url scheme must be http or https, not {:?}",
+                    url.scheme()
+                )
             }
             Ok(url) if url.host().is_none() => format!("server {name:?}: url has no host"),
             Ok(url) if url.fragment().is_some() => {
@@ -502,12 +544,10 @@ fn substitute_env(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Sec
                 .find('}')
                 .ok_or_else(|| "unterminated ${ in value".to_owned())?;
             let name = &tail[..end];
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
-                return Err(format!("${{{name}}} is not a valid environment variable name"));
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!(
+                    "${{{name}}} is not a valid environment variable name"
+                ));
             }
             let value =
                 env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;

@@ -97,6 +97,7 @@ async fn log_request(request: Request, next: Next) -> Response {
     let status = response.status().as_u16();
     response.map(|inner| {
         Body::new(LoggedBody {
+            remaining: inner.size_hint().exact(),
             inner,
             line: Some(LogLine {
                 server,
@@ -121,7 +122,7 @@ impl LogLine {
             server = %self.server,
             method = %self.method,
             status = self.status,
-            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            duration = ?self.start.elapsed(),
             complete,
             "request"
         );
@@ -130,6 +131,9 @@ impl LogLine {
 
 struct LoggedBody {
     inner: Body,
+    /// Bytes still to send when the length is known: the HTTP server stops polling a
+    /// body once it has that many, so "complete" cannot wait for the end of the stream.
+    remaining: Option<u64>,
     line: Option<LogLine>,
 }
 
@@ -142,9 +146,18 @@ impl HttpBody for LoggedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled
-            && let Some(line) = self.line.take()
-        {
+        let done = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(frame))) => match (&mut self.remaining, frame.data_ref()) {
+                (Some(remaining), Some(data)) => {
+                    *remaining = remaining.saturating_sub(data.len() as u64);
+                    *remaining == 0
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if done && let Some(line) = self.line.take() {
             line.emit(true);
         }
         polled
@@ -163,7 +176,7 @@ impl Drop for LoggedBody {
     fn drop(&mut self) {
         // Dropped before its end: the client went away, or an upstream stream broke.
         if let Some(line) = self.line.take() {
-            line.emit(self.inner.is_end_stream());
+            line.emit(self.remaining == Some(0) || self.inner.is_end_stream());
         }
     }
 }

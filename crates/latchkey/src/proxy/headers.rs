@@ -87,6 +87,9 @@ mod tests {
         to_upstream(&mut h);
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
-        assert_eq!(left, ["last-event-id", "mcp-param-region", "mcp-session-id"]);
+        assert_eq!(
+            left,
+            ["last-event-id", "mcp-param-region", "mcp-session-id"]
+        );
     }
 }

@@ -25,8 +25,8 @@ use url::Url;
 
 use crate::config::{Config, Server, Transport};
 use crate::error::{ProxyError, describe};
-pub(crate) use sse_endpoint::LegacyEndpoints;
 use sse_endpoint::EndpointRewriter;
+pub(crate) use sse_endpoint::LegacyEndpoints;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -69,8 +69,10 @@ impl Upstream {
             Ok(()) if !self.failing.load(Ordering::Relaxed) => {}
             Ok(()) => self.failing.store(false, Ordering::Relaxed),
             Err(cause) => {
-                *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(cause.to_owned());
+                *self
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(cause.to_owned());
                 self.failing.store(true, Ordering::Relaxed);
             }
         }
@@ -78,7 +80,10 @@ impl Upstream {
 }
 
 impl Proxy {
-    pub(crate) fn new(config: &Config, shutdown: CancellationToken) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(
+        config: &Config,
+        shutdown: CancellationToken,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             // A transparent proxy hands redirects to the client; following them here
@@ -112,10 +117,12 @@ impl Proxy {
     }
 
     fn upstream(&self, name: &str) -> Result<&Arc<Upstream>, ProxyError> {
-        self.servers.get(name).ok_or_else(|| ProxyError::UnknownServer {
-            name: name.to_owned(),
-            known: self.order.join(", "),
-        })
+        self.servers
+            .get(name)
+            .ok_or_else(|| ProxyError::UnknownServer {
+                name: name.to_owned(),
+                known: self.order.join(", "),
+            })
     }
 }
 
@@ -126,7 +133,10 @@ pub(crate) async fn forward(
     request: Request,
 ) -> Result<Response, ProxyError> {
     let upstream = proxy.upstream(&name)?;
-    if !matches!(*request.method(), Method::POST | Method::GET | Method::DELETE) {
+    if !matches!(
+        *request.method(),
+        Method::POST | Method::GET | Method::DELETE
+    ) {
         return Err(ProxyError::MethodNotAllowed {
             method: request.method().to_string(),
             path: format!("/{name}"),
@@ -171,7 +181,8 @@ async fn send(
     headers::to_upstream(&mut headers);
     // A standalone GET stream may be a legacy SSE stream whose first event we rewrite;
     // that needs the bytes as sent.
-    let rewrite_endpoint = parts.method == Method::GET && server.transport != Transport::StreamableHttp;
+    let rewrite_endpoint =
+        parts.method == Method::GET && server.transport != Transport::StreamableHttp;
     if rewrite_endpoint {
         headers.remove(ACCEPT_ENCODING);
     }

@@ -88,30 +88,35 @@ impl<S> EndpointRewriter<S> {
         }
     }
 
-    /// Looks at the buffered start of the stream. Returns the bytes to emit once the
-    /// first event is complete (rewritten or not), or `None` to keep reading.
-    fn scan(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, std::io::Error> {
-        // Blocks that dispatch nothing (comments, keep-alives) may come first.
-        let mut start = 0;
+    /// Looks at the buffered start of the stream and splits off what can be sent now.
+    /// Blocks that dispatch nothing (comments, keep-alives) go out at once; the first
+    /// real event is rewritten if it is `endpoint`. Returns the bytes to send and
+    /// whether scanning is over.
+    fn scan(&mut self, buf: &mut BytesMut) -> Result<(Bytes, bool), std::io::Error> {
+        let mut ready = BytesMut::new();
         loop {
-            let Some((text_len, block_len)) = first_block(&buf[start..]) else {
+            let Some((text_len, block_len)) = first_block(buf) else {
                 if buf.len() > MAX_SCAN {
-                    return Ok(Some(buf.split().freeze()));
+                    ready.unsplit(buf.split());
+                    return Ok((ready.freeze(), true));
                 }
-                return Ok(None);
+                return Ok((ready.freeze(), false));
             };
-            let text = std::str::from_utf8(&buf[start..start + text_len]).unwrap_or("");
+            let text = std::str::from_utf8(&buf[..text_len]).unwrap_or("");
             match parse_block(text) {
-                (_, None) => start += block_len,
+                (_, None) => ready.unsplit(buf.split_to(block_len)),
                 (Some("endpoint"), Some(data)) => {
                     let local = self.register(data.trim())?;
-                    let mut out = BytesMut::with_capacity(buf.len() + local.len());
-                    out.extend_from_slice(&buf[..start]);
-                    out.extend_from_slice(format!("event: endpoint\ndata: {local}\n\n").as_bytes());
-                    out.extend_from_slice(&buf[start + block_len..]);
-                    return Ok(Some(out.freeze()));
+                    ready.extend_from_slice(
+                        format!("event: endpoint\ndata: {local}\n\n").as_bytes(),
+                    );
+                    ready.extend_from_slice(&buf[block_len..]);
+                    return Ok((ready.freeze(), true));
                 }
-                _ => return Ok(Some(buf.split().freeze())),
+                _ => {
+                    ready.unsplit(buf.split());
+                    return Ok((ready.freeze(), true));
+                }
             }
         }
     }
@@ -119,7 +124,9 @@ impl<S> EndpointRewriter<S> {
     /// Records the upstream endpoint and returns the local path that stands for it.
     fn register(&mut self, announced: &str) -> Result<String, std::io::Error> {
         let target = self.base.join(announced).map_err(|e| {
-            invalid(format!("upstream sent an endpoint event that is not a URL: {e}"))
+            invalid(format!(
+                "upstream sent an endpoint event that is not a URL: {e}"
+            ))
         })?;
         if target.origin() != self.base.origin() {
             return Err(invalid(format!(
@@ -164,10 +171,15 @@ where
             buf.extend_from_slice(&chunk);
             let mut buf = std::mem::take(buf);
             match this.scan(&mut buf) {
-                Ok(None) => this.state = State::Scanning(buf),
-                Ok(Some(out)) => {
-                    this.state = State::Passing;
-                    return Poll::Ready(Some(Ok(out)));
+                Ok((ready, done)) => {
+                    this.state = if done {
+                        State::Passing
+                    } else {
+                        State::Scanning(buf)
+                    };
+                    if !ready.is_empty() {
+                        return Poll::Ready(Some(Ok(ready)));
+                    }
                 }
                 Err(e) => {
                     this.state = State::Passing;
@@ -234,4 +246,83 @@ fn parse_block(block: &str) -> (Option<&str>, Option<String>) {
         event = Some("message");
     }
     (event, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{StreamExt, stream};
+
+    async fn rewrite(
+        chunks: &[&str],
+        base: &str,
+    ) -> (Vec<Result<String, String>>, LegacyEndpoints) {
+        let endpoints = LegacyEndpoints::default();
+        let input = stream::iter(
+            chunks
+                .iter()
+                .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c.as_bytes())))
+                .collect::<Vec<_>>(),
+        );
+        let base = Url::parse(base).expect("url");
+        let out = EndpointRewriter::new(input, base, "srv", endpoints.clone())
+            .map(|r| {
+                r.map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+            .await;
+        (out, endpoints)
+    }
+
+    #[tokio::test]
+    async fn rewrites_an_endpoint_split_across_chunks_after_a_comment() {
+        let (out, endpoints) = rewrite(
+            &[
+                ": hi\r\n\r\nevent: endp",
+                "oint\r\ndata: /messages?sessionId=1\r\n",
+                "\r\nevent: message\r\ndata: {}\r\n\r\n",
+            ],
+            "https://mcp.example.com/sse",
+        )
+        .await;
+        let text: String = out.into_iter().map(Result::unwrap).collect();
+        let token = text
+            .split("data: /srv/messages/")
+            .nth(1)
+            .and_then(|t| t.split('\n').next())
+            .expect("rewritten endpoint");
+        assert!(
+            text.starts_with(": hi\r\n\r\nevent: endpoint\ndata: /srv/messages/"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\n\nevent: message\r\ndata: {}\r\n\r\n"),
+            "{text}"
+        );
+        // The stream was consumed and dropped, so its registration is gone again.
+        assert_eq!(endpoints.get(token), None);
+    }
+
+    #[tokio::test]
+    async fn leaves_other_first_events_alone() {
+        let (out, _) = rewrite(
+            &["data: {\"jsonrpc\":\"2.0\"}\n\n", "data: x\n\n"],
+            "http://127.0.0.1:1/mcp",
+        )
+        .await;
+        let text: String = out.into_iter().map(Result::unwrap).collect();
+        assert_eq!(text, "data: {\"jsonrpc\":\"2.0\"}\n\ndata: x\n\n");
+    }
+
+    #[tokio::test]
+    async fn refuses_an_endpoint_on_another_origin() {
+        let (out, _) = rewrite(
+            &["event: endpoint\ndata: https://evil.example/steal\n\n"],
+            "https://mcp.example.com/sse",
+        )
+        .await;
+        let error = out[0].as_ref().expect_err("refused");
+        assert!(error.contains("another origin"), "{error}");
+    }
 }

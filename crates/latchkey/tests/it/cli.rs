@@ -1,0 +1,244 @@
+//! The `latchkey` binary as a user runs it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use latchkey_testkit::McpUpstream;
+
+use crate::harness::{client, initialize};
+
+fn latchkey() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+    command.env_remove("LATCHKEY_CONFIG").env_remove("RUST_LOG");
+    command
+}
+
+fn write_config(dir: &tempdir::Dir, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+mod tempdir {
+    /// A directory under the target dir, removed on drop.
+    pub struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        pub fn new(name: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("latchkey-it-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).expect("temp dir");
+            Self(path)
+        }
+
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[test]
+fn version_and_help_with_examples() {
+    let out = latchkey().arg("--version").output().expect("run");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        concat!("latchkey ", env!("CARGO_PKG_VERSION"))
+    );
+    let out = latchkey().arg("--help").output().expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Examples:") && help.contains("latchkey serve") && help.contains("check"),
+        "{help}"
+    );
+}
+
+#[test]
+fn check_prints_every_error_with_position_and_fails() {
+    let dir = tempdir::Dir::new("check");
+    let path = write_config(&dir, "bogus = 1\n[servers.a]\nurl = \"nope\"\n");
+    let out = latchkey()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    assert!(
+        stderr.contains(&format!("{file}:1:1: unknown key `bogus`")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{file}:3:7: server \"a\": url \"nope\" is not a URL"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 errors in config"), "{stderr}");
+}
+
+#[test]
+fn check_finds_the_default_config_and_the_env_override() {
+    let dir = tempdir::Dir::new("default");
+    std::fs::create_dir_all(dir.path().join("latchkey")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("latchkey/config.toml"),
+        "[servers.a]\nurl = \"https://a.example.com/mcp\"\n",
+    )
+    .expect("write");
+    let out = latchkey()
+        .arg("check")
+        .env("XDG_CONFIG_HOME", dir.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 1 server"));
+
+    let other = write_config(
+        &dir,
+        "[servers.b]\nurl = \"https://b.example.com\"\n[servers.c]\nurl = \"https://c.example.com\"\n",
+    );
+    let out = latchkey()
+        .arg("check")
+        .env("XDG_CONFIG_HOME", dir.path())
+        .env("LATCHKEY_CONFIG", &other)
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 2 servers"));
+
+    let out = latchkey()
+        .arg("check")
+        .env("XDG_CONFIG_HOME", dir.path().join("none"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_listen_flag() {
+    let dir = tempdir::Dir::new("listen");
+    let path = write_config(&dir, "[servers.a]\nurl = \"https://a.example.com/mcp\"\n");
+    let out = latchkey()
+        .args(["serve", "--listen", "0.0.0.0:0", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allow_non_loopback"));
+}
+
+struct Serve {
+    child: Child,
+    addr: String,
+    logs: std::sync::mpsc::Receiver<String>,
+}
+
+/// Starts `latchkey serve` on port 0 and reads its address from the log.
+fn serve(config: &std::path::Path, level: &str) -> Serve {
+    let mut child = latchkey()
+        .args([
+            "--log-level",
+            level,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("read") > 0,
+            "latchkey exited before listening"
+        );
+        if let Some(rest) = line.split("local=").nth(1) {
+            break rest.split_whitespace().next().expect("addr").to_owned();
+        }
+    };
+    // Keep reading so the pipe never fills; the test reads the rest after exit.
+    child.stderr = None;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        let _ = tx.send(rest);
+    });
+    Serve {
+        child,
+        addr,
+        logs: rx,
+    }
+}
+
+fn terminate(mut serve: Serve) -> (Option<i32>, String) {
+    let status = Command::new("kill")
+        .args(["-TERM", &serve.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let status = serve.child.wait().expect("wait");
+    let logs = serve
+        .logs
+        .recv_timeout(Duration::from_secs(10))
+        .expect("logs");
+    (status.code(), logs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero_and_logs_carry_no_header_values() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let dir = tempdir::Dir::new("serve");
+    let path = write_config(
+        &dir,
+        &format!(
+            "[servers.notes]\nurl = {:?}\nheaders = {{ \"X-Api-Key\" = \"static-secret-4711\" }}\n",
+            upstream.mcp_url()
+        ),
+    );
+    let serve = serve(&path, "trace");
+    let response = client()
+        .post(format!("http://{}/notes", serve.addr))
+        .header("authorization", "Bearer client-secret-0815")
+        .header("cookie", "sid=cookie-secret-2342")
+        .json(&initialize())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    response.bytes().await.expect("body");
+    let (code, logs) = terminate(serve);
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(
+        logs.contains("server=notes")
+            && logs.contains("method=POST")
+            && logs.contains("status=200"),
+        "{logs}"
+    );
+    assert!(logs.contains("duration="), "{logs}");
+    for secret in [
+        "static-secret-4711",
+        "client-secret-0815",
+        "cookie-secret-2342",
+    ] {
+        assert!(!logs.contains(secret), "{secret} reached the log:\n{logs}");
+    }
+}

@@ -1,0 +1,200 @@
+//! The config parser: shipped examples, and every-error-at-once diagnostics.
+
+use std::path::{Path, PathBuf};
+
+use latchkey::config::{self, ConfigError, OAuth, Transport};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read config dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            toml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            out.push(path);
+        }
+    }
+}
+
+fn parse(text: &str) -> Result<config::Config, ConfigError> {
+    config::parse(Path::new("latchkey.toml"), text, |name| {
+        (name == "PRESENT").then(|| "value".to_owned())
+    })
+}
+
+fn diagnostics(text: &str) -> Vec<String> {
+    match parse(text) {
+        Err(ConfigError::Invalid(diagnostics)) => {
+            diagnostics.iter().map(ToString::to_string).collect()
+        }
+        other => panic!("expected diagnostics, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_shipped_config_parses() {
+    let mut files = Vec::new();
+    toml_files(&repo_root().join("config"), &mut files);
+    assert!(files.len() >= 3, "found {files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        config::parse(&file, &text, |_| Some("placeholder".to_owned()))
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    }
+}
+
+#[test]
+fn defaults_and_full_server() {
+    let config = parse(
+        r#"
+[servers.a]
+url = "https://a.example.com/mcp"
+
+[servers.b]
+url = "http://127.0.0.1:3000/sse"
+transport = "sse"
+oauth = false
+headers = { "X-Key" = "k-${PRESENT}-$${literal}" }
+"#,
+    )
+    .expect("valid");
+    assert_eq!(config.listen, config::DEFAULT_LISTEN);
+    assert_eq!(config.servers[0].name, "a");
+    assert_eq!(config.servers[0].transport, Transport::Auto);
+    assert_eq!(config.servers[0].oauth, OAuth::Enabled(toml::Table::new()));
+    let b = &config.servers[1];
+    assert_eq!(b.transport, Transport::Sse);
+    assert_eq!(b.oauth, OAuth::Disabled);
+    assert_eq!(b.headers[0].1, "k-value-${literal}");
+    assert!(
+        !format!("{b:?}").contains("k-value"),
+        "header values are hidden from Debug"
+    );
+}
+
+#[test]
+fn reports_every_error_at_once_with_line_and_column() {
+    let errors = diagnostics(
+        r#"listen = "0.0.0.0:8931"
+colour = "blue"
+
+[servers.good]
+url = "https://ok.example.com/mcp"
+tranport = "sse"
+
+[servers."bad name"]
+url = "ftp://files.example.com"
+
+[servers.env]
+url = "https://env.example.com/mcp"
+headers = { "X-Key" = "${MISSING_VAR}" }
+transport = "websocket"
+"#,
+    );
+    let all = errors.join("\n");
+    let expect = [
+        ("latchkey.toml:1:10:", "not a loopback address"),
+        ("latchkey.toml:1:10:", "allow_non_loopback = true"),
+        ("latchkey.toml:2:1:", "unknown key `colour`"),
+        ("latchkey.toml:6:1:", "unknown key `tranport`"),
+        (
+            "latchkey.toml:8:10:",
+            "cannot be used as a URL path segment",
+        ),
+        ("latchkey.toml:9:7:", "url scheme must be http or https"),
+        ("latchkey.toml:14:13:", "unknown variant `websocket`"),
+    ];
+    for (position, text) in expect {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(position) && e.contains(text)),
+            "missing {position} {text:?} in:\n{all}"
+        );
+    }
+    assert!(all.contains("hint:"), "{all}");
+}
+
+#[test]
+fn missing_environment_variable_is_named() {
+    let errors = diagnostics(
+        "[servers.env]\nurl = \"https://env.example.com/mcp\"\nheaders = { \"X-Key\" = \"Bearer ${MISSING_VAR}\" }\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("latchkey.toml:3:23:"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[0].contains("environment variable MISSING_VAR is not set"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[0].contains("hint: export the variable"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn syntax_errors_have_positions() {
+    let errors = diagnostics("[servers.a]\nurl = \"https://a.example.com\n");
+    assert!(errors[0].starts_with("latchkey.toml:2:"), "{errors:?}");
+}
+
+#[test]
+fn duplicate_servers_and_headers_are_refused() {
+    let errors = diagnostics(
+        "[servers.a]\nurl = \"https://a.example.com\"\n[servers.a]\nurl = \"https://b.example.com\"\n",
+    );
+    assert!(
+        errors.iter().any(|e| e.starts_with("latchkey.toml:3:")),
+        "{errors:?}"
+    );
+    let errors = diagnostics(
+        "[servers.a]\nurl = \"https://a.example.com\"\nheaders = { \"X-Key\" = \"1\", \"x-key\" = \"2\" }\n",
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("given twice")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn non_loopback_listen_needs_explicit_permission() {
+    let text = "listen = \"0.0.0.0:8931\"\nallow_non_loopback = true\n[servers.a]\nurl = \"https://a.example.com\"\n";
+    assert_eq!(
+        parse(text).expect("allowed").listen.to_string(),
+        "0.0.0.0:8931"
+    );
+    assert!(config::check_listen("192.168.1.2:1".parse().expect("addr"), false).is_err());
+    assert!(config::check_listen("[::1]:1".parse().expect("addr"), false).is_ok());
+}
+
+#[test]
+fn no_servers_is_an_error_with_a_hint() {
+    let errors = diagnostics("listen = \"127.0.0.1:8931\"\n");
+    assert!(
+        errors[0].contains("no servers configured") && errors[0].contains("[servers.notes]"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn oauth_key_must_be_bool_or_table() {
+    let errors = diagnostics("[servers.a]\nurl = \"https://a.example.com\"\noauth = \"yes\"\n");
+    assert!(
+        errors[0].contains("`oauth` must be true, false or a table"),
+        "{errors:?}"
+    );
+    let config = parse(
+        "[servers.a]\nurl = \"https://a.example.com\"\n[servers.a.oauth]\nscopes = [\"read\"]\n",
+    )
+    .expect("table");
+    assert!(matches!(&config.servers[0].oauth, OAuth::Enabled(t) if t.contains_key("scopes")));
+}

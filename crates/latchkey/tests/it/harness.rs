@@ -1,0 +1,129 @@
+//! Test harness: a latchkey daemon on port 0 in the test's runtime, built from config
+//! text so that every test also goes through the real config parser.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use latchkey::daemon::{self, DaemonError};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Default)]
+pub struct DaemonBuilder {
+    top: Vec<String>,
+    servers: Vec<String>,
+}
+
+impl DaemonBuilder {
+    /// A top-level config line, such as `allowed_origins = ["https://app.example"]`.
+    pub fn top(mut self, line: &str) -> Self {
+        self.top.push(line.to_owned());
+        self
+    }
+
+    /// A `[servers.NAME]` table with `url` and any extra lines.
+    pub fn server(mut self, name: &str, url: &str, extra: &[&str]) -> Self {
+        let mut table = format!("[servers.{name}]\nurl = {url:?}\n");
+        for line in extra {
+            table.push_str(line);
+            table.push('\n');
+        }
+        self.servers.push(table);
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        format!(
+            "listen = \"127.0.0.1:0\"\nshutdown_timeout_secs = 5\n{}\n{}",
+            self.top.join("\n"),
+            self.servers.join("\n")
+        )
+    }
+
+    pub async fn start(self) -> Daemon {
+        let text = self.toml();
+        let config = latchkey::config::parse(Path::new("test.toml"), &text, |name| {
+            (name == "TEST_API_KEY").then(|| "static-key-123".to_owned())
+        })
+        .unwrap_or_else(|e| panic!("test config is valid: {e}\n{text}"));
+        let listener = TcpListener::bind(config.listen).await.expect("bind port 0");
+        let addr = listener.local_addr().expect("local addr");
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(daemon::run(
+            listener,
+            config,
+            stop.clone().cancelled_owned(),
+        ));
+        Daemon { addr, stop, handle }
+    }
+}
+
+#[derive(Debug)]
+pub struct Daemon {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    handle: JoinHandle<Result<(), DaemonError>>,
+}
+
+impl Daemon {
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder::default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Starts the shutdown and waits for `run` to return.
+    pub async fn shutdown(self) -> Result<(), DaemonError> {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("daemon stops within its drain timeout")
+            .expect("daemon task did not panic")
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// A streaming client for SSE tests: no overall timeout.
+pub fn stream_client() -> reqwest::Client {
+    reqwest::Client::builder().build().expect("client")
+}
+
+pub fn initialize() -> serde_json::Value {
+    serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "latchkey-tests", "version": "0"}}
+    })
+}
+
+/// Reads a streaming response until `needle` has arrived, or fails after 5 s.
+pub async fn read_until(response: &mut reqwest::Response, seen: &mut String, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !seen.contains(needle) {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {needle:?}; got {seen:?}"))
+            .expect("stream chunk")
+            .unwrap_or_else(|| panic!("stream ended before {needle:?}; got {seen:?}"));
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+/// Polls `check` every 20 ms for up to 5 s.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,7 @@
+//! latchkey's integration tests: one binary, one module per area.
+
+mod cli;
+mod config;
+mod harness;
+mod interop;
+mod proxy;

@@ -1,0 +1,576 @@
+//! The local endpoint against the testkit upstream, over real loopback HTTP.
+
+use latchkey_testkit::McpUpstream;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{Daemon, client, eventually, initialize, read_until, stream_client};
+
+const ACCEPT_BOTH: &str = "application/json, text/event-stream";
+
+async fn setup(extra: &[&str]) -> (McpUpstream, Daemon) {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let daemon = Daemon::builder()
+        .server("notes", &upstream.mcp_url(), extra)
+        .start()
+        .await;
+    (upstream, daemon)
+}
+
+/// Initializes a session through latchkey and returns its id.
+async fn open_session(daemon: &Daemon) -> String {
+    let response = client()
+        .post(daemon.url("/notes"))
+        .header("accept", ACCEPT_BOTH)
+        .json(&initialize())
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
+fn rpc(id: u64, method: &str, params: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+#[tokio::test]
+async fn post_with_json_reply_adds_static_headers_and_strips_client_credentials() {
+    let (upstream, daemon) = setup(&["headers = { \"X-Api-Key\" = \"${TEST_API_KEY}\" }"]).await;
+    let response = client()
+        .post(daemon.url("/notes"))
+        .header("accept", ACCEPT_BOTH)
+        .header("authorization", "Bearer client-own-token")
+        .header("cookie", "session=client-cookie")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "hop-value")
+        .json(&initialize())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.headers()["mcp-session-id"], "s1");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["result"]["serverInfo"]["name"], "latchkey-testkit");
+
+    let seen = &upstream.requests()[0];
+    assert_eq!(seen.headers["x-api-key"], "static-key-123");
+    assert!(
+        seen.headers.get("authorization").is_none(),
+        "client Authorization leaked upstream"
+    );
+    assert!(
+        seen.headers.get("cookie").is_none(),
+        "client Cookie leaked upstream"
+    );
+    assert!(
+        seen.headers.get("x-hop").is_none(),
+        "Connection-listed header forwarded"
+    );
+    assert_eq!(seen.headers["accept"], ACCEPT_BOTH);
+    assert_eq!(seen.headers["host"], upstream.addr().to_string());
+    let sent: Value = serde_json::from_slice(&seen.body).expect("body");
+    assert_eq!(sent, initialize(), "request body forwarded byte for byte");
+    daemon.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn static_headers_replace_client_values() {
+    let (upstream, daemon) = setup(&["headers = { \"X-Api-Key\" = \"${TEST_API_KEY}\" }"]).await;
+    client()
+        .post(daemon.url("/notes"))
+        .header("x-api-key", "client-chosen")
+        .json(&initialize())
+        .send()
+        .await
+        .expect("request");
+    let values: Vec<_> = upstream.requests()[0]
+        .headers
+        .get_all("x-api-key")
+        .iter()
+        .cloned()
+        .collect();
+    assert_eq!(values, ["static-key-123"]);
+}
+
+#[tokio::test]
+async fn mcp_headers_round_trip_unchanged() {
+    let (upstream, daemon) = setup(&[]).await;
+    let session = open_session(&daemon).await;
+    let response = client()
+        .post(daemon.url("/notes"))
+        .header("accept", ACCEPT_BOTH)
+        .header("mcp-session-id", &session)
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .header("Mcp-Method", "tools/call")
+        .header("Mcp-Name", "echo")
+        .header("Mcp-Param-Region", "eu-west-1")
+        .header("Last-Event-ID", "42")
+        .json(&rpc(
+            2,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "hi"}}),
+        ))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = upstream.requests().pop().expect("recorded");
+    for (name, value) in [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-06-18"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "echo"),
+        ("mcp-param-region", "eu-west-1"),
+        ("last-event-id", "42"),
+        ("content-type", "application/json"),
+    ] {
+        assert_eq!(seen.headers[name], value, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn post_with_sse_reply_relays_each_event_as_it_arrives() {
+    let (upstream, daemon) = setup(&[]).await;
+    let session = open_session(&daemon).await;
+    let mut response = stream_client()
+        .post(daemon.url("/notes"))
+        .header("accept", ACCEPT_BOTH)
+        .header("mcp-session-id", &session)
+        .json(&rpc(
+            7,
+            "tools/call",
+            json!({"name": "gated", "arguments": {"text": "finished"}, "_meta": {"progressToken": "p1"}}),
+        ))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut seen = String::new();
+    // The upstream holds the result back until the gate opens, so the progress event
+    // can only arrive here if latchkey relays it before the stream ends.
+    read_until(&mut response, &mut seen, "notifications/progress").await;
+    assert!(
+        !seen.contains("finished"),
+        "result arrived before the gate opened"
+    );
+    upstream.open_gate();
+    read_until(&mut response, &mut seen, "finished").await;
+    assert!(
+        response.chunk().await.expect("end").is_none(),
+        "stream ends after the result"
+    );
+}
+
+#[tokio::test]
+async fn get_stream_delivers_server_notifications() {
+    let (upstream, daemon) = setup(&[]).await;
+    let session = open_session(&daemon).await;
+    let mut stream = stream_client()
+        .get(daemon.url("/notes"))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .expect("GET stream");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "stream open").await;
+    assert!(upstream.notify(
+        &session,
+        json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+    ));
+    read_until(&mut stream, &mut seen, "notifications/tools/list_changed").await;
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_upstream_request() {
+    let (upstream, daemon) = setup(&[]).await;
+    let session = open_session(&daemon).await;
+    let mut stream = stream_client()
+        .get(daemon.url("/notes"))
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .expect("GET stream");
+    read_until(&mut stream, &mut String::new(), "stream open").await;
+    let ping = json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {}});
+    assert!(upstream.notify(&session, ping.clone()), "stream is open");
+    drop(stream);
+    // The upstream's sender fails once latchkey has closed the upstream connection.
+    eventually("upstream stream closed after client left", || {
+        !upstream.notify(&session, ping.clone())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn delete_ends_session_and_upstream_404_passes_through() {
+    let (_upstream, daemon) = setup(&[]).await;
+    let session = open_session(&daemon).await;
+    let response = client()
+        .delete(daemon.url("/notes"))
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let response = client()
+        .post(daemon.url("/notes"))
+        .header("accept", ACCEPT_BOTH)
+        .header("mcp-session-id", &session)
+        .json(&rpc(3, "tools/list", json!({})))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(
+        response.status(),
+        StatusCode::NOT_FOUND,
+        "expired session is the upstream's 404"
+    );
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(
+        body["error"]["message"], "session not found",
+        "upstream body unchanged"
+    );
+}
+
+#[tokio::test]
+async fn legacy_sse_upstream_endpoint_is_rewritten_and_posts_relayed() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let daemon = Daemon::builder()
+        .server(
+            "old",
+            &upstream.sse_url(),
+            &[
+                "transport = \"sse\"",
+                "headers = { \"X-Api-Key\" = \"${TEST_API_KEY}\" }",
+            ],
+        )
+        .start()
+        .await;
+    let mut stream = stream_client()
+        .get(daemon.url("/old"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("SSE");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "\n\n").await;
+    let endpoint = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("endpoint data")
+        .to_owned();
+    assert!(seen.starts_with("event: endpoint\n"), "{seen}");
+    assert!(
+        endpoint.starts_with("/old/messages/"),
+        "endpoint points at latchkey: {endpoint}"
+    );
+    assert!(
+        !endpoint.contains("sessionId"),
+        "upstream endpoint is not exposed: {endpoint}"
+    );
+
+    let response = client()
+        .post(daemon.url(&endpoint))
+        .json(&rpc(5, "tools/list", json!({})))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    read_until(&mut stream, &mut seen, "\"echo\"").await;
+    let post = upstream.requests().pop().expect("recorded");
+    assert!(
+        post.path.starts_with("/messages?sessionId="),
+        "{}",
+        post.path
+    );
+    assert_eq!(post.headers["x-api-key"], "static-key-123");
+
+    drop(stream);
+    let daemon_url = daemon.url(&endpoint);
+    let mut gone = false;
+    for _ in 0..250 {
+        let status = client()
+            .post(&daemon_url)
+            .json(&rpc(6, "ping", json!({})))
+            .send()
+            .await
+            .expect("POST")
+            .status();
+        if status == StatusCode::NOT_FOUND {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(gone, "endpoint is forgotten once its stream closes");
+}
+
+#[tokio::test]
+async fn auto_transport_relays_a_legacy_stream_for_clients_that_fall_back() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let daemon = Daemon::builder()
+        .server("old", &upstream.sse_url(), &[])
+        .start()
+        .await;
+    // A 2025-03-26+ client first POSTs; a legacy server refuses, and the status reaches it.
+    let response = client()
+        .post(daemon.url("/old"))
+        .header("accept", ACCEPT_BOTH)
+        .json(&initialize())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    // Its fallback GET gets the legacy stream, with the endpoint rewritten.
+    let mut stream = stream_client()
+        .get(daemon.url("/old"))
+        .send()
+        .await
+        .expect("GET");
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "/old/messages/").await;
+}
+
+#[tokio::test]
+async fn streamable_http_transport_leaves_sse_streams_alone() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let daemon = Daemon::builder()
+        .server(
+            "raw",
+            &upstream.sse_url(),
+            &["transport = \"streamable-http\""],
+        )
+        .start()
+        .await;
+    let mut stream = stream_client()
+        .get(daemon.url("/raw"))
+        .send()
+        .await
+        .expect("GET");
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "\n\n").await;
+    assert!(seen.contains("data: /messages?sessionId="), "{seen}");
+}
+
+#[tokio::test]
+async fn unreachable_upstream_gets_502_with_json_rpc_error() {
+    // Bind and drop a listener to get a port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let daemon = Daemon::builder()
+        .server(
+            "down",
+            &format!("http://127.0.0.1:{port}/mcp?key=query-secret"),
+            &[],
+        )
+        .start()
+        .await;
+    let response = client()
+        .post(daemon.url("/down"))
+        .json(&initialize())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["jsonrpc"], "2.0");
+    assert_eq!(body["error"]["data"]["server"], "down");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("\"down\""), "{message}");
+    assert!(
+        message.to_lowercase().contains("connect"),
+        "names the cause: {message}"
+    );
+    assert!(
+        !body.to_string().contains("query-secret"),
+        "URL query is redacted: {body}"
+    );
+
+    let status: Value = client()
+        .get(daemon.url("/"))
+        .send()
+        .await
+        .expect("GET /")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["servers"][0]["state"], "error");
+}
+
+#[tokio::test]
+async fn unknown_server_and_method_get_clear_errors() {
+    let (_upstream, daemon) = setup(&[]).await;
+    let response = client()
+        .post(daemon.url("/nope"))
+        .json(&initialize())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("notes"),
+        "{body}"
+    );
+    let response = client()
+        .put(daemon.url("/notes"))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "GET, POST, DELETE");
+}
+
+#[tokio::test]
+async fn dns_rebinding_and_cross_site_origins_are_refused() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let daemon = Daemon::builder()
+        .top("allowed_origins = [\"https://app.example.com\"]")
+        .server("notes", &upstream.mcp_url(), &[])
+        .start()
+        .await;
+    let port = daemon.addr.port();
+    let post = |host: String, origin: Option<&str>| {
+        let mut request = client()
+            .post(daemon.url("/notes"))
+            .header("host", host)
+            .json(&initialize());
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    for (host, origin, expected) in [
+        (format!("evil.example:{port}"), None, StatusCode::FORBIDDEN),
+        (
+            format!("127.0.0.1:{}", port + 1),
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            format!("127.0.0.1:{port}"),
+            Some("http://evil.example"),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            format!("127.0.0.1:{port}"),
+            Some("null"),
+            StatusCode::FORBIDDEN,
+        ),
+        (format!("localhost:{port}"), None, StatusCode::OK),
+        (format!("[::1]:{port}"), None, StatusCode::OK),
+        (
+            format!("127.0.0.1:{port}"),
+            Some(&*format!("http://localhost:{port}")),
+            StatusCode::OK,
+        ),
+        (
+            format!("127.0.0.1:{port}"),
+            Some("https://app.example.com"),
+            StatusCode::OK,
+        ),
+    ] {
+        let response = post(host.clone(), origin).await.expect("request");
+        assert_eq!(response.status(), expected, "Host {host} Origin {origin:?}");
+    }
+    let refused = upstream.requests().len();
+    assert_eq!(refused, 4, "only the allowed requests reached the upstream");
+    let response = client()
+        .get(daemon.url("/"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .expect("GET /");
+    assert_eq!(
+        response.status(),
+        StatusCode::FORBIDDEN,
+        "the status page is guarded too"
+    );
+}
+
+#[tokio::test]
+async fn status_page_lists_servers_as_json_and_html() {
+    let (_upstream, daemon) = setup(&[]).await;
+    let json: Value = client()
+        .get(daemon.url("/"))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(json["servers"][0]["name"], "notes");
+    assert_eq!(json["servers"][0]["state"], "ready");
+    assert_eq!(json["servers"][0]["transport"], "auto");
+    let html = client()
+        .get(daemon.url("/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        html.contains("<td><a href=\"/notes\">notes</a></td>"),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests_and_ends_standalone_streams() {
+    let (upstream, daemon) = setup(&[]).await;
+    let session = open_session(&daemon).await;
+    let mut get_stream = stream_client()
+        .get(daemon.url("/notes"))
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .expect("GET");
+    read_until(&mut get_stream, &mut String::new(), "stream open").await;
+    let mut in_flight = stream_client()
+        .post(daemon.url("/notes"))
+        .header("accept", ACCEPT_BOTH)
+        .header("mcp-session-id", &session)
+        .json(&rpc(
+            9,
+            "tools/call",
+            json!({"name": "gated", "arguments": {"text": "drained"}}),
+        ))
+        .send()
+        .await
+        .expect("POST");
+    let mut seen = String::new();
+    read_until(&mut in_flight, &mut seen, "progress").await;
+
+    let addr = daemon.addr;
+    let shutdown = tokio::spawn(daemon.shutdown());
+    // The standalone stream ends; the in-flight call still gets its answer.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Ok(Some(_)) = get_stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "GET stream ended at shutdown");
+    upstream.open_gate();
+    read_until(&mut in_flight, &mut seen, "drained").await;
+    shutdown.await.expect("join").expect("run returned Ok");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed"
+    );
+}
