@@ -25,8 +25,14 @@ pub(crate) enum ProxyError {
         "the SSE message endpoint {path} is unknown or its stream has closed; open the server's SSE stream again"
     )]
     UnknownLegacyEndpoint { path: String },
+    #[error("session not found; it has ended, so start a new one with initialize")]
+    UnknownSession,
     #[error("{0}")]
     Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("method {method} is not supported on {path}; MCP uses POST, GET and DELETE")]
     MethodNotAllowed { method: String, path: String },
 }
@@ -34,11 +40,13 @@ pub(crate) enum ProxyError {
 impl ProxyError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::UnknownServer { .. } | Self::UnknownLegacyEndpoint { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            Self::UnknownServer { .. }
+            | Self::UnknownLegacyEndpoint { .. }
+            | Self::UnknownSession => StatusCode::NOT_FOUND,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }

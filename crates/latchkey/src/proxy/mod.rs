@@ -6,20 +6,23 @@
 //! reaches the client as soon as it arrives, and a client that goes away drops the
 //! upstream request with it. The per-request work is header edits.
 
+mod bridge;
 mod headers;
+mod sse;
 mod sse_endpoint;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE};
-use http::{Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -29,6 +32,7 @@ use sse_endpoint::EndpointRewriter;
 pub(crate) use sse_endpoint::LegacyEndpoints;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const SESSION_ID: &str = "mcp-session-id";
 
 /// Everything the request handlers share.
 #[derive(Debug, Clone)]
@@ -38,6 +42,7 @@ pub(crate) struct Proxy {
     order: Arc<[String]>,
     client: reqwest::Client,
     legacy: LegacyEndpoints,
+    bridges: Arc<bridge::Bridges>,
     /// Cancelled at shutdown: standalone SSE streams (GET) end then, so that draining
     /// waits only for requests that will finish.
     shutdown: CancellationToken,
@@ -49,9 +54,34 @@ pub(crate) struct Upstream {
     pub(crate) config: Server,
     failing: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// For `transport = "auto"`: what the server turned out to speak.
+    detected: AtomicU8,
 }
 
+const UNKNOWN: u8 = 0;
+const STREAMABLE: u8 = 1;
+const LEGACY: u8 = 2;
+
 impl Upstream {
+    /// Whether client POSTs go through the legacy bridge: always for `sse`, and for
+    /// `auto` once the server has shown it only speaks HTTP+SSE.
+    fn bridged(&self) -> bool {
+        match self.config.transport {
+            Transport::Sse => true,
+            Transport::Auto => self.detected.load(Ordering::Relaxed) == LEGACY,
+            Transport::StreamableHttp => false,
+        }
+    }
+
+    /// Whether a request may belong to a bridged session.
+    fn may_bridge(&self) -> bool {
+        match self.config.transport {
+            Transport::Sse => true,
+            Transport::Auto => self.detected.load(Ordering::Relaxed) != STREAMABLE,
+            Transport::StreamableHttp => false,
+        }
+    }
+
     /// The last transport failure, if the most recent attempt failed.
     pub(crate) fn last_error(&self) -> Option<String> {
         if !self.failing.load(Ordering::Relaxed) {
@@ -99,6 +129,7 @@ impl Proxy {
                     config: server.clone(),
                     failing: AtomicBool::new(false),
                     last_error: Mutex::new(None),
+                    detected: AtomicU8::new(UNKNOWN),
                 };
                 (server.name.clone(), Arc::new(upstream))
             })
@@ -108,6 +139,7 @@ impl Proxy {
             order: config.servers.iter().map(|s| s.name.clone()).collect(),
             client,
             legacy: LegacyEndpoints::default(),
+            bridges: Arc::default(),
             shutdown,
         })
     }
@@ -133,17 +165,115 @@ pub(crate) async fn forward(
     request: Request,
 ) -> Result<Response, ProxyError> {
     let upstream = proxy.upstream(&name)?;
-    if !matches!(
-        *request.method(),
-        Method::POST | Method::GET | Method::DELETE
-    ) {
+    let method = request.method().clone();
+    if !matches!(method, Method::POST | Method::GET | Method::DELETE) {
         return Err(ProxyError::MethodNotAllowed {
-            method: request.method().to_string(),
+            method: method.to_string(),
             path: format!("/{name}"),
         });
     }
     let url = upstream.config.url.clone();
-    send(&proxy, upstream, url, request).await
+    if !upstream.may_bridge() {
+        return send(&proxy, upstream, url, request).await;
+    }
+    let session = request
+        .headers()
+        .get(SESSION_ID)
+        .map(|id| id.to_str().ok().and_then(|id| proxy.bridges.get(id)));
+    match session {
+        Some(Some(session)) => match method {
+            Method::POST => {
+                let body = read_whole(request).await?;
+                bridge::post(&proxy, upstream, &session, body).await
+            }
+            Method::GET => bridge::get(&session, proxy.shutdown.clone()),
+            _ => Ok(bridge::delete(&proxy, &session)),
+        },
+        Some(None) if upstream.bridged() => Err(ProxyError::UnknownSession),
+        None if method == Method::POST && upstream.bridged() => {
+            let body = read_whole(request).await?;
+            open_bridge(&proxy, upstream, body).await
+        }
+        None if method == Method::POST && upstream.detected.load(Ordering::Relaxed) == UNKNOWN => {
+            probe(&proxy, upstream, request).await
+        }
+        _ => send(&proxy, upstream, url, request).await,
+    }
+}
+
+/// Opens a bridged session for a client's first POST.
+async fn open_bridge(
+    proxy: &Proxy,
+    upstream: &Upstream,
+    body: Bytes,
+) -> Result<Response, ProxyError> {
+    let session = bridge::open(proxy, upstream).await?;
+    let response = bridge::post(proxy, upstream, &session, body).await?;
+    Ok(bridge::with_session_id(response, &session))
+}
+
+/// `transport = "auto"`, first POST: find out what the server speaks, following the
+/// spec's backwards-compatibility rules. The body is kept so that it can be replayed
+/// to a legacy server; this happens only until the server's kind is known.
+async fn probe(
+    proxy: &Proxy,
+    upstream: &Upstream,
+    request: Request,
+) -> Result<Response, ProxyError> {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, bridge::MAX_MESSAGE)
+        .await
+        .map_err(|e| ProxyError::BadRequest(format!("cannot read the request body: {e}")))?;
+    let url = upstream.config.url.clone();
+    let response = upstream_request(
+        proxy,
+        upstream,
+        &parts.method,
+        url.clone(),
+        parts.headers,
+        body.clone().into(),
+    )
+    .await?;
+    let status = response.status();
+    if status.is_success() {
+        upstream.detected.store(STREAMABLE, Ordering::Relaxed);
+    } else if status.is_client_error()
+        && !matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
+        )
+        && is_initialize(&body)
+    {
+        // A 4xx to an initialize POST: try the HTTP+SSE transport at the same URL.
+        match bridge::open(proxy, upstream).await {
+            Ok(session) => {
+                tracing::info!(server = %upstream.config.name, "server speaks HTTP+SSE (2024-11-05); bridging Streamable HTTP clients to it");
+                upstream.detected.store(LEGACY, Ordering::Relaxed);
+                let reply = bridge::post(proxy, upstream, &session, body).await?;
+                return Ok(bridge::with_session_id(reply, &session));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP+SSE fallback failed; returning the server's answer")
+            }
+        }
+    }
+    Ok(relay(proxy, upstream, &parts.method, url, false, response))
+}
+
+fn is_initialize(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|message| message["method"] == "initialize")
+}
+
+async fn read_whole(request: Request) -> Result<Bytes, ProxyError> {
+    axum::body::to_bytes(request.into_body(), bridge::MAX_MESSAGE)
+        .await
+        .map_err(|e| {
+            ProxyError::BadRequest(format!(
+                "cannot read the request body (at most {} MiB for an HTTP+SSE server): {e}",
+                bridge::MAX_MESSAGE >> 20
+            ))
+        })
 }
 
 /// `POST /<server>/messages/<token>`: a legacy (2024-11-05) client posting to the
@@ -175,42 +305,76 @@ async fn send(
     url: Url,
     request: Request,
 ) -> Result<Response, ProxyError> {
-    let server = &upstream.config;
     let (parts, body) = request.into_parts();
-    let mut headers = parts.headers;
-    headers::to_upstream(&mut headers);
-    // A standalone GET stream may be a legacy SSE stream whose first event we rewrite;
-    // that needs the bytes as sent.
+    // A standalone GET stream may be a legacy SSE stream whose first event we rewrite.
     let rewrite_endpoint =
-        parts.method == Method::GET && server.transport != Transport::StreamableHttp;
+        parts.method == Method::GET && upstream.config.transport != Transport::StreamableHttp;
+    let mut headers = parts.headers;
     if rewrite_endpoint {
+        // The rewrite needs the bytes as sent, not compressed.
         headers.remove(ACCEPT_ENCODING);
     }
+    let body = reqwest::Body::wrap_stream(body.into_data_stream());
+    let response =
+        upstream_request(proxy, upstream, &parts.method, url.clone(), headers, body).await?;
+    Ok(relay(
+        proxy,
+        upstream,
+        &parts.method,
+        url,
+        rewrite_endpoint,
+        response,
+    ))
+}
+
+/// Sends a client's request upstream with the headers edited: the client's own
+/// credentials and hop-by-hop headers out, the configured headers in.
+async fn upstream_request(
+    proxy: &Proxy,
+    upstream: &Upstream,
+    method: &Method,
+    url: Url,
+    mut headers: HeaderMap,
+    body: reqwest::Body,
+) -> Result<reqwest::Response, ProxyError> {
+    let server = &upstream.config;
+    headers::to_upstream(&mut headers);
     for (name, value) in &server.headers {
         headers.insert(name.clone(), value.clone());
     }
-
     let response = proxy
         .client
-        .request(parts.method.clone(), url.clone())
+        .request(method.clone(), url)
         .headers(headers)
-        .body(reqwest::Body::wrap_stream(body.into_data_stream()))
+        .body(body)
         .send()
         .await;
-    let mut response = match response {
-        Ok(response) => response,
+    match response {
+        Ok(response) => {
+            upstream.record(Ok(()));
+            Ok(response)
+        }
         Err(e) => {
             let cause = describe(e);
             upstream.record(Err(&cause));
-            return Err(ProxyError::Upstream {
+            Err(ProxyError::Upstream {
                 server: server.name.clone(),
                 url: crate::status::redacted(&server.url),
                 cause,
-            });
+            })
         }
-    };
-    upstream.record(Ok(()));
+    }
+}
 
+/// Turns the upstream's response into the client's, streaming the body.
+fn relay(
+    proxy: &Proxy,
+    upstream: &Upstream,
+    method: &Method,
+    url: Url,
+    rewrite_endpoint: bool,
+    mut response: reqwest::Response,
+) -> Response {
     let status = response.status();
     let mut headers = std::mem::take(response.headers_mut());
     headers::to_client(&mut headers);
@@ -219,14 +383,14 @@ async fn send(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
     let stream = response.bytes_stream();
-    let body = if parts.method == Method::GET && is_sse {
+    let body = if *method == Method::GET && is_sse {
         // Standalone streams last until a side closes them; at shutdown latchkey does.
         let stream = Box::pin(stream.take_until(proxy.shutdown.clone().cancelled_owned()));
         if rewrite_endpoint && !headers.contains_key(CONTENT_ENCODING) && status == StatusCode::OK {
             Body::from_stream(EndpointRewriter::new(
                 stream,
                 url,
-                &server.name,
+                &upstream.config.name,
                 proxy.legacy.clone(),
             ))
         } else {
@@ -238,5 +402,5 @@ async fn send(
     let mut out = Response::new(body);
     *out.status_mut() = status;
     *out.headers_mut() = headers;
-    Ok(out)
+    out
 }

@@ -15,6 +15,8 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use url::Url;
 
+use super::sse::{self, first_block, parse_block};
+
 /// The biggest first event we scan before giving up and passing the stream through.
 const MAX_SCAN: usize = 64 * 1024;
 
@@ -29,11 +31,7 @@ impl LegacyEndpoints {
     }
 
     fn insert(&self, url: Url) -> Registration {
-        let mut bytes = [0u8; 16];
-        // The token only needs to be unguessable by other local processes; if the OS
-        // RNG fails we cannot make one, and the stream is refused.
-        getrandom::fill(&mut bytes).expect("the OS random number generator is available");
-        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let token = sse::random_token();
         self.lock().insert(token.clone(), url);
         Registration {
             endpoints: self.clone(),
@@ -123,17 +121,8 @@ impl<S> EndpointRewriter<S> {
 
     /// Records the upstream endpoint and returns the local path that stands for it.
     fn register(&mut self, announced: &str) -> Result<String, std::io::Error> {
-        let target = self.base.join(announced).map_err(|e| {
-            invalid(format!(
-                "upstream sent an endpoint event that is not a URL: {e}"
-            ))
-        })?;
-        if target.origin() != self.base.origin() {
-            return Err(invalid(format!(
-                "upstream announced a message endpoint on another origin ({}); latchkey only forwards to the configured server's origin",
-                target.origin().ascii_serialization()
-            )));
-        }
+        let target = sse::resolve_endpoint(&self.base, announced)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let registration = self.endpoints.insert(target);
         let local = format!("{}{}", self.local_prefix, registration.token);
         self.registration = Some(registration);
@@ -189,63 +178,6 @@ where
             }
         }
     }
-}
-
-fn invalid(message: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
-}
-
-/// The first complete event block: (length of its text, offset just past its blank line).
-fn first_block(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < buf.len() {
-        let line_end = match buf[i..].iter().position(|&b| b == b'\n' || b == b'\r') {
-            Some(p) => i + p,
-            None => return None,
-        };
-        let mut next = line_end + 1;
-        if buf[line_end] == b'\r' {
-            match buf.get(next) {
-                Some(b'\n') => next += 1,
-                None => return None,
-                _ => {}
-            }
-        }
-        if line_end == i {
-            return Some((i, next));
-        }
-        i = next;
-    }
-    None
-}
-
-/// The `event` and `data` fields of one event block (SSE spec: `data` lines join with
-/// a newline; a missing `event` means "message").
-fn parse_block(block: &str) -> (Option<&str>, Option<String>) {
-    let mut event = None;
-    let mut data: Option<String> = None;
-    for line in block.lines() {
-        if line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "event" => event = Some(value),
-            "data" => match &mut data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
-                }
-                None => data = Some(value.to_owned()),
-            },
-            _ => {}
-        }
-    }
-    if event.is_none() && data.is_some() {
-        event = Some("message");
-    }
-    (event, data)
 }
 
 #[cfg(test)]

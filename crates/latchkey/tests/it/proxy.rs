@@ -315,22 +315,12 @@ async fn legacy_sse_upstream_endpoint_is_rewritten_and_posts_relayed() {
 }
 
 #[tokio::test]
-async fn auto_transport_relays_a_legacy_stream_for_clients_that_fall_back() {
+async fn auto_transport_relays_a_legacy_stream_for_clients_that_fall_back_themselves() {
     let upstream = McpUpstream::start().await.expect("upstream");
     let daemon = Daemon::builder()
         .server("old", &upstream.sse_url(), &[])
         .start()
         .await;
-    // A 2025-03-26+ client first POSTs; a legacy server refuses, and the status reaches it.
-    let response = client()
-        .post(daemon.url("/old"))
-        .header("accept", ACCEPT_BOTH)
-        .json(&initialize())
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
-    // Its fallback GET gets the legacy stream, with the endpoint rewritten.
     let mut stream = stream_client()
         .get(daemon.url("/old"))
         .send()
@@ -338,6 +328,149 @@ async fn auto_transport_relays_a_legacy_stream_for_clients_that_fall_back() {
         .expect("GET");
     let mut seen = String::new();
     read_until(&mut stream, &mut seen, "/old/messages/").await;
+}
+
+/// A Streamable-HTTP-only client in front of an HTTP+SSE server: latchkey holds the
+/// legacy side of the session for it.
+async fn bridged_session(transport: &[&str]) {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let daemon = Daemon::builder()
+        .server(
+            "old",
+            &upstream.sse_url(),
+            &[
+                transport,
+                &["headers = { \"X-Api-Key\" = \"${TEST_API_KEY}\" }"],
+            ]
+            .concat(),
+        )
+        .start()
+        .await;
+    let response = client()
+        .post(daemon.url("/old"))
+        .header("accept", ACCEPT_BOTH)
+        .json(&initialize())
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(response.status(), StatusCode::OK);
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["id"], 1);
+    assert_eq!(body["result"]["serverInfo"]["name"], "latchkey-testkit");
+
+    let post = |message: Value| {
+        client()
+            .post(daemon.url("/old"))
+            .header("accept", ACCEPT_BOTH)
+            .header("mcp-session-id", &session)
+            .json(&message)
+            .send()
+    };
+    let reply: Value = post(rpc(
+        2,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "bridged"}}),
+    ))
+    .await
+    .expect("call")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(reply["id"], 2);
+    assert_eq!(reply["result"]["content"][0]["text"], "bridged");
+    let batch: Value = post(json!([
+        rpc(3, "ping", json!({})),
+        rpc(4, "tools/list", json!({}))
+    ]))
+    .await
+    .expect("batch")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(batch[0]["id"], 3);
+    assert_eq!(batch[1]["result"]["tools"][0]["name"], "echo");
+    let notification = post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await
+        .expect("notify");
+    assert_eq!(notification.status(), StatusCode::ACCEPTED);
+
+    // Messages the server sends on its own arrive on the session's GET stream.
+    let legacy_id = upstream
+        .requests()
+        .iter()
+        .find_map(|r| {
+            r.path
+                .strip_prefix("/messages?sessionId=")
+                .map(str::to_owned)
+        })
+        .expect("posted to the announced endpoint");
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| r.headers["x-api-key"] == "static-key-123")
+    );
+    let mut stream = stream_client()
+        .get(daemon.url("/old"))
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    assert!(upstream.notify(&legacy_id, json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": "test://hello"}})));
+    read_until(
+        &mut stream,
+        &mut String::new(),
+        "notifications/resources/updated",
+    )
+    .await;
+
+    let deleted = client()
+        .delete(daemon.url("/old"))
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let ping = json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {}});
+    eventually("upstream SSE stream closed after DELETE", || {
+        !upstream.notify(&legacy_id, ping.clone())
+    })
+    .await;
+    let gone = post(rpc(5, "ping", json!({}))).await.expect("POST");
+    assert_eq!(
+        gone.status(),
+        StatusCode::NOT_FOUND,
+        "an ended session is a 404, per the spec"
+    );
+}
+
+#[tokio::test]
+async fn auto_transport_bridges_streamable_clients_to_a_legacy_server() {
+    bridged_session(&[]).await;
+}
+
+#[tokio::test]
+async fn sse_transport_bridges_streamable_clients() {
+    bridged_session(&["transport = \"sse\""]).await;
+}
+
+#[tokio::test]
+async fn auto_transport_remembers_a_streamable_server() {
+    let (upstream, daemon) = setup(&[]).await;
+    let _ = open_session(&daemon).await;
+    let _ = open_session(&daemon).await;
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| r.method == reqwest::Method::POST),
+        "no fallback GET against a server that answered the POST"
+    );
 }
 
 #[tokio::test]
