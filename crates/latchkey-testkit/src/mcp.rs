@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 /// The protocol revision the fake answers `initialize` with.
 pub const PROTOCOL_VERSION: &str = "2025-06-18";
 
+/// The largest request body the fake accepts.
+const BODY_LIMIT: usize = 64 * 1024 * 1024;
+
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
@@ -73,6 +76,7 @@ impl McpUpstream {
             .route("/sse", get(legacy_sse))
             .route("/messages", post(legacy_post))
             .with_state(shared.clone())
+            .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
             .layer(axum::middleware::from_fn_with_state(shared.clone(), record));
         let token = stop.clone();
         tokio::spawn(async move {
@@ -137,7 +141,7 @@ async fn record(
 ) -> Response {
     let (parts, body) = request.into_parts();
     // The fake's own bodies are small; buffering them here is fine (latchkey's are not).
-    let body = axum::body::to_bytes(body, 64 * 1024 * 1024)
+    let body = axum::body::to_bytes(body, BODY_LIMIT)
         .await
         .unwrap_or_default();
     shared

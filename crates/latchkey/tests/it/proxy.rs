@@ -707,3 +707,34 @@ async fn shutdown_drains_in_flight_requests_and_ends_standalone_streams() {
         "listener closed"
     );
 }
+
+#[tokio::test]
+async fn large_messages_pass_intact() {
+    let (upstream, daemon) = setup(&[]).await;
+    let session = open_session(&daemon).await;
+    let text: String = (0..6 * 1024 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let reply: Value = client()
+        .post(daemon.url("/notes"))
+        .header("accept", "application/json")
+        .header("mcp-session-id", &session)
+        .json(&rpc(
+            11,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": text}}),
+        ))
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        reply["result"]["content"][0]["text"].as_str().map(str::len),
+        Some(text.len())
+    );
+    assert!(reply["result"]["content"][0]["text"] == text.as_str());
+    let sent = upstream.requests().pop().expect("recorded");
+    assert!(sent.body.len() > text.len());
+}
