@@ -1,1 +1,137 @@
+//! Third-party MCP parts through latchkey: the official TypeScript SDK client talks to
+//! the official `server-everything` via the local endpoint. The npm packages are pinned
+//! in `tests/interop/package-lock.json` and installed by `scripts/test`; if they are
+//! missing these tests fail, they never skip.
 
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use crate::harness::Daemon;
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+fn node_package(path: &str) -> PathBuf {
+    let full = interop_dir().join("node_modules").join(path);
+    assert!(
+        full.exists(),
+        "{} is missing: run scripts/test, or `npm ci` in {}",
+        full.display(),
+        interop_dir().display()
+    );
+    full
+}
+
+/// `server-everything` in one of its HTTP modes, on a free loopback port.
+struct Everything {
+    _child: Child,
+    port: u16,
+}
+
+impl Everything {
+    async fn start(mode: &str) -> Self {
+        let entry = node_package("@modelcontextprotocol/server-everything/dist/index.js");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new("node")
+            .arg(entry)
+            .arg(mode)
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node is installed (scripts/test installs it)");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server-everything {mode} did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            _child: child,
+            port,
+        }
+    }
+}
+
+/// Runs the SDK client script against `url` and returns its JSON summary.
+async fn sdk_client(url: &str) -> Value {
+    let output = Command::new("node")
+        .arg(interop_dir().join("client.mjs"))
+        .arg(url)
+        .current_dir(interop_dir())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(90), output)
+        .await
+        .expect("SDK client finished in time")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "SDK client failed ({}):\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("summary line");
+    serde_json::from_str(summary).expect("summary is JSON")
+}
+
+fn assert_full_session(summary: &Value) {
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert!(summary["tools"].as_u64().unwrap_or(0) > 0, "{summary}");
+    assert_eq!(summary["resourceRead"], true, "{summary}");
+    assert!(
+        summary["notifications"].as_u64().unwrap_or(0) > 0,
+        "{summary}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sdk_client_to_server_everything_streamable_http() {
+    let everything = Everything::start("streamableHttp").await;
+    let daemon = Daemon::builder()
+        .server(
+            "everything",
+            &format!("http://127.0.0.1:{}/mcp", everything.port),
+            &[],
+        )
+        .start()
+        .await;
+    let summary = sdk_client(&daemon.url("/everything")).await;
+    assert_full_session(&summary);
+    daemon.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sdk_streamable_client_bridged_to_server_everything_sse() {
+    let everything = Everything::start("sse").await;
+    let daemon = Daemon::builder()
+        .server(
+            "legacy",
+            &format!("http://127.0.0.1:{}/sse", everything.port),
+            &[],
+        )
+        .start()
+        .await;
+    let summary = sdk_client(&daemon.url("/legacy")).await;
+    assert_full_session(&summary);
+    daemon.shutdown().await.expect("clean shutdown");
+}
