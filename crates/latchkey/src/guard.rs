@@ -14,6 +14,8 @@ use axum::response::{IntoResponse, Response};
 use http::header::{HOST, ORIGIN};
 
 use crate::config::Config;
+
+const SEC_FETCH_SITE: &str = "sec-fetch-site";
 use crate::error::ProxyError;
 
 #[derive(Debug, Clone)]
@@ -62,13 +64,27 @@ impl Guard {
                 "Host {host:?} is not this latchkey (DNS rebinding protection); to reach latchkey under another name, add it to allowed_hosts in the config"
             )));
         }
-        if let Some(origin) = request.headers().get(ORIGIN) {
-            let origin = origin.to_str().unwrap_or("");
-            if !self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
-                return Err(ProxyError::Forbidden(format!(
-                    "Origin {origin:?} may not use latchkey (cross-site protection); to allow a web app, add its origin to allowed_origins in the config"
-                )));
+        match request.headers().get(ORIGIN) {
+            Some(origin) => {
+                let origin = origin.to_str().unwrap_or("");
+                if !self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+                    return Err(ProxyError::Forbidden(format!(
+                        "Origin {origin:?} may not use latchkey (cross-site protection); to allow a web app, add its origin to allowed_origins in the config"
+                    )));
+                }
             }
+            // Browsers leave out `Origin` on some cross-site GETs (an <img> or
+            // <script> tag) but always mark them with Sec-Fetch-Site.
+            None if request
+                .headers()
+                .get(SEC_FETCH_SITE)
+                .is_some_and(|site| site == "cross-site") =>
+            {
+                return Err(ProxyError::Forbidden(
+                    "cross-site browser requests may not use latchkey".into(),
+                ));
+            }
+            None => {}
         }
         Ok(())
     }

@@ -621,6 +621,18 @@ async fn dns_rebinding_and_cross_site_origins_are_refused() {
         let response = post(host.clone(), origin).await.expect("request");
         assert_eq!(response.status(), expected, "Host {host} Origin {origin:?}");
     }
+    let response = client()
+        .get(daemon.url("/notes"))
+        .header("sec-fetch-site", "cross-site")
+        .header("sec-fetch-mode", "no-cors")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(
+        response.status(),
+        StatusCode::FORBIDDEN,
+        "an <img>-style cross-site GET"
+    );
     let refused = upstream.requests().len();
     assert_eq!(refused, 4, "only the allowed requests reached the upstream");
     let response = client()
