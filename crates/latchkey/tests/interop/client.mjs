@@ -1,8 +1,9 @@
 // The official MCP TypeScript SDK client, run by latchkey's interop tests:
 //   node client.mjs <mcp-url>
 // It lists and calls tools, lists and reads a resource, and receives server
-// notifications (progress from a long-running tool), then ends its session. It prints
-// one JSON summary line on success and exits 1 with a reason on any failure.
+// notifications (progress from a long-running tool: on that call's SSE response, or on
+// the GET stream when latchkey bridges an HTTP+SSE server), then ends its session. It prints one JSON summary line on success and
+// exits 1 with a reason on any failure; it gives up after 30 s in all.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 
@@ -13,9 +14,9 @@ if (!url) {
 }
 
 const deadline = setTimeout(() => {
-  console.error("interop client: timed out after 60 s");
+  console.error("interop client: timed out after 30 s");
   process.exit(1);
-}, 60_000);
+}, 30_000);
 
 function check(condition, message) {
   if (!condition) throw new Error(message);
@@ -32,21 +33,29 @@ async function main() {
   const message = `through latchkey ${process.pid}-${Date.now()}`;
   const echoed = await client.callTool({ name: "echo", arguments: { message } });
   const text = echoed.content?.[0]?.text ?? "";
-  check(text.includes(message), `echo returned ${JSON.stringify(echoed)}`);
+  check(text === `Echo: ${message}`, `echo returned ${JSON.stringify(echoed)}`);
 
   const { resources } = await client.listResources();
   check(resources.length > 0, "no resources listed");
   const read = await client.readResource({ uri: resources[0].uri });
   check(read.contents.length > 0, `resource ${resources[0].uri} is empty`);
 
-  // Progress notifications are server-to-client messages sent while the call runs.
-  let progress = 0;
-  await client.callTool(
-    { name: "trigger-long-running-operation", arguments: { duration: 1, steps: 3 } },
+  // Progress notifications are server-to-client messages sent while the call runs,
+  // before its result (one per step).
+  const steps = 3;
+  const seen = [];
+  const done = await client.callTool(
+    { name: "trigger-long-running-operation", arguments: { duration: 1, steps } },
     undefined,
-    { onprogress: () => { progress += 1; } },
+    { onprogress: (p) => seen.push(p), timeout: 15_000 },
   );
-  check(progress > 0, "no progress notification arrived");
+  check(!done.isError, `long-running operation failed: ${JSON.stringify(done)}`);
+  check(seen.length > 0, "no progress notification arrived before the result");
+  check(
+    seen.every((p, i) => p.total === steps && p.progress > (seen[i - 1]?.progress ?? 0)),
+    `progress out of order: ${JSON.stringify(seen)}`,
+  );
+  const progress = seen.length;
 
   const sessionId = transport.sessionId ?? null;
   await transport.terminateSession();
