@@ -7,6 +7,7 @@
 //! `WWW-Authenticate` parser that OAuth discovery starts from.
 
 pub mod challenge;
+pub mod discovery;
 mod secret;
 
 pub use challenge::BearerChallenge;

@@ -4,7 +4,13 @@
 //! speaks Streamable HTTP (sessions, JSON and SSE replies, a GET stream, DELETE) at
 //! `/mcp` and the 2024-11-05 HTTP+SSE transport at `/sse`, and records every request
 //! it receives so tests can check what latchkey forwarded.
+//!
+//! [`AuthServer`] publishes OAuth discovery documents (protected resource metadata and
+//! authorization server metadata) in every place the MCP authorization spec allows,
+//! with switches for broken and hostile variants.
 
+mod auth;
 mod mcp;
 
+pub use auth::{AuthOptions, AuthServer, MetadataAt, PrmAt};
 pub use mcp::{McpUpstream, RecordedRequest};
