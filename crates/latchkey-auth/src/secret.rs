@@ -12,6 +12,13 @@ impl Secret {
         Self(value.into().into_boxed_str())
     }
 
+    /// Compares with `candidate` in time that depends only on the lengths, so a
+    /// forged `state` cannot be guessed byte by byte.
+    pub fn matches(&self, candidate: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), candidate.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
     /// The secret value. Call this only where the value leaves the process on purpose
     /// (an outgoing header, the keyring).
     pub fn expose(&self) -> &str {
@@ -47,5 +54,7 @@ mod tests {
         let printed = format!("{secret:?} {secret} {:?}", Some(&secret));
         assert!(!printed.contains("hunter2"), "{printed}");
         assert_eq!(secret.expose(), "hunter2-token");
+        assert!(secret.matches("hunter2-token"));
+        assert!(!secret.matches("hunter2-tokeN") && !secret.matches("hunter2"));
     }
 }
