@@ -10,6 +10,7 @@ pub mod authorize;
 pub mod challenge;
 pub mod discovery;
 mod secret;
+pub mod token;
 
 pub use challenge::BearerChallenge;
 pub use secret::Secret;

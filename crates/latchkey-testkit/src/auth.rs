@@ -3,14 +3,19 @@
 //! some it forbids). Everything is served from one loopback port: the MCP resource is
 //! `/mcp`, the issuer is the origin plus [`AuthOptions::issuer_path`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, Uri};
+use axum::extract::{Form, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +56,20 @@ pub struct AuthOptions {
     pub pkce: bool,
     /// Publish a plain-HTTP, non-loopback token endpoint.
     pub insecure_token_endpoint: bool,
+    /// Offer dynamic client registration at `/register`.
+    pub dcr: bool,
+    /// Advertise and send `iss` in the authorization response (RFC 9207).
+    pub iss: bool,
+    /// Send this `iss` instead (a mix-up attack).
+    pub wrong_iss: Option<String>,
+    /// Send this `state` instead of the client's.
+    pub wrong_state: Option<String>,
+    /// Access token lifetime in seconds.
+    pub token_lifetime: u64,
+    /// Issue a new refresh token on every refresh and revoke the old one.
+    pub rotate_refresh_tokens: bool,
+    /// A client registered ahead of time: (client_id, client_secret, auth method).
+    pub preregistered: Option<(String, Option<String>, String)>,
 }
 
 impl Default for AuthOptions {
@@ -63,6 +82,13 @@ impl Default for AuthOptions {
             claimed_resource: None,
             pkce: true,
             insecure_token_endpoint: false,
+            dcr: true,
+            iss: true,
+            wrong_iss: None,
+            wrong_state: None,
+            token_lifetime: 3600,
+            rotate_refresh_tokens: true,
+            preregistered: None,
         }
     }
 }
@@ -79,18 +105,82 @@ struct AuthShared {
     options: AuthOptions,
     origin: String,
     paths: Mutex<Vec<String>>,
+    state: Mutex<OAuthState>,
+}
+
+/// What the server has issued.
+#[derive(Debug, Default)]
+struct OAuthState {
+    next: u64,
+    clients: HashMap<String, RegisteredClient>,
+    codes: HashMap<String, IssuedCode>,
+    refresh_tokens: HashMap<String, Grant>,
+    access_tokens: HashMap<String, Grant>,
+    /// Token requests by grant type, in order.
+    grants: Vec<String>,
+}
+
+/// A client as registered (dynamically or ahead of time), with its request.
+#[derive(Debug, Clone)]
+pub struct RegisteredClient {
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub auth_method: String,
+    pub redirect_uris: Vec<String>,
+    /// The registration request as sent (DCR only).
+    pub request: Value,
+}
+
+#[derive(Debug, Clone)]
+struct IssuedCode {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    grant: Grant,
+}
+
+/// What a token stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub client_id: String,
+    pub scope: String,
+    pub resource: Option<String>,
 }
 
 impl AuthServer {
     pub async fn start(options: AuthOptions) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let mut state = OAuthState::default();
+        if let Some((id, secret, method)) = &options.preregistered {
+            state.clients.insert(
+                id.clone(),
+                RegisteredClient {
+                    client_id: id.clone(),
+                    client_secret: secret.clone(),
+                    auth_method: method.clone(),
+                    redirect_uris: Vec::new(),
+                    request: Value::Null,
+                },
+            );
+        }
         let shared = Arc::new(AuthShared {
             options,
             origin: format!("http://{addr}"),
             paths: Mutex::new(Vec::new()),
+            state: Mutex::new(state),
         });
-        let app = Router::new().fallback(serve).with_state(shared.clone());
+        let prefix = shared.options.issuer_path.clone();
+        let app = Router::new()
+            .route(&format!("{prefix}/authorize"), get(authorize))
+            .route(&format!("{prefix}/token"), post(token))
+            .route(&format!("{prefix}/register"), post(register))
+            .fallback(serve)
+            .with_state(shared.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                record_path,
+            ));
         let stop = CancellationToken::new();
         let token = stop.clone();
         tokio::spawn(async move {
@@ -131,19 +221,316 @@ impl AuthServer {
     pub fn stop(&self) {
         self.stop.cancel();
     }
+
+    /// The grant types of every token request so far, in order.
+    pub fn token_requests(&self) -> Vec<String> {
+        self.lock().grants.clone()
+    }
+
+    /// Every client registered so far.
+    pub fn clients(&self) -> Vec<RegisteredClient> {
+        self.lock().clients.values().cloned().collect()
+    }
+
+    /// What a live access token stands for, if it is one this server issued.
+    pub fn access_token(&self, token: &str) -> Option<Grant> {
+        self.lock().access_tokens.get(token).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OAuthState> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl AuthShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OAuthState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+async fn record_path(
+    State(shared): State<Arc<AuthShared>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    shared
+        .paths
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(request.uri().path().to_owned());
+    next.run(request).await
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+/// `GET /authorize`: the user always consents; the answer is a redirect.
+async fn authorize(
+    State(shared): State<Arc<AuthShared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let options = &shared.options;
+    let param = |k: &str| q.get(k).cloned().unwrap_or_default();
+    let client_id = param("client_id");
+    let redirect_uri = param("redirect_uri");
+    let mut state = shared.lock();
+    let Some(client) = state.clients.get(&client_id) else {
+        return (StatusCode::BAD_REQUEST, "unknown client_id").into_response();
+    };
+    if !client.redirect_uris.is_empty() && !client.redirect_uris.contains(&redirect_uri) {
+        return (StatusCode::BAD_REQUEST, "redirect_uri not registered").into_response();
+    }
+    if param("response_type") != "code"
+        || param("code_challenge_method") != "S256"
+        || param("code_challenge").is_empty()
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "PKCE S256 and response_type=code are required",
+        )
+            .into_response();
+    }
+    state.next += 1;
+    let code = format!("code-{}", state.next);
+    state.codes.insert(
+        code.clone(),
+        IssuedCode {
+            client_id: client_id.clone(),
+            redirect_uri: redirect_uri.clone(),
+            challenge: param("code_challenge"),
+            grant: Grant {
+                client_id,
+                scope: param("scope"),
+                resource: q.get("resource").cloned(),
+            },
+        },
+    );
+    drop(state);
+    let Ok(mut location) = url::Url::parse(&redirect_uri) else {
+        return (StatusCode::BAD_REQUEST, "redirect_uri is not a URL").into_response();
+    };
+    {
+        let mut query = location.query_pairs_mut();
+        query.append_pair("code", &code);
+        query.append_pair(
+            "state",
+            options.wrong_state.as_deref().unwrap_or(&param("state")),
+        );
+        if let Some(iss) = &options.wrong_iss {
+            query.append_pair("iss", iss);
+        } else if options.iss {
+            query.append_pair("iss", &issuer(&shared));
+        }
+    }
+    (StatusCode::FOUND, [("location", location.to_string())]).into_response()
+}
+
+/// Client authentication as RFC 6749 §2.3.1 describes it: Basic or in the body.
+fn authenticate(
+    state: &OAuthState,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<String, Response> {
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|pair| {
+            let (id, secret) = pair.split_once(':')?;
+            let decode = |s: &str| {
+                url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+            };
+            Some((decode(id)?, decode(secret)?))
+        });
+    let (client_id, secret, method) = match (basic, form.get("client_secret")) {
+        (Some((id, secret)), _) => (id, Some(secret), "client_secret_basic"),
+        (None, Some(secret)) => (
+            form.get("client_id").cloned().unwrap_or_default(),
+            Some(secret.clone()),
+            "client_secret_post",
+        ),
+        (None, None) => (
+            form.get("client_id").cloned().unwrap_or_default(),
+            None,
+            "none",
+        ),
+    };
+    let invalid = || {
+        oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        )
+    };
+    let client = state.clients.get(&client_id).ok_or_else(invalid)?;
+    if client.auth_method != method || client.client_secret != secret {
+        return Err(invalid());
+    }
+    Ok(client_id)
+}
+
+/// `POST /token`: authorization_code and refresh_token grants.
+async fn token(
+    State(shared): State<Arc<AuthShared>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let options = &shared.options;
+    let mut state = shared.lock();
+    let grant_type = form.get("grant_type").cloned().unwrap_or_default();
+    state.grants.push(grant_type.clone());
+    let client_id = match authenticate(&state, &headers, &form) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let resource = form.get("resource").cloned();
+    let grant = match grant_type.as_str() {
+        "authorization_code" => {
+            let code = form.get("code").cloned().unwrap_or_default();
+            let Some(issued) = state.codes.remove(&code) else {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "unknown or used code",
+                );
+            };
+            let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+            let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+            if issued.client_id != client_id
+                || form.get("redirect_uri") != Some(&issued.redirect_uri)
+                || challenge != issued.challenge
+                || resource != issued.grant.resource
+            {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "code, verifier, redirect_uri or resource mismatch",
+                );
+            }
+            issued.grant
+        }
+        "refresh_token" => {
+            let token = form.get("refresh_token").cloned().unwrap_or_default();
+            let Some(grant) = state.refresh_tokens.get(&token).cloned() else {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "unknown or revoked refresh token",
+                );
+            };
+            if grant.client_id != client_id || resource != grant.resource {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "client or resource mismatch",
+                );
+            }
+            if options.rotate_refresh_tokens {
+                state.refresh_tokens.remove(&token);
+            }
+            grant
+        }
+        _ => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "not supported",
+            );
+        }
+    };
+    state.next += 1;
+    let access = format!("at-{}", state.next);
+    let refresh = if grant_type == "refresh_token" && !options.rotate_refresh_tokens {
+        None
+    } else {
+        Some(format!("rt-{}", state.next))
+    };
+    state.access_tokens.insert(access.clone(), grant.clone());
+    if let Some(refresh) = &refresh {
+        state.refresh_tokens.insert(refresh.clone(), grant.clone());
+    }
+    let mut body = json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": options.token_lifetime,
+        "scope": grant.scope,
+    });
+    if let Some(refresh) = refresh {
+        body["refresh_token"] = json!(refresh);
+    }
+    axum::Json(body).into_response()
+}
+
+/// `POST /register`: RFC 7591 dynamic client registration.
+async fn register(
+    State(shared): State<Arc<AuthShared>>,
+    axum::Json(request): axum::Json<Value>,
+) -> Response {
+    if !shared.options.dcr {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let redirect_uris: Vec<String> = request["redirect_uris"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if redirect_uris.is_empty() {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_redirect_uri",
+            "redirect_uris is required",
+        );
+    }
+    let auth_method = request["token_endpoint_auth_method"]
+        .as_str()
+        .unwrap_or("client_secret_basic")
+        .to_owned();
+    let mut state = shared.lock();
+    state.next += 1;
+    let client_id = format!("client-{}", state.next);
+    let client_secret = (auth_method != "none").then(|| format!("secret-{}", state.next));
+    let mut body = json!({
+        "client_id": client_id,
+        "redirect_uris": redirect_uris,
+        "token_endpoint_auth_method": auth_method,
+    });
+    if let Some(secret) = &client_secret {
+        body["client_secret"] = json!(secret);
+    }
+    state.clients.insert(
+        client_id.clone(),
+        RegisteredClient {
+            client_id,
+            client_secret,
+            auth_method,
+            redirect_uris,
+            request,
+        },
+    );
+    (StatusCode::CREATED, axum::Json(body)).into_response()
 }
 
 fn issuer(shared: &AuthShared) -> String {
     format!("{}{}", shared.origin, shared.options.issuer_path)
 }
 
-async fn serve(State(shared): State<Arc<AuthShared>>, uri: Uri, _request: Request) -> Response {
+async fn serve(State(shared): State<Arc<AuthShared>>, uri: Uri) -> Response {
     let path = uri.path().to_owned();
-    shared
-        .paths
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(path.clone());
     let options = &shared.options;
     let prm_path = match options.prm_at {
         PrmAt::HeaderOnly => Some("/custom/prm.json"),
@@ -190,7 +577,7 @@ fn server_metadata(shared: &AuthShared) -> Value {
         "issuer": options.claimed_issuer.clone().unwrap_or_else(|| issuer.clone()),
         "authorization_endpoint": format!("{issuer}/authorize"),
         "token_endpoint": token_endpoint,
-        "registration_endpoint": format!("{issuer}/register"),
+        "authorization_response_iss_parameter_supported": options.iss,
         "response_types_supported": ["code"],
         "grant_types_supported": ["authorization_code", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
@@ -198,6 +585,9 @@ fn server_metadata(shared: &AuthShared) -> Value {
     });
     if options.pkce {
         document["code_challenge_methods_supported"] = json!(["S256"]);
+    }
+    if options.dcr {
+        document["registration_endpoint"] = json!(format!("{issuer}/register"));
     }
     document
 }

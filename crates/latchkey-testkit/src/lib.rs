@@ -12,5 +12,5 @@
 mod auth;
 mod mcp;
 
-pub use auth::{AuthOptions, AuthServer, MetadataAt, PrmAt};
+pub use auth::{AuthOptions, AuthServer, Grant, MetadataAt, PrmAt, RegisteredClient};
 pub use mcp::{McpUpstream, RecordedRequest};

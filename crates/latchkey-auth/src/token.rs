@@ -1,0 +1,279 @@
+//! The token endpoint (RFC 6749 §3.2): the authorization-code exchange and refresh,
+//! with `resource` (RFC 8707) on both.
+//!
+//! Written here rather than with the `oauth2` crate because latchkey must classify
+//! every failure exactly (an `invalid_grant` clears the tokens, an `invalid_client`
+//! means registering again, a timeout or a 5xx keeps everything), must accept the
+//! token responses real servers send (`expires_in` as a string, no `scope`), and will
+//! need `private_key_jwt`, which that crate does not support.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+use url::form_urlencoded;
+
+use crate::Secret;
+
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the client authenticates at the token endpoint (RFC 7591 §2
+/// `token_endpoint_auth_method`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A public client: `client_id` in the body only.
+    None,
+    /// `client_secret_basic`: HTTP Basic with the form-encoded id and secret.
+    Basic(Secret),
+    /// `client_secret_post`: the secret in the body.
+    Post(Secret),
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub auth: ClientAuth,
+}
+
+/// Tokens from a successful grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSet {
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
+    pub expires_at: Option<SystemTime>,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Retryable; nothing stored should change.
+    #[error("cannot reach the token endpoint: {cause}; check the network, then retry")]
+    Network { cause: String },
+    /// Retryable; nothing stored should change.
+    #[error("the token endpoint failed with HTTP {status}; retry later")]
+    Unavailable { status: u16 },
+    /// The grant (code or refresh token) is dead: authorize again.
+    #[error("the authorization server no longer accepts this grant (invalid_grant{}); log in again with `latchkey login <server>`", describe(.description))]
+    InvalidGrant { description: Option<String> },
+    /// The client registration is no longer valid: register again.
+    #[error("the authorization server does not recognise this client (invalid_client{}); latchkey will register again, or fix client_id/client_secret in the config", describe(.description))]
+    InvalidClient { description: Option<String> },
+    #[error("the token endpoint refused: {error}{}", describe(.description))]
+    Refused {
+        error: String,
+        description: Option<String>,
+    },
+    #[error("the token endpoint sent an unusable response: {cause}")]
+    Malformed { cause: String },
+}
+
+fn describe(description: &Option<String>) -> String {
+    description
+        .as_deref()
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default()
+}
+
+impl TokenError {
+    /// Whether the same request may succeed later, with every credential kept.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Network { .. } | Self::Unavailable { .. })
+    }
+}
+
+/// An authorization code and what must go with it to the token endpoint.
+#[derive(Debug)]
+pub struct CodeGrant<'a> {
+    pub code: &'a Secret,
+    pub verifier: &'a Secret,
+    pub redirect_uri: &'a str,
+    pub resource: Option<&'a str>,
+    /// The scopes asked for, used when the response does not say what was granted.
+    pub requested: &'a [String],
+}
+
+/// Exchanges an authorization code (RFC 6749 §4.1.3, RFC 7636 §4.5).
+pub async fn exchange_code(
+    http: &reqwest::Client,
+    endpoint: &str,
+    client: &ClientCredentials,
+    grant: &CodeGrant<'_>,
+) -> Result<TokenSet, TokenError> {
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", grant.code.expose()),
+        ("code_verifier", grant.verifier.expose()),
+        ("redirect_uri", grant.redirect_uri),
+    ];
+    if let Some(resource) = grant.resource {
+        form.push(("resource", resource));
+    }
+    let tokens = request(http, endpoint, client, &form).await?;
+    Ok(tokens.into_set(None, grant.requested))
+}
+
+/// Refreshes (RFC 6749 §6). A response without a refresh token keeps the old one.
+pub async fn refresh(
+    http: &reqwest::Client,
+    endpoint: &str,
+    client: &ClientCredentials,
+    refresh_token: &Secret,
+    resource: Option<&str>,
+    granted: &[String],
+) -> Result<TokenSet, TokenError> {
+    let mut form = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token.expose()),
+    ];
+    if let Some(resource) = resource {
+        form.push(("resource", resource));
+    }
+    let tokens = request(http, endpoint, client, &form).await?;
+    Ok(tokens.into_set(Some(refresh_token), granted))
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: String,
+    expires_in: Option<serde_json::Value>,
+    refresh_token: Option<String>,
+    scope: Option<String>,
+}
+
+impl TokenResponse {
+    fn into_set(self, old_refresh: Option<&Secret>, requested: &[String]) -> TokenSet {
+        let lifetime = match &self.expires_in {
+            Some(serde_json::Value::Number(n)) => n.as_u64(),
+            Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+            _ => None,
+        };
+        TokenSet {
+            access_token: Secret::new(self.access_token),
+            refresh_token: self
+                .refresh_token
+                .map(Secret::new)
+                .or_else(|| old_refresh.cloned()),
+            expires_at: lifetime.map(|secs| SystemTime::now() + Duration::from_secs(secs)),
+            // RFC 6749 §5.1: no `scope` means the scope requested.
+            scopes: match self.scope {
+                Some(scope) => scope.split_ascii_whitespace().map(str::to_owned).collect(),
+                None => requested.to_vec(),
+            },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorResponse {
+    error: String,
+    error_description: Option<String>,
+}
+
+async fn request(
+    http: &reqwest::Client,
+    endpoint: &str,
+    client: &ClientCredentials,
+    form: &[(&str, &str)],
+) -> Result<TokenResponse, TokenError> {
+    let mut body = form_urlencoded::Serializer::new(String::new());
+    body.extend_pairs(form);
+    let mut request = http
+        .post(endpoint)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .timeout(TOKEN_TIMEOUT);
+    match &client.auth {
+        ClientAuth::None => {
+            body.append_pair("client_id", &client.client_id);
+        }
+        ClientAuth::Post(secret) => {
+            body.append_pair("client_id", &client.client_id);
+            body.append_pair("client_secret", secret.expose());
+        }
+        ClientAuth::Basic(secret) => {
+            // RFC 6749 §2.3.1: both parts are form-encoded before Base64.
+            let encode =
+                |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let pair = format!("{}:{}", encode(&client.client_id), encode(secret.expose()));
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(pair)))
+                    .map_err(|_| TokenError::Malformed {
+                        cause: "client credentials cannot form a header".into(),
+                    })?;
+            value.set_sensitive(true);
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+    }
+    let response = request
+        .body(body.finish())
+        .send()
+        .await
+        .map_err(|e| TokenError::Network {
+            cause: e.without_url().to_string(),
+        })?;
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(|e| TokenError::Network {
+        cause: e.without_url().to_string(),
+    })?;
+    if status.is_server_error() {
+        return Err(TokenError::Unavailable {
+            status: status.as_u16(),
+        });
+    }
+    if !status.is_success() {
+        let error: ErrorResponse =
+            serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed {
+                cause: format!("HTTP {status} without an OAuth error body"),
+            })?;
+        return Err(match error.error.as_str() {
+            "invalid_grant" => TokenError::InvalidGrant {
+                description: error.error_description,
+            },
+            "invalid_client" => TokenError::InvalidClient {
+                description: error.error_description,
+            },
+            _ => TokenError::Refused {
+                error: error.error,
+                description: error.error_description,
+            },
+        });
+    }
+    // The body holds tokens: parse errors must not quote it.
+    let tokens: TokenResponse =
+        serde_json::from_slice(&bytes).map_err(|e| TokenError::Malformed {
+            cause: format!(
+                "not a token response ({} at line {} column {})",
+                classify(&e),
+                e.line(),
+                e.column()
+            ),
+        })?;
+    if !tokens.token_type.eq_ignore_ascii_case("bearer") {
+        return Err(TokenError::Malformed {
+            cause: format!(
+                "token_type is {:?}; latchkey supports Bearer tokens",
+                tokens.token_type
+            ),
+        });
+    }
+    if tokens.access_token.is_empty() {
+        return Err(TokenError::Malformed {
+            cause: "empty access_token".into(),
+        });
+    }
+    Ok(tokens)
+}
+
+fn classify(error: &serde_json::Error) -> &'static str {
+    match error.classify() {
+        serde_json::error::Category::Io => "read error",
+        serde_json::error::Category::Syntax => "invalid JSON",
+        serde_json::error::Category::Data => "missing or mistyped field",
+        serde_json::error::Category::Eof => "truncated JSON",
+    }
+}
