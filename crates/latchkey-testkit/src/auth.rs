@@ -334,11 +334,12 @@ async fn authorize(
 }
 
 /// Client authentication as RFC 6749 §2.3.1 describes it: Basic or in the body.
+/// Returns the client id, or `None` if authentication fails.
 fn authenticate(
     state: &OAuthState,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
-) -> Result<String, Response> {
+) -> Option<String> {
     let basic = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -391,9 +392,12 @@ async fn token(
     let mut state = shared.lock();
     let grant_type = form.get("grant_type").cloned().unwrap_or_default();
     state.grants.push(grant_type.clone());
-    let client_id = match authenticate(&state, &headers, &form) {
-        Ok(id) => id,
-        Err(response) => return response,
+    let Some(client_id) = authenticate(&state, &headers, &form) else {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        );
     };
     let resource = form.get("resource").cloned();
     let grant = match grant_type.as_str() {
