@@ -368,18 +368,8 @@ fn authenticate(
             "none",
         ),
     };
-    let invalid = || {
-        oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "client authentication failed",
-        )
-    };
-    let client = state.clients.get(&client_id).ok_or_else(invalid)?;
-    if client.auth_method != method || client.client_secret != secret {
-        return Err(invalid());
-    }
-    Ok(client_id)
+    let client = state.clients.get(&client_id)?;
+    (client.auth_method == method && client.client_secret == secret).then_some(client_id)
 }
 
 /// `POST /token`: authorization_code and refresh_token grants.
