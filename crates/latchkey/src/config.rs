@@ -2,12 +2,14 @@
 //! offending line.
 //!
 //! Parsing happens in two passes so that `latchkey check` can report every problem at
-//! once: the TOML is parsed (recovering from syntax errors), then each section (the
-//! top level and every `[servers.NAME]` table) is deserialized on its own with
-//! `deny_unknown_fields`, and finally the values are checked. Every problem becomes a
-//! [`Diagnostic`] with a byte span that is turned into a line and column.
+//! once: the TOML is parsed (recovering from syntax errors), then every key of every
+//! section is checked on its own: unknown keys are reported and each known key is
+//! deserialized alone, so one mistake never hides another (serde's
+//! `deny_unknown_fields` would stop at the first). Every problem becomes a
+//! [`Diagnostic`] with a byte span that is turned into a line and column. No
+//! diagnostic quotes a header value or a URL's query: either may be a credential.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -48,7 +50,7 @@ pub struct Config {
 }
 
 /// One `[servers.NAME]` table.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Server {
     /// The first path segment of the local endpoint: `http://127.0.0.1:PORT/<name>`.
     pub name: String,
@@ -59,6 +61,25 @@ pub struct Server {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The reserved `oauth` key: `false` turns OAuth off for this server.
     pub oauth: OAuth,
+}
+
+impl fmt::Debug for Server {
+    // The URL may carry a key in its query or user info, and the oauth table a client
+    // secret: show neither.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let oauth_keys: Vec<&String> = match &self.oauth {
+            OAuth::Enabled(table) => table.keys().collect(),
+            OAuth::Disabled => Vec::new(),
+        };
+        f.debug_struct("Server")
+            .field("name", &self.name)
+            .field("url", &crate::status::redacted(&self.url))
+            .field("transport", &self.transport)
+            .field("headers", &self.headers)
+            .field("oauth_enabled", &matches!(self.oauth, OAuth::Enabled(_)))
+            .field("oauth_keys", &oauth_keys)
+            .finish()
+    }
 }
 
 /// How latchkey talks to an upstream.
@@ -211,31 +232,7 @@ const TOP_KEYS: &[&str] = &[
     "servers",
 ];
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTop {
-    listen: Option<Spanned<String>>,
-    #[serde(default)]
-    allow_non_loopback: bool,
-    #[serde(default)]
-    allowed_origins: Vec<Spanned<String>>,
-    #[serde(default)]
-    allowed_hosts: Vec<Spanned<String>>,
-    shutdown_timeout_secs: Option<u64>,
-}
-
 const SERVER_KEYS: &[&str] = &["url", "transport", "headers", "oauth"];
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    url: Spanned<String>,
-    #[serde(default)]
-    transport: Transport,
-    #[serde(default)]
-    headers: BTreeMap<String, Spanned<String>>,
-    oauth: Option<Spanned<toml::Value>>,
-}
 
 struct Checker<'a> {
     file: &'a Path,
@@ -257,8 +254,27 @@ impl Checker<'_> {
 
     fn toml_error(&mut self, error: toml::de::Error, fallback: Range<usize>, hint: &str) {
         let span = error.span().unwrap_or(fallback);
-        let message = error.message().trim_end().to_owned();
+        let message = without_quoted(error.message().trim_end());
         self.error(span, message, Some(hint));
+    }
+
+    /// Takes `key` out of `table` and deserializes it. A wrong type is reported at the
+    /// value, with `hint`, and the section's other keys are still checked.
+    fn field<T: serde::de::DeserializeOwned>(
+        &mut self,
+        table: &mut DeTable<'_>,
+        key: &str,
+        hint: &str,
+    ) -> Option<Spanned<T>> {
+        let value = table.remove(key)?;
+        let span = value.span();
+        match T::deserialize(ValueDeserializer::from(value)) {
+            Ok(parsed) => Some(Spanned::new(span, parsed)),
+            Err(e) => {
+                self.toml_error(e, span, hint);
+                None
+            }
+        }
     }
 
     fn config(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Config {
@@ -266,15 +282,10 @@ impl Checker<'_> {
         for error in errors {
             self.toml_error(error, 0..0, "fix the TOML syntax at this position");
         }
-        let whole = doc.span();
         let mut top = doc.into_inner();
         let servers = top.remove("servers");
         self.take_unknown(&mut top, TOP_KEYS, "top-level keys are");
 
-        let raw = RawTop::deserialize(ValueDeserializer::from(Spanned::new(
-            whole.clone(),
-            DeValue::Table(top),
-        )));
         let mut config = Config {
             listen: DEFAULT_LISTEN,
             allow_non_loopback: false,
@@ -283,14 +294,7 @@ impl Checker<'_> {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             servers: Vec::new(),
         };
-        match raw {
-            Ok(raw) => self.top(raw, &mut config),
-            Err(e) => self.toml_error(
-                e,
-                whole.clone(),
-                "see config/example.toml for every key and its type",
-            ),
-        }
+        self.top(&mut top, &mut config);
 
         match servers {
             None => self.error(
@@ -337,12 +341,18 @@ impl Checker<'_> {
         }
     }
 
-    fn top(&mut self, raw: RawTop, config: &mut Config) {
-        config.allow_non_loopback = raw.allow_non_loopback;
-        if let Some(listen) = raw.listen {
+    fn top(&mut self, top: &mut DeTable<'_>, config: &mut Config) {
+        let allow = self.field::<bool>(
+            top,
+            "allow_non_loopback",
+            "write allow_non_loopback = true or false",
+        );
+        config.allow_non_loopback = allow.is_some_and(Spanned::into_inner);
+        let listen_hint = format!("for example listen = \"{DEFAULT_LISTEN}\"");
+        if let Some(listen) = self.field::<String>(top, "listen", &listen_hint) {
             match listen.get_ref().parse::<SocketAddr>() {
                 Ok(addr) => {
-                    if let Err(message) = check_listen(addr, raw.allow_non_loopback) {
+                    if let Err(message) = check_listen(addr, config.allow_non_loopback) {
                         self.error(listen.span(), message, None);
                     }
                     config.listen = addr;
@@ -350,11 +360,28 @@ impl Checker<'_> {
                 Err(_) => self.error(
                     listen.span(),
                     format!("`listen` is not an IP:PORT address: {:?}", listen.get_ref()),
-                    Some(&format!("for example listen = \"{DEFAULT_LISTEN}\"")),
+                    Some(&listen_hint),
                 ),
             }
         }
-        for origin in raw.allowed_origins {
+        let origins = self.field::<Vec<Spanned<String>>>(
+            top,
+            "allowed_origins",
+            "write a list of origins, such as allowed_origins = [\"https://app.example.com\"]",
+        );
+        let hosts = self.field::<Vec<Spanned<String>>>(
+            top,
+            "allowed_hosts",
+            "write a list of Host values, such as allowed_hosts = [\"proxy.lan:8931\"]",
+        );
+        if let Some(secs) = self.field::<u64>(
+            top,
+            "shutdown_timeout_secs",
+            "write a whole number of seconds, such as shutdown_timeout_secs = 10",
+        ) {
+            config.shutdown_timeout = Duration::from_secs(secs.into_inner());
+        }
+        for origin in origins.map(Spanned::into_inner).unwrap_or_default() {
             match Url::parse(origin.get_ref()) {
                 Ok(url)
                     if matches!(url.scheme(), "http" | "https")
@@ -375,7 +402,7 @@ impl Checker<'_> {
                 ),
             }
         }
-        for host in raw.allowed_hosts {
+        for host in hosts.map(Spanned::into_inner).unwrap_or_default() {
             let value = host.get_ref();
             if value.is_empty() || value.contains(['/', ' ', '@']) {
                 self.error(
@@ -386,9 +413,6 @@ impl Checker<'_> {
             } else {
                 config.allowed_hosts.push(value.to_ascii_lowercase());
             }
-        }
-        if let Some(secs) = raw.shutdown_timeout_secs {
-            config.shutdown_timeout = Duration::from_secs(secs);
         }
     }
 
@@ -408,24 +432,37 @@ impl Checker<'_> {
             );
         }
         let value_span = value.span();
-        let mut value = value;
-        if let DeValue::Table(table) = value.get_mut() {
-            self.take_unknown(table, SERVER_KEYS, "a server's keys are");
-        }
-        let raw = match RawServer::deserialize(ValueDeserializer::from(value)) {
-            Ok(raw) => raw,
-            Err(e) => {
-                self.toml_error(
-                    e,
-                    value_span,
-                    "a server has url (required), transport (auto, streamable-http or sse), headers (a table of strings) and oauth (true, false or a table)",
-                );
-                return None;
-            }
+        let DeValue::Table(mut table) = value.into_inner() else {
+            self.error(
+                value_span,
+                format!("server {name:?} must be a table"),
+                Some("write it as [servers.NAME] with a url key"),
+            );
+            return None;
         };
-        let url = self.url(&name, &raw.url);
-        let headers = self.headers(&raw.headers, env);
-        let oauth = match raw.oauth {
+        self.take_unknown(&mut table, SERVER_KEYS, "a server's keys are");
+        let url = self.field::<String>(
+            &mut table,
+            "url",
+            "write url = \"https://mcp.example.com/mcp\"",
+        );
+        let transport = self
+            .field::<Transport>(
+                &mut table,
+                "transport",
+                "transport is one of \"auto\", \"streamable-http\" or \"sse\"",
+            )
+            .map(Spanned::into_inner)
+            .unwrap_or_default();
+        let headers = match table.remove("headers") {
+            Some(headers) => self.headers(headers, env),
+            None => Vec::new(),
+        };
+        let oauth = match self.field::<toml::Value>(
+            &mut table,
+            "oauth",
+            "write oauth = false, or an [servers.NAME.oauth] table",
+        ) {
             None => OAuth::Enabled(toml::Table::new()),
             Some(value) => match value.get_ref() {
                 toml::Value::Boolean(true) => OAuth::Enabled(toml::Table::new()),
@@ -444,10 +481,21 @@ impl Checker<'_> {
                 }
             },
         };
+        let url = match url {
+            Some(url) => self.url(&name, &url),
+            None => {
+                self.error(
+                    name_span,
+                    format!("server {name:?} has no url"),
+                    Some("add url = \"https://mcp.example.com/mcp\" to the table"),
+                );
+                None
+            }
+        };
         Some(Server {
             name,
             url: url?,
-            transport: raw.transport,
+            transport,
             headers,
             oauth,
         })
@@ -466,7 +514,8 @@ impl Checker<'_> {
                 format!("server {name:?}: url must not have a #fragment")
             }
             Ok(url) => return Some(url),
-            Err(e) => format!("server {name:?}: url {:?} is not a URL: {e}", raw.get_ref()),
+            // The text may hold a key in its query string, so it is not quoted.
+            Err(e) => format!("server {name:?}: url is not a URL: {e}"),
         };
         self.error(
             raw.span(),
@@ -478,15 +527,37 @@ impl Checker<'_> {
 
     fn headers(
         &mut self,
-        raw: &BTreeMap<String, Spanned<String>>,
+        raw: Spanned<DeValue<'_>>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Vec<(HeaderName, HeaderValue)> {
+        let span = raw.span();
+        let DeValue::Table(table) = raw.into_inner() else {
+            self.error(
+                span,
+                "`headers` must be a table of header names and values",
+                Some("write headers = { \"X-Api-Key\" = \"${MY_API_KEY}\" }"),
+            );
+            return Vec::new();
+        };
         let mut headers = Vec::new();
         let mut seen = HashSet::new();
-        for (key, value) in raw {
+        // In file order, so that a duplicate is reported where it is repeated.
+        for (key, value) in table {
+            let key_span = key.span();
+            let key = key.into_inner();
+            let value_span = value.span();
+            let Some(value) = value.get_ref().as_str().map(str::to_owned) else {
+                self.error(
+                    value_span,
+                    format!("header {key:?}: the value must be a string"),
+                    Some("quote it, such as \"X-Api-Key\" = \"${MY_API_KEY}\""),
+                );
+                continue;
+            };
+            let value = Spanned::new(value_span, value);
             let Ok(name) = HeaderName::from_bytes(key.as_bytes()) else {
                 self.error(
-                    value.span(),
+                    key_span,
                     format!("header name {key:?} is not a valid HTTP header name"),
                     Some("header names are ASCII tokens such as \"X-Api-Key\""),
                 );
@@ -494,9 +565,9 @@ impl Checker<'_> {
             };
             if !seen.insert(name.clone()) {
                 self.error(
-                    value.span(),
+                    key_span,
                     format!("header {key:?} is given twice (header names are case-insensitive)"),
-                    None,
+                    Some("keep one of them"),
                 );
                 continue;
             }
@@ -525,6 +596,28 @@ impl Checker<'_> {
         }
         headers
     }
+}
+
+/// A serde message without its double-quoted parts, which echo the value (a header
+/// value may be a credential).
+fn without_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        match c {
+            '"' if quoted => {
+                quoted = false;
+                out.push_str("…\"");
+            }
+            '"' => {
+                quoted = true;
+                out.push('"');
+            }
+            _ if quoted => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Replaces `${NAME}` with the variable's value; `$${` is a literal `${`. The result

@@ -95,9 +95,14 @@ async fn log_request(request: Request, next: Next) -> Response {
         .to_owned();
     let response = next.run(request).await;
     let status = response.status().as_u16();
+    let content_length = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     response.map(|inner| {
         Body::new(LoggedBody {
-            remaining: inner.size_hint().exact(),
+            remaining: inner.size_hint().exact().or(content_length),
             inner,
             line: Some(LogLine {
                 server,

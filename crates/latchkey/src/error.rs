@@ -31,6 +31,10 @@ pub(crate) enum ProxyError {
     Forbidden(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error(
+        "the message is larger than {limit_mib} MiB, the most latchkey reads whole (for an HTTP+SSE server, or to detect the server's transport)"
+    )]
+    TooLarge { limit_mib: usize },
     #[error("{0}")]
     Conflict(String),
     #[error("method {method} is not supported on {path}; MCP uses POST, GET and DELETE")]
@@ -46,6 +50,7 @@ impl ProxyError {
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }

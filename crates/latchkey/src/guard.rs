@@ -11,7 +11,12 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http::header::{HOST, ORIGIN};
+use http::header::{
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, HOST,
+    ORIGIN, VARY,
+};
+use http::{HeaderValue, Method, StatusCode};
 
 use crate::config::Config;
 
@@ -33,10 +38,12 @@ impl Guard {
             "localhost".to_owned(),
             "[::1]".to_owned(),
         ];
-        // A non-loopback listen address (allowed only by allow_non_loopback) is also
-        // a name clients may use.
+        // The address actually bound (127.0.0.2, or a non-loopback one allowed by
+        // allow_non_loopback) is also a name clients may use.
         match local.ip() {
-            ip if ip.is_loopback() || ip.is_unspecified() => {}
+            ip if ip.is_unspecified() => {}
+            IpAddr::V4(ip) if ip.is_loopback() && ip.octets() == [127, 0, 0, 1] => {}
+            IpAddr::V6(ip) if ip.is_loopback() => {}
             IpAddr::V4(ip) => names.push(ip.to_string()),
             IpAddr::V6(ip) => names.push(format!("[{ip}]")),
         }
@@ -54,17 +61,27 @@ impl Guard {
     }
 
     fn check(&self, request: &Request) -> Result<(), ProxyError> {
-        let host = request
-            .headers()
+        let headers = request.headers();
+        if headers.get_all(HOST).iter().nth(1).is_some()
+            || headers.get_all(ORIGIN).iter().nth(1).is_some()
+        {
+            return Err(ProxyError::Forbidden(
+                "request has more than one Host or Origin header".into(),
+            ));
+        }
+        let host = headers
             .get(HOST)
             .and_then(|h| h.to_str().ok())
             .ok_or_else(|| ProxyError::Forbidden("request has no valid Host header".into()))?;
-        if !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        // An absolute-form request line (`POST http://other/...`) names its own host.
+        let authority = request.uri().authority().map(|a| a.as_str());
+        let known = |name: &str| self.hosts.iter().any(|h| h.eq_ignore_ascii_case(name));
+        if !known(host) || authority.is_some_and(|a| !known(a)) {
             return Err(ProxyError::Forbidden(format!(
                 "Host {host:?} is not this latchkey (DNS rebinding protection); to reach latchkey under another name, add it to allowed_hosts in the config"
             )));
         }
-        match request.headers().get(ORIGIN) {
+        match headers.get(ORIGIN) {
             Some(origin) => {
                 let origin = origin.to_str().unwrap_or("");
                 if !self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
@@ -75,8 +92,7 @@ impl Guard {
             }
             // Browsers leave out `Origin` on some cross-site GETs (an <img> or
             // <script> tag) but always mark them with Sec-Fetch-Site.
-            None if request
-                .headers()
+            None if headers
                 .get(SEC_FETCH_SITE)
                 .is_some_and(|site| site == "cross-site") =>
             {
@@ -91,8 +107,42 @@ impl Guard {
 }
 
 pub(crate) async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
-    match guard.check(&request) {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
+    if let Err(e) = guard.check(&request) {
+        return e.into_response();
     }
+    // An allowed browser origin (a web-based MCP client) needs CORS to read replies.
+    let Some(origin) = request.headers().get(ORIGIN).cloned() else {
+        return next.run(request).await;
+    };
+    if request.method() == Method::OPTIONS {
+        return preflight(&request, origin);
+    }
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(
+        ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSED),
+    );
+    headers.append(VARY, HeaderValue::from_static("origin"));
+    response
+}
+
+/// Response headers a browser client must be able to read.
+const EXPOSED: &str = "mcp-session-id, mcp-protocol-version, www-authenticate";
+
+fn preflight(request: &Request, origin: HeaderValue) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, DELETE"),
+    );
+    if let Some(asked) = request.headers().get(ACCESS_CONTROL_REQUEST_HEADERS) {
+        headers.insert(ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    headers.append(VARY, HeaderValue::from_static("origin"));
+    response
 }

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -38,6 +38,13 @@ pub(crate) const MAX_MESSAGE: usize = 32 * 1024 * 1024;
 const ENDPOINT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Server messages kept for a session while no GET stream is open.
 const INBOX: usize = 1024;
+/// Open bridged sessions per server. Clients that vanish without a DELETE would
+/// otherwise hold an upstream stream each, forever; past this, the least recently
+/// used session is closed (its client gets a 404 and starts a new one, per the spec).
+const MAX_SESSIONS: usize = 64;
+/// The longest server message on a bridged stream. A stream that goes past it without
+/// ending an event is closed rather than allowed to take all memory.
+const MAX_EVENT: usize = MAX_MESSAGE;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -46,8 +53,33 @@ const SESSION_HEADER: &str = "mcp-session-id";
 pub(crate) struct Bridges(Mutex<HashMap<String, Arc<Session>>>);
 
 impl Bridges {
-    pub(crate) fn get(&self, id: &str) -> Option<Arc<Session>> {
-        self.lock().get(id).cloned()
+    /// The session `id` of `server`: a session id never reaches another server.
+    pub(crate) fn get(&self, server: &str, id: &str) -> Option<Arc<Session>> {
+        self.lock()
+            .get(id)
+            .filter(|session| session.server == server)
+            .cloned()
+    }
+
+    /// Registers a session, closing the least recently used one of the same server
+    /// if it has too many.
+    fn insert(&self, session: Arc<Session>) {
+        let mut sessions = self.lock();
+        let same_server: Vec<(&String, &Arc<Session>)> = sessions
+            .iter()
+            .filter(|(_, s)| s.server == session.server)
+            .collect();
+        if same_server.len() >= MAX_SESSIONS {
+            let oldest = same_server
+                .iter()
+                .min_by_key(|(_, s)| *s.last_used.lock().unwrap_or_else(PoisonError::into_inner))
+                .map(|(id, _)| (*id).clone());
+            if let Some(oldest) = oldest {
+                tracing::info!(server = %session.server, "closing the least recently used bridged session");
+                sessions.remove(&oldest);
+            }
+        }
+        sessions.insert(session.id.clone(), session);
     }
 
     fn remove(&self, id: &str) -> Option<Arc<Session>> {
@@ -59,13 +91,32 @@ impl Bridges {
     }
 }
 
-#[derive(Debug)]
 pub(crate) struct Session {
     id: String,
+    server: String,
+    last_used: Mutex<Instant>,
     endpoint: Url,
     shared: Arc<Shared>,
     inbox: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
     reader: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Session {
+    // The endpoint URL carries the upstream's session id.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    fn touch(&self) {
+        *self
+            .last_used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
 }
 
 impl Drop for Session {
@@ -134,6 +185,9 @@ pub(crate) async fn open(proxy: &Proxy, upstream: &Upstream) -> Result<Arc<Sessi
                     return sse::resolve_endpoint(&server.url, data.trim());
                 }
             }
+            if buf.len() > MAX_EVENT {
+                return Err("the HTTP+SSE stream sent an oversized first event".into());
+            }
             match stream.next().await {
                 Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
                 Some(Err(e)) => return Err(describe(e)),
@@ -166,12 +220,14 @@ pub(crate) async fn open(proxy: &Proxy, upstream: &Upstream) -> Result<Arc<Sessi
     ));
     let session = Arc::new(Session {
         id: id.clone(),
+        server: server.name.clone(),
+        last_used: Mutex::new(Instant::now()),
         endpoint,
         shared,
         inbox: Arc::new(tokio::sync::Mutex::new(inbox_rx)),
         reader,
     });
-    proxy.bridges.lock().insert(id, session.clone());
+    proxy.bridges.insert(session.clone());
     tracing::debug!(server = %server.name, "opened a bridged HTTP+SSE session");
     Ok(session)
 }
@@ -194,6 +250,10 @@ async fn read_stream<S>(
             if let (Some("message"), Some(data)) = sse::parse_block(text) {
                 route(&shared, data);
             }
+        }
+        if buf.len() > MAX_EVENT {
+            tracing::warn!("bridged HTTP+SSE stream sent an oversized event; closing it");
+            break 'read;
         }
         match stream.next().await {
             Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
@@ -251,6 +311,7 @@ pub(crate) async fn post(
     session: &Session,
     body: Bytes,
 ) -> Result<Response, ProxyError> {
+    session.touch();
     let Ok(message) = serde_json::from_slice::<Value>(&body) else {
         return Err(ProxyError::BadRequest(
             "the body is not JSON; MCP messages are JSON-RPC".into(),
@@ -351,6 +412,7 @@ fn closed(upstream: &Upstream) -> ProxyError {
 
 /// A client GET in a bridged session: the server's own messages, as SSE.
 pub(crate) fn get(session: &Session, shutdown: CancellationToken) -> Result<Response, ProxyError> {
+    session.touch();
     let Ok(inbox) = session.inbox.clone().try_lock_owned() else {
         return Err(ProxyError::Conflict(
             "a GET stream is already open for this session".into(),

@@ -179,7 +179,7 @@ pub(crate) async fn forward(
     let session = request
         .headers()
         .get(SESSION_ID)
-        .map(|id| id.to_str().ok().and_then(|id| proxy.bridges.get(id)));
+        .map(|id| id.to_str().ok().and_then(|id| proxy.bridges.get(&name, id)));
     match session {
         Some(Some(session)) => match method {
             Method::POST => {
@@ -207,6 +207,13 @@ async fn open_bridge(
     upstream: &Upstream,
     body: Bytes,
 ) -> Result<Response, ProxyError> {
+    // Every other message belongs to a session; opening one for it would leave an
+    // upstream stream that nobody closes.
+    if !is_initialize(&body) {
+        return Err(ProxyError::BadRequest(
+            "no Mcp-Session-Id: start a session with an initialize request first".into(),
+        ));
+    }
     let session = bridge::open(proxy, upstream).await?;
     let response = bridge::post(proxy, upstream, &session, body).await?;
     Ok(bridge::with_session_id(response, &session))
@@ -221,9 +228,7 @@ async fn probe(
     request: Request,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, bridge::MAX_MESSAGE)
-        .await
-        .map_err(|e| ProxyError::BadRequest(format!("cannot read the request body: {e}")))?;
+    let body = read_whole(Request::from_parts(parts.clone(), body)).await?;
     let url = upstream.config.url.clone();
     let response = upstream_request(
         proxy,
@@ -269,10 +274,17 @@ async fn read_whole(request: Request) -> Result<Bytes, ProxyError> {
     axum::body::to_bytes(request.into_body(), bridge::MAX_MESSAGE)
         .await
         .map_err(|e| {
-            ProxyError::BadRequest(format!(
-                "cannot read the request body (at most {} MiB for an HTTP+SSE server): {e}",
-                bridge::MAX_MESSAGE >> 20
-            ))
+            let too_large = e
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            if too_large {
+                ProxyError::TooLarge {
+                    limit_mib: bridge::MAX_MESSAGE >> 20,
+                }
+            } else {
+                ProxyError::BadRequest("the request body could not be read".into())
+            }
         })
 }
 
@@ -286,7 +298,7 @@ pub(crate) async fn legacy_message(
     let upstream = proxy.upstream(&name)?;
     let url = proxy
         .legacy
-        .get(&token)
+        .get(&name, &token)
         .ok_or_else(|| ProxyError::UnknownLegacyEndpoint {
             path: format!("/{name}/messages/{token}"),
         })?;
@@ -381,12 +393,18 @@ fn relay(
     let is_sse = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        .is_some_and(|v| {
+            v.trim_start()
+                .get(..17)
+                .is_some_and(|m| m.eq_ignore_ascii_case("text/event-stream"))
+        });
     let stream = response.bytes_stream();
     let body = if *method == Method::GET && is_sse {
         // Standalone streams last until a side closes them; at shutdown latchkey does.
         let stream = Box::pin(stream.take_until(proxy.shutdown.clone().cancelled_owned()));
         if rewrite_endpoint && !headers.contains_key(CONTENT_ENCODING) && status == StatusCode::OK {
+            // The rewritten event has another length.
+            headers.remove(http::header::CONTENT_LENGTH);
             Body::from_stream(EndpointRewriter::new(
                 stream,
                 url,

@@ -20,26 +20,38 @@ use super::sse::{self, first_block, parse_block};
 /// The biggest first event we scan before giving up and passing the stream through.
 const MAX_SCAN: usize = 64 * 1024;
 
-/// Upstream message endpoints announced by open legacy SSE streams, by local token.
-/// An entry lives exactly as long as its stream.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct LegacyEndpoints(Arc<Mutex<HashMap<String, Url>>>);
+/// Upstream message endpoints announced by open legacy SSE streams, by local token,
+/// each with the server it belongs to. An entry lives exactly as long as its stream.
+#[derive(Clone, Default)]
+pub(crate) struct LegacyEndpoints(Arc<Mutex<HashMap<String, (String, Url)>>>);
+
+impl std::fmt::Debug for LegacyEndpoints {
+    // The URLs carry the upstream's session ids.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LegacyEndpoints({} open)", self.lock().len())
+    }
+}
 
 impl LegacyEndpoints {
-    pub(crate) fn get(&self, token: &str) -> Option<Url> {
-        self.lock().get(token).cloned()
+    /// The upstream endpoint behind `token`, if `server` announced it: a token never
+    /// sends one server's requests (and credentials) to another's endpoint.
+    pub(crate) fn get(&self, server: &str, token: &str) -> Option<Url> {
+        self.lock()
+            .get(token)
+            .filter(|(owner, _)| owner == server)
+            .map(|(_, url)| url.clone())
     }
 
-    fn insert(&self, url: Url) -> Registration {
+    fn insert(&self, server: &str, url: Url) -> Registration {
         let token = sse::random_token();
-        self.lock().insert(token.clone(), url);
+        self.lock().insert(token.clone(), (server.to_owned(), url));
         Registration {
             endpoints: self.clone(),
             token,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Url>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Url)>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -63,8 +75,7 @@ pub(crate) struct EndpointRewriter<S> {
     state: State,
     /// The upstream URL the stream came from; the announced endpoint is relative to it.
     base: Url,
-    /// Local path prefix for rewritten endpoints: `/<server>/messages/`.
-    local_prefix: String,
+    server: String,
     endpoints: LegacyEndpoints,
     registration: Option<Registration>,
 }
@@ -80,7 +91,7 @@ impl<S> EndpointRewriter<S> {
             inner,
             state: State::Scanning(BytesMut::new()),
             base,
-            local_prefix: format!("/{server}/messages/"),
+            server: server.to_owned(),
             endpoints,
             registration: None,
         }
@@ -123,8 +134,8 @@ impl<S> EndpointRewriter<S> {
     fn register(&mut self, announced: &str) -> Result<String, std::io::Error> {
         let target = sse::resolve_endpoint(&self.base, announced)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        let registration = self.endpoints.insert(target);
-        let local = format!("{}{}", self.local_prefix, registration.token);
+        let registration = self.endpoints.insert(&self.server, target);
+        let local = format!("/{}/messages/{}", self.server, registration.token);
         self.registration = Some(registration);
         Ok(local)
     }
@@ -233,7 +244,7 @@ mod tests {
             "{text}"
         );
         // The stream was consumed and dropped, so its registration is gone again.
-        assert_eq!(endpoints.get(token), None);
+        assert_eq!(endpoints.get("srv", token), None);
     }
 
     #[tokio::test]

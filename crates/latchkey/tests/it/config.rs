@@ -198,3 +198,45 @@ fn oauth_key_must_be_bool_or_table() {
     .expect("table");
     assert!(matches!(&config.servers[0].oauth, OAuth::Enabled(t) if t.contains_key("scopes")));
 }
+
+#[test]
+fn diagnostics_and_debug_never_show_secrets() {
+    let text = "[servers.a]\nurl = \"https://user:hunter2@a.example.com/mcp?api_key=QSECRET\"\n[servers.a.oauth]\nclient_secret = \"OAUTHSECRET\"\n[servers.b]\nurl = \"https://b.example.com:99999/mcp?api_key=QSECRET\"\nheaders = \"Bearer sk-LITERAL-SECRET\"\n";
+    let all = diagnostics(text).join("\n");
+    for secret in ["QSECRET", "sk-LITERAL-SECRET", "hunter2"] {
+        assert!(!all.contains(secret), "{secret} in:\n{all}");
+    }
+    assert!(
+        all.contains("latchkey.toml:6:7:") && all.contains("latchkey.toml:7:11:"),
+        "{all}"
+    );
+
+    let config = parse("[servers.a]\nurl = \"https://user:hunter2@a.example.com/mcp?api_key=QSECRET\"\nheaders = { \"X-Key\" = \"HEADERSECRET\" }\n[servers.a.oauth]\nclient_secret = \"OAUTHSECRET\"\n").expect("valid");
+    let debug = format!("{config:?}");
+    for secret in ["QSECRET", "hunter2", "OAUTHSECRET", "HEADERSECRET"] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+    assert!(debug.contains("a.example.com/mcp"), "{debug}");
+}
+
+#[test]
+fn one_mistake_does_not_hide_another_in_the_same_table() {
+    let errors = diagnostics(
+        "listen = 8931\nshutdown_timeout_secs = -1\n[servers.a]\nurl = \"https://a.example.com\"\ntransport = \"sse2\"\nheaders = { \"x-a\" = \"1\", \"bad name\" = \"2\", \"X-A\" = \"3\" }\n",
+    );
+    let all = errors.join("\n");
+    for (position, text) in [
+        ("latchkey.toml:1:10:", "listen = \"127.0.0.1:8931\""),
+        ("latchkey.toml:2:25:", "whole number of seconds"),
+        ("latchkey.toml:5:13:", "unknown variant `sse2`"),
+        ("latchkey.toml:6:26:", "not a valid HTTP header name"),
+        ("latchkey.toml:6:44:", "given twice"),
+    ] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(position) && e.contains(text)),
+            "missing {position} {text:?} in:\n{all}"
+        );
+    }
+}

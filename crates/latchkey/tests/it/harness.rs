@@ -10,13 +10,29 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DaemonBuilder {
+    listen: String,
     top: Vec<String>,
     servers: Vec<String>,
 }
 
+impl Default for DaemonBuilder {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:0".into(),
+            top: Vec::new(),
+            servers: Vec::new(),
+        }
+    }
+}
+
 impl DaemonBuilder {
+    pub fn listen(mut self, addr: &str) -> Self {
+        addr.clone_into(&mut self.listen);
+        self
+    }
+
     /// A top-level config line, such as `allowed_origins = ["https://app.example"]`.
     pub fn top(mut self, line: &str) -> Self {
         self.top.push(line.to_owned());
@@ -36,7 +52,8 @@ impl DaemonBuilder {
 
     pub fn toml(&self) -> String {
         format!(
-            "listen = \"127.0.0.1:0\"\nshutdown_timeout_secs = 5\n{}\n{}",
+            "listen = {:?}\nshutdown_timeout_secs = 5\n{}\n{}",
+            self.listen,
             self.top.join("\n"),
             self.servers.join("\n")
         )

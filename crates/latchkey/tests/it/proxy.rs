@@ -750,3 +750,226 @@ async fn large_messages_pass_intact() {
     let sent = upstream.requests().pop().expect("recorded");
     assert!(sent.body.len() > text.len());
 }
+
+#[tokio::test]
+async fn bridged_sessions_and_message_tokens_are_bound_to_their_server() {
+    let evil = McpUpstream::start().await.expect("upstream");
+    let secret = McpUpstream::start().await.expect("upstream");
+    let daemon = Daemon::builder()
+        .server("evil", &evil.sse_url(), &["transport = \"sse\""])
+        .server(
+            "secret",
+            &secret.sse_url(),
+            &[
+                "transport = \"sse\"",
+                "headers = { \"X-Api-Key\" = \"${TEST_API_KEY}\" }",
+            ],
+        )
+        .start()
+        .await;
+    let response = client()
+        .post(daemon.url("/evil"))
+        .header("accept", ACCEPT_BOTH)
+        .json(&initialize())
+        .send()
+        .await
+        .expect("initialize");
+    let evil_session = response.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::GET,
+        reqwest::Method::DELETE,
+    ] {
+        let response = client()
+            .request(method.clone(), daemon.url("/secret"))
+            .header("mcp-session-id", &evil_session)
+            .json(&rpc(2, "ping", json!({})))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            response.status(),
+            StatusCode::NOT_FOUND,
+            "{method} with another server's session"
+        );
+    }
+
+    let mut stream = stream_client()
+        .get(daemon.url("/evil"))
+        .send()
+        .await
+        .expect("GET");
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "\n\n").await;
+    let token = seen
+        .split("/evil/messages/")
+        .nth(1)
+        .and_then(|t| t.lines().next())
+        .expect("token")
+        .to_owned();
+    let response = client()
+        .post(daemon.url(&format!("/secret/messages/{token}")))
+        .json(&rpc(3, "ping", json!({})))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(
+        response.status(),
+        StatusCode::NOT_FOUND,
+        "another server's message token"
+    );
+    assert!(
+        evil.requests()
+            .iter()
+            .all(|r| r.headers.get("x-api-key").is_none()),
+        "the secret server's credentials reached the other server"
+    );
+    // The evil server's session survived the DELETE sent to the other server.
+    let response = client()
+        .post(daemon.url("/evil"))
+        .header("mcp-session-id", &evil_session)
+        .json(&rpc(4, "ping", json!({})))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_bridged_session_starts_only_with_initialize() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let daemon = Daemon::builder()
+        .server("old", &upstream.sse_url(), &["transport = \"sse\""])
+        .start()
+        .await;
+    let response = client()
+        .post(daemon.url("/old"))
+        .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("initialize"),
+        "{body}"
+    );
+    assert!(
+        upstream.requests().is_empty(),
+        "no upstream stream was opened"
+    );
+}
+
+#[tokio::test]
+async fn allowed_browser_origins_get_cors() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let daemon = Daemon::builder()
+        .top("allowed_origins = [\"https://app.example.com\"]")
+        .server("notes", &upstream.mcp_url(), &[])
+        .start()
+        .await;
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, daemon.url("/notes"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type, mcp-session-id",
+        )
+        .send()
+        .await
+        .expect("OPTIONS");
+    assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(
+        preflight.headers()["access-control-allow-headers"],
+        "content-type, mcp-session-id"
+    );
+    let response = client()
+        .post(daemon.url("/notes"))
+        .header("origin", "https://app.example.com")
+        .json(&initialize())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(
+        response.headers()["access-control-expose-headers"]
+            .to_str()
+            .expect("ascii")
+            .contains("mcp-session-id")
+    );
+    let refused = client()
+        .request(reqwest::Method::OPTIONS, daemon.url("/notes"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("OPTIONS");
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn another_loopback_listen_address_is_its_own_host() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let daemon = Daemon::builder()
+        .listen("127.0.0.2:0")
+        .server("notes", &upstream.mcp_url(), &[])
+        .start()
+        .await;
+    let response = client()
+        .post(daemon.url("/notes"))
+        .json(&initialize())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn duplicate_host_or_origin_and_absolute_form_targets_are_refused() {
+    let (_upstream, daemon) = setup(&[]).await;
+    let port = daemon.addr.port();
+    let raw = |request: String| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(daemon_addr(port))
+            .await
+            .expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut reply = vec![0u8; 64];
+        let n = stream.read(&mut reply).await.expect("read");
+        String::from_utf8_lossy(&reply[..n]).into_owned()
+    };
+    let body = initialize().to_string();
+    let twice = format!(
+        "POST /notes HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\nOrigin: https://evil.example\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert!(raw(twice).await.starts_with("HTTP/1.1 403"));
+    let absolute = format!(
+        "POST http://evil.example/notes HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert!(raw(absolute).await.starts_with("HTTP/1.1 403"));
+}
+
+fn daemon_addr(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
