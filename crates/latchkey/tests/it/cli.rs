@@ -187,9 +187,9 @@ fn serve(config: &std::path::Path, level: &str) -> Serve {
     }
 }
 
-fn terminate(mut serve: Serve) -> (Option<i32>, String) {
+fn terminate(mut serve: Serve, signal: &str) -> (Option<i32>, String) {
     let status = Command::new("kill")
-        .args(["-TERM", &serve.child.id().to_string()])
+        .args([signal, &serve.child.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
@@ -223,7 +223,7 @@ async fn sigterm_exits_zero_and_logs_carry_no_header_values() {
         .expect("request");
     assert_eq!(response.status(), 200);
     response.bytes().await.expect("body");
-    let (code, logs) = terminate(serve);
+    let (code, logs) = terminate(serve, "-TERM");
     assert_eq!(code, Some(0), "{logs}");
     assert!(
         logs.contains("server=notes")
@@ -239,4 +239,14 @@ async fn sigterm_exits_zero_and_logs_carry_no_header_values() {
     ] {
         assert!(!logs.contains(secret), "{secret} reached the log:\n{logs}");
     }
+}
+
+#[test]
+fn sigint_exits_zero_too() {
+    let dir = tempdir::Dir::new("sigint");
+    let path = write_config(&dir, "[servers.a]\nurl = \"https://a.example.com/mcp\"\n");
+    let serve = serve(&path, "info");
+    let (code, logs) = terminate(serve, "-INT");
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(logs.contains("stopped"), "{logs}");
 }
