@@ -9,6 +9,7 @@
 pub mod authorize;
 pub mod challenge;
 pub mod discovery;
+pub mod registration;
 mod secret;
 pub mod token;
 

@@ -2,3 +2,4 @@
 //! testkit's authorization server.
 
 mod discovery;
+mod flow;
