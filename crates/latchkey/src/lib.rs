@@ -5,6 +5,7 @@
 //! [`config::load`] reads the config, and [`daemon::run`] serves it on a listener
 //! until a shutdown future completes.
 
+pub mod callback;
 pub mod cli;
 pub mod config;
 pub mod daemon;

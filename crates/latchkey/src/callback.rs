@@ -1,0 +1,223 @@
+//! The loopback redirect listener for the OAuth authorization-code flow (RFC 8252 §7.3)
+//! and the browser opener.
+//!
+//! The listener is bound before the browser opens, so the redirect cannot race it. It
+//! takes one redirect, shows the person a clear page, and is gone: a second request or
+//! a request after the timeout finds nothing listening.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use http::StatusCode;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use url::Url;
+
+const CALLBACK_PATH: &str = "/callback";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    #[error(
+        "cannot listen for the OAuth redirect on 127.0.0.1:{port}: {source}; free the port, or change redirect_port under [servers.NAME.oauth]"
+    )]
+    Bind { port: u16, source: std::io::Error },
+    #[error(
+        "no redirect came back within {} s; finish the login in the browser sooner, or run `latchkey login <server> --no-browser`",
+        .0.as_secs()
+    )]
+    TimedOut(Duration),
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// A bound, not yet answered, redirect listener.
+#[derive(Debug)]
+pub struct Listener {
+    listener: TcpListener,
+    redirect_uri: String,
+}
+
+impl Listener {
+    /// Binds `127.0.0.1:port` (0 for an ephemeral port). Some servers only accept a
+    /// registered, fixed redirect URI, hence the configurable port.
+    pub async fn bind(port: u16) -> Result<Self, CallbackError> {
+        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            .await
+            .map_err(|source| CallbackError::Bind { port, source })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| CallbackError::Bind { port, source })?
+            .port();
+        Ok(Self {
+            listener,
+            redirect_uri: format!("http://127.0.0.1:{port}{CALLBACK_PATH}"),
+        })
+    }
+
+    pub fn redirect_uri(&self) -> &str {
+        &self.redirect_uri
+    }
+
+    /// Waits for one redirect and hands its full URL to `check`, whose verdict decides
+    /// the page the person sees. Returns what `check` returned.
+    pub async fn wait<T, F>(self, timeout: Duration, check: F) -> Result<T, CallbackError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Url) -> Result<T, String> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let slot = Arc::new(Slot {
+            base: self.redirect_uri.clone(),
+            check: Mutex::new(Some(Box::new(check))),
+            result: Mutex::new(Some(tx)),
+        });
+        let app = Router::new()
+            .route(CALLBACK_PATH, get(redirect::<T>))
+            .with_state(slot);
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let server = axum::serve(self.listener, app).with_graceful_shutdown(async {
+            let _ = done_rx.await;
+        });
+        let serving = tokio::spawn(server.into_future());
+        let outcome = tokio::time::timeout(timeout, rx).await;
+        // Give the page a moment to reach the browser, then stop listening.
+        let _ = done_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), serving).await;
+        match outcome {
+            Ok(Ok(result)) => result.map_err(CallbackError::Rejected),
+            Ok(Err(_)) | Err(_) => Err(CallbackError::TimedOut(timeout)),
+        }
+    }
+}
+
+type Check<T> = Box<dyn FnOnce(&Url) -> Result<T, String> + Send>;
+
+struct Slot<T> {
+    base: String,
+    check: Mutex<Option<Check<T>>>,
+    result: Mutex<Option<oneshot::Sender<Result<T, String>>>>,
+}
+
+async fn redirect<T: Send + 'static>(State(slot): State<Arc<Slot<T>>>, uri: http::Uri) -> Response {
+    let check = slot
+        .check
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    let Some(check) = check else {
+        return (
+            StatusCode::GONE,
+            page(
+                "Already used",
+                "This login link was already used. Close this tab.",
+            ),
+        )
+            .into_response();
+    };
+    let url = Url::parse(&slot.base).and_then(|base| base.join(&uri.to_string()));
+    let verdict = match url {
+        Ok(url) => check(&url),
+        Err(_) => Err("the redirect URL could not be read".to_owned()),
+    };
+    let response = match &verdict {
+        Ok(_) => (
+            StatusCode::OK,
+            page(
+                "Signed in",
+                "latchkey has the authorization. You can close this tab.",
+            ),
+        ),
+        Err(reason) => (StatusCode::BAD_REQUEST, page("Sign-in failed", reason)),
+    };
+    if let Some(tx) = slot
+        .result
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
+        let _ = tx.send(verdict);
+    }
+    response.into_response()
+}
+
+fn page(title: &str, text: &str) -> Html<String> {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>latchkey: {t}</title></head>\
+<body style=\"font-family:system-ui,sans-serif;margin:3rem\"><h1>{t}</h1><p>{x}</p></body></html>",
+        t = escape(title),
+        x = escape(text)
+    ))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrowserError {
+    #[error("refusing to open {0:?}: only http and https URLs are opened")]
+    Scheme(String),
+    #[error(
+        "cannot start the browser ({command}): {source}; open the URL yourself, or set $BROWSER"
+    )]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+}
+
+/// Opens `url` with `$BROWSER` (the first entry of its `:`-separated list, with `%s`
+/// replaced by the URL or the URL appended) or the platform's opener. No shell is
+/// involved, so the URL cannot be read as shell syntax.
+pub fn open_browser(url: &Url) -> Result<(), BrowserError> {
+    open_with(std::env::var("BROWSER").ok().as_deref(), url)
+}
+
+/// [`open_browser`] with the value of `$BROWSER` given.
+pub fn open_with(browser: Option<&str>, url: &Url) -> Result<(), BrowserError> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(BrowserError::Scheme(url.scheme().to_owned()));
+    }
+    let configured = browser.filter(|b| !b.trim().is_empty());
+    let (program, args) = match configured {
+        Some(browser) => {
+            let first = browser.split(':').next().unwrap_or_default().to_owned();
+            let mut words: Vec<String> = first.split_whitespace().map(str::to_owned).collect();
+            let program = if words.is_empty() {
+                first
+            } else {
+                words.remove(0)
+            };
+            if words.iter().any(|w| w.contains("%s")) {
+                let args = words
+                    .iter()
+                    .map(|w| w.replace("%s", url.as_str()))
+                    .collect();
+                (program, args)
+            } else {
+                words.push(url.to_string());
+                (program, words)
+            }
+        }
+        None if cfg!(target_os = "macos") => ("open".to_owned(), vec![url.to_string()]),
+        None => ("xdg-open".to_owned(), vec![url.to_string()]),
+    };
+    Command::new(&program)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(drop)
+        .map_err(|source| BrowserError::Spawn {
+            command: program,
+            source,
+        })
+}
