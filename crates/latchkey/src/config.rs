@@ -64,20 +64,15 @@ pub struct Server {
 }
 
 impl fmt::Debug for Server {
-    // The URL may carry a key in its query or user info, and the oauth table a client
-    // secret: show neither.
+    // The URL may carry a key in its query or user info: show it redacted. (The
+    // client secret is a `Secret`, masked by its own Debug.)
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let oauth_keys: Vec<&String> = match &self.oauth {
-            OAuth::Enabled(table) => table.keys().collect(),
-            OAuth::Disabled => Vec::new(),
-        };
         f.debug_struct("Server")
             .field("name", &self.name)
             .field("url", &crate::status::redacted(&self.url))
             .field("transport", &self.transport)
             .field("headers", &self.headers)
-            .field("oauth_enabled", &matches!(self.oauth, OAuth::Enabled(_)))
-            .field("oauth_keys", &oauth_keys)
+            .field("oauth", &self.oauth)
             .finish()
     }
 }
@@ -104,12 +99,59 @@ impl Transport {
     }
 }
 
-/// The `oauth` key. Only its shape is checked for now; the OAuth flow reads it.
+/// The `oauth` key: `false`, or settings for the OAuth flow tried on a 401.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OAuth {
-    Enabled(toml::Table),
+    Enabled(OAuthConfig),
     Disabled,
 }
+
+/// `[servers.NAME.oauth]`. Every key is optional.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OAuthConfig {
+    /// A client registered by hand. An empty value counts as none.
+    pub client_id: Option<String>,
+    /// From `client_secret`, `client_secret_env` or `client_secret_file`.
+    pub client_secret: Option<Secret>,
+    /// An HTTPS URL to use as a client ID metadata document.
+    pub client_metadata_url: Option<Url>,
+    /// The loopback redirect port; 0 picks a free one.
+    pub redirect_port: u16,
+    /// Send the RFC 8707 `resource` parameter; off for servers that reject it.
+    pub send_resource: bool,
+    /// Extra authorization request parameters, such as `access_type = "offline"`.
+    pub authorize_params: Vec<(String, String)>,
+    /// How long requests wait for a login before they fail.
+    pub auth_timeout: Duration,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        Self {
+            client_id: None,
+            client_secret: None,
+            client_metadata_url: None,
+            redirect_port: 0,
+            send_resource: true,
+            authorize_params: Vec::new(),
+            auth_timeout: DEFAULT_AUTH_TIMEOUT,
+        }
+    }
+}
+
+const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(120);
+
+const OAUTH_KEYS: &[&str] = &[
+    "client_id",
+    "client_secret",
+    "client_secret_env",
+    "client_secret_file",
+    "client_metadata_url",
+    "redirect_port",
+    "send_resource",
+    "authorize_params",
+    "auth_timeout_secs",
+];
 
 /// A problem found in a config file, with where it is and how to fix it.
 #[derive(Debug, Clone)]
@@ -458,28 +500,9 @@ impl Checker<'_> {
             Some(headers) => self.headers(headers, env),
             None => Vec::new(),
         };
-        let oauth = match self.field::<toml::Value>(
-            &mut table,
-            "oauth",
-            "write oauth = false, or an [servers.NAME.oauth] table",
-        ) {
-            None => OAuth::Enabled(toml::Table::new()),
-            Some(value) => match value.get_ref() {
-                toml::Value::Boolean(true) => OAuth::Enabled(toml::Table::new()),
-                toml::Value::Boolean(false) => OAuth::Disabled,
-                toml::Value::Table(table) => OAuth::Enabled(table.clone()),
-                other => {
-                    self.error(
-                        value.span(),
-                        format!(
-                            "`oauth` must be true, false or a table, not a {}",
-                            other.type_str()
-                        ),
-                        Some("write oauth = false to use only the static headers"),
-                    );
-                    OAuth::Disabled
-                }
-            },
+        let oauth = match table.remove("oauth") {
+            None => OAuth::Enabled(OAuthConfig::default()),
+            Some(value) => self.oauth(value, env),
         };
         let url = match url {
             Some(url) => self.url(&name, &url),
@@ -499,6 +522,149 @@ impl Checker<'_> {
             headers,
             oauth,
         })
+    }
+
+    fn oauth(
+        &mut self,
+        value: Spanned<DeValue<'_>>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> OAuth {
+        let span = value.span();
+        let mut table = match value.into_inner() {
+            DeValue::Boolean(true) => return OAuth::Enabled(OAuthConfig::default()),
+            DeValue::Boolean(false) => return OAuth::Disabled,
+            DeValue::Table(table) => table,
+            other => {
+                self.error(
+                    span,
+                    format!(
+                        "`oauth` must be true, false or a table, not a {}",
+                        other.type_str()
+                    ),
+                    Some("write oauth = false to use only the static headers"),
+                );
+                return OAuth::Disabled;
+            }
+        };
+        self.take_unknown(&mut table, OAUTH_KEYS, "oauth keys are");
+        let mut oauth = OAuthConfig {
+            client_id: self
+                .field::<String>(
+                    &mut table,
+                    "client_id",
+                    "write client_id = \"the id the server gave you\"",
+                )
+                .map(Spanned::into_inner)
+                .filter(|id| !id.trim().is_empty()),
+            ..OAuthConfig::default()
+        };
+        let secret_hint = "give the secret once: client_secret, client_secret_env (a variable name) or client_secret_file (a path)";
+        let sources = [
+            self.field::<String>(&mut table, "client_secret", secret_hint)
+                .map(|v| (v.span(), Ok(Secret::new(v.into_inner())))),
+            self.field::<String>(&mut table, "client_secret_env", secret_hint)
+                .map(|v| {
+                    let value = env(v.get_ref())
+                        .map(Secret::new)
+                        .ok_or_else(|| format!("environment variable {} is not set", v.get_ref()));
+                    (v.span(), value)
+                }),
+            self.field::<String>(&mut table, "client_secret_file", secret_hint)
+                .map(|v| {
+                    let path = self.relative(v.get_ref());
+                    let value = std::fs::read_to_string(&path)
+                        .map(|text| Secret::new(text.trim_end_matches(['\n', '\r'])))
+                        .map_err(|e| {
+                            format!("cannot read client_secret_file {}: {e}", path.display())
+                        });
+                    (v.span(), value)
+                }),
+        ];
+        let given: Vec<_> = sources.into_iter().flatten().collect();
+        if given.len() > 1 {
+            self.error(
+                given[1].0.clone(),
+                "client_secret is given more than once",
+                Some(secret_hint),
+            );
+        }
+        if let Some((span, value)) = given.into_iter().next() {
+            match value {
+                Ok(secret) => oauth.client_secret = Some(secret),
+                Err(message) => self.error(span, message, Some(secret_hint)),
+            }
+        }
+        if oauth.client_secret.is_some() && oauth.client_id.is_none() {
+            self.error(
+                span.clone(),
+                "client_secret is set but client_id is not",
+                Some("add client_id to the oauth table"),
+            );
+        }
+        if let Some(url) = self.field::<String>(
+            &mut table,
+            "client_metadata_url",
+            "write the HTTPS URL where your client ID metadata document is served",
+        ) {
+            match Url::parse(url.get_ref()) {
+                Ok(parsed) if parsed.scheme() == "https" && parsed.path() != "/" => {
+                    oauth.client_metadata_url = Some(parsed);
+                }
+                _ => self.error(
+                    url.span(),
+                    "client_metadata_url must be an https URL with a path",
+                    Some("for example client_metadata_url = \"https://example.com/latchkey/client.json\""),
+                ),
+            }
+        }
+        if let Some(port) = self.field::<u16>(
+            &mut table,
+            "redirect_port",
+            "a port number, such as redirect_port = 33418 (0 picks a free one)",
+        ) {
+            oauth.redirect_port = port.into_inner();
+        }
+        if let Some(send) = self.field::<bool>(
+            &mut table,
+            "send_resource",
+            "write send_resource = false for servers that reject the resource parameter",
+        ) {
+            oauth.send_resource = send.into_inner();
+        }
+        if let Some(params) = self.field::<toml::map::Map<String, toml::Value>>(
+            &mut table,
+            "authorize_params",
+            "write authorize_params = { access_type = \"offline\" }",
+        ) {
+            let span = params.span();
+            for (key, value) in params.into_inner() {
+                match value {
+                    toml::Value::String(value) => oauth.authorize_params.push((key, value)),
+                    _ => self.error(
+                        span.clone(),
+                        format!("authorize_params.{key} must be a string"),
+                        Some("quote the value"),
+                    ),
+                }
+            }
+        }
+        if let Some(secs) = self.field::<u64>(
+            &mut table,
+            "auth_timeout_secs",
+            "a whole number of seconds, such as auth_timeout_secs = 120",
+        ) {
+            oauth.auth_timeout = Duration::from_secs(secs.into_inner());
+        }
+        OAuth::Enabled(oauth)
+    }
+
+    /// A path from the config, relative to the config file's directory.
+    fn relative(&self, path: &str) -> PathBuf {
+        let path = Path::new(path);
+        match self.file.parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_owned(),
+        }
     }
 
     fn url(&mut self, name: &str, raw: &Spanned<String>) -> Option<Url> {

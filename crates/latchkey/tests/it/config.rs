@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use latchkey::config::{self, ConfigError, OAuth, Transport};
+use latchkey::config::{self, ConfigError, OAuth, OAuthConfig, Transport};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -64,7 +64,10 @@ headers = { "X-Key" = "k-${PRESENT}-$${literal}" }
     assert_eq!(config.listen, config::DEFAULT_LISTEN);
     assert_eq!(config.servers[0].name, "a");
     assert_eq!(config.servers[0].transport, Transport::Auto);
-    assert_eq!(config.servers[0].oauth, OAuth::Enabled(toml::Table::new()));
+    assert_eq!(
+        config.servers[0].oauth,
+        OAuth::Enabled(OAuthConfig::default())
+    );
     let b = &config.servers[1];
     assert_eq!(b.transport, Transport::Sse);
     assert_eq!(b.oauth, OAuth::Disabled);
@@ -193,17 +196,68 @@ fn oauth_key_must_be_bool_or_table() {
         "{errors:?}"
     );
     let config = parse(
-        "[servers.a]\nurl = \"https://a.example.com\"\n[servers.a.oauth]\nscopes = [\"read\"]\n",
+        "[servers.a]\nurl = \"https://a.example.com\"\n[servers.a.oauth]\nclient_id = \"app\"\nclient_secret_env = \"PRESENT\"\nredirect_port = 33418\nsend_resource = false\nauthorize_params = { access_type = \"offline\", prompt = \"consent\" }\nauth_timeout_secs = 30\nclient_metadata_url = \"https://example.com/latchkey/client.json\"\n",
     )
-    .expect("table");
-    assert!(matches!(&config.servers[0].oauth, OAuth::Enabled(t) if t.contains_key("scopes")));
+    .expect("valid oauth table");
+    let OAuth::Enabled(oauth) = &config.servers[0].oauth else {
+        panic!("enabled")
+    };
+    assert_eq!(oauth.client_id.as_deref(), Some("app"));
+    assert_eq!(
+        oauth.client_secret.as_ref().map(|s| s.expose()),
+        Some("value")
+    );
+    assert_eq!(oauth.redirect_port, 33418);
+    assert!(!oauth.send_resource);
+    assert_eq!(
+        oauth.authorize_params,
+        [
+            ("access_type".to_owned(), "offline".to_owned()),
+            ("prompt".to_owned(), "consent".to_owned())
+        ]
+    );
+    assert_eq!(oauth.auth_timeout, std::time::Duration::from_secs(30));
+    assert!(
+        !format!("{config:?}").contains("value\""),
+        "the secret stays masked"
+    );
+}
+
+#[test]
+fn oauth_mistakes_name_the_key() {
+    let errors = diagnostics(
+        "[servers.a]\nurl = \"https://a.example.com\"\n[servers.a.oauth]\nclient_id = \"\"\nclient_secret = \"s\"\nclient_secret_env = \"MISSING_SECRET\"\nclient_secret_file = \"/nonexistent/secret\"\nclient_metadata_url = \"http://example.com/c.json\"\nscopes = [\"x\"]\n",
+    );
+    let all = errors.join("\n");
+    for text in [
+        "unknown key `scopes`",
+        "client_secret is given more than once",
+        "client_secret is set but client_id is not",
+        "client_metadata_url must be an https URL",
+    ] {
+        assert!(all.contains(text), "missing {text:?} in:\n{all}");
+    }
+    let errors = diagnostics(
+        "[servers.a]\nurl = \"https://a.example.com\"\n[servers.a.oauth]\nclient_id = \"x\"\nclient_secret_file = \"no-such-file\"\n",
+    );
+    assert!(
+        errors[0].contains("cannot read client_secret_file") && errors[0].contains("no-such-file"),
+        "{errors:?}"
+    );
+    let errors = diagnostics(
+        "[servers.a]\nurl = \"https://a.example.com\"\n[servers.a.oauth]\nclient_id = \"x\"\nclient_secret_env = \"MISSING_SECRET\"\n",
+    );
+    assert!(
+        errors[0].contains("environment variable MISSING_SECRET is not set"),
+        "{errors:?}"
+    );
 }
 
 #[test]
 fn diagnostics_and_debug_never_show_secrets() {
     let text = "[servers.a]\nurl = \"https://user:hunter2@a.example.com/mcp?api_key=QSECRET\"\n[servers.a.oauth]\nclient_secret = \"OAUTHSECRET\"\n[servers.b]\nurl = \"https://b.example.com:99999/mcp?api_key=QSECRET\"\nheaders = \"Bearer sk-LITERAL-SECRET\"\n";
     let all = diagnostics(text).join("\n");
-    for secret in ["QSECRET", "sk-LITERAL-SECRET", "hunter2"] {
+    for secret in ["QSECRET", "sk-LITERAL-SECRET", "hunter2", "OAUTHSECRET"] {
         assert!(!all.contains(secret), "{secret} in:\n{all}");
     }
     assert!(
@@ -211,7 +265,7 @@ fn diagnostics_and_debug_never_show_secrets() {
         "{all}"
     );
 
-    let config = parse("[servers.a]\nurl = \"https://user:hunter2@a.example.com/mcp?api_key=QSECRET\"\nheaders = { \"X-Key\" = \"HEADERSECRET\" }\n[servers.a.oauth]\nclient_secret = \"OAUTHSECRET\"\n").expect("valid");
+    let config = parse("[servers.a]\nurl = \"https://user:hunter2@a.example.com/mcp?api_key=QSECRET\"\nheaders = { \"X-Key\" = \"HEADERSECRET\" }\n[servers.a.oauth]\nclient_id = \"app\"\nclient_secret = \"OAUTHSECRET\"\n").expect("valid");
     let debug = format!("{config:?}");
     for secret in ["QSECRET", "hunter2", "OAUTHSECRET", "HEADERSECRET"] {
         assert!(!debug.contains(secret), "{secret} in {debug}");
