@@ -11,6 +11,7 @@ pub mod challenge;
 pub mod discovery;
 pub mod registration;
 mod secret;
+pub mod session;
 pub mod token;
 
 pub use challenge::BearerChallenge;

@@ -177,8 +177,8 @@ async fn request(
     client: &ClientCredentials,
     form: &[(&str, &str)],
 ) -> Result<TokenResponse, TokenError> {
-    let mut body = form_urlencoded::Serializer::new(String::new());
-    body.extend_pairs(form);
+    let (body, basic) = encode_form(client, form)?;
+
     let mut request = http
         .post(endpoint)
         .header(reqwest::header::ACCEPT, "application/json")
@@ -187,30 +187,11 @@ async fn request(
             "application/x-www-form-urlencoded",
         )
         .timeout(TOKEN_TIMEOUT);
-    match &client.auth {
-        ClientAuth::None => {
-            body.append_pair("client_id", &client.client_id);
-        }
-        ClientAuth::Post(secret) => {
-            body.append_pair("client_id", &client.client_id);
-            body.append_pair("client_secret", secret.expose());
-        }
-        ClientAuth::Basic(secret) => {
-            // RFC 6749 §2.3.1: both parts are form-encoded before Base64.
-            let encode =
-                |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let pair = format!("{}:{}", encode(&client.client_id), encode(secret.expose()));
-            let mut value =
-                reqwest::header::HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(pair)))
-                    .map_err(|_| TokenError::Malformed {
-                        cause: "client credentials cannot form a header".into(),
-                    })?;
-            value.set_sensitive(true);
-            request = request.header(reqwest::header::AUTHORIZATION, value);
-        }
+    if let Some(value) = basic {
+        request = request.header(reqwest::header::AUTHORIZATION, value);
     }
     let response = request
-        .body(body.finish())
+        .body(body)
         .send()
         .await
         .map_err(|e| TokenError::Network {
@@ -267,6 +248,40 @@ async fn request(
         });
     }
     Ok(tokens)
+}
+
+/// The form body and, for `client_secret_basic`, the `Authorization` value. A plain
+/// function: the serializer is not `Send`, so it must not live in an async body.
+fn encode_form(
+    client: &ClientCredentials,
+    form: &[(&str, &str)],
+) -> Result<(String, Option<reqwest::header::HeaderValue>), TokenError> {
+    let mut body = form_urlencoded::Serializer::new(String::new());
+    body.extend_pairs(form);
+    let mut basic = None;
+    match &client.auth {
+        ClientAuth::None => {
+            body.append_pair("client_id", &client.client_id);
+        }
+        ClientAuth::Post(secret) => {
+            body.append_pair("client_id", &client.client_id);
+            body.append_pair("client_secret", secret.expose());
+        }
+        ClientAuth::Basic(secret) => {
+            // RFC 6749 §2.3.1: both parts are form-encoded before Base64.
+            let encode =
+                |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let pair = format!("{}:{}", encode(&client.client_id), encode(secret.expose()));
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(pair)))
+                    .map_err(|_| TokenError::Malformed {
+                        cause: "client credentials cannot form a header".into(),
+                    })?;
+            value.set_sensitive(true);
+            basic = Some(value);
+        }
+    }
+    Ok((body.finish(), basic))
 }
 
 fn classify(error: &serde_json::Error) -> &'static str {

@@ -13,4 +13,4 @@ mod auth;
 mod mcp;
 
 pub use auth::{AuthOptions, AuthServer, Grant, MetadataAt, PrmAt, RegisteredClient};
-pub use mcp::{McpUpstream, RecordedRequest};
+pub use mcp::{McpUpstream, Protection, RecordedRequest, TokenCheck};

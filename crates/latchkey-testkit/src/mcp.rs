@@ -39,8 +39,27 @@ pub struct McpUpstream {
     stop: CancellationToken,
 }
 
+/// Decides whether a bearer token is good. Tests usually ask the [`crate::AuthServer`].
+pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The upstream as an OAuth-protected resource: requests without a good bearer token
+/// get 401 with the `WWW-Authenticate` value `challenge` gives (a function, so that it
+/// can name an authorization server started after this upstream).
+#[derive(Clone)]
+pub struct Protection {
+    pub check: TokenCheck,
+    pub challenge: Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+impl std::fmt::Debug for Protection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Protection").finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shared {
+    protection: Option<Protection>,
     requests: Mutex<Vec<RecordedRequest>>,
     sessions: Mutex<HashMap<String, Session>>,
     next_session: AtomicU64,
@@ -66,17 +85,42 @@ impl McpUpstream {
         .await
     }
 
+    /// Starts on an ephemeral loopback port, requiring bearer tokens.
+    pub async fn start_protected(protection: Protection) -> std::io::Result<Self> {
+        Self::serve(
+            "127.0.0.1:0".parse().expect("valid address"),
+            CancellationToken::new(),
+            Some(protection),
+        )
+        .await
+    }
+
     /// Starts on `addr`, serving until `stop` is cancelled.
     pub async fn start_on(addr: SocketAddr, stop: CancellationToken) -> std::io::Result<Self> {
+        Self::serve(addr, stop, None).await
+    }
+
+    async fn serve(
+        addr: SocketAddr,
+        stop: CancellationToken,
+        protection: Option<Protection>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            protection,
+            ..Shared::default()
+        });
         let app = Router::new()
             .route("/mcp", post(mcp_post).get(mcp_get).delete(mcp_delete))
             .route("/sse", get(legacy_sse))
             .route("/messages", post(legacy_post))
             .with_state(shared.clone())
             .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+            .layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                protect,
+            ))
             .layer(axum::middleware::from_fn_with_state(shared.clone(), record));
         let token = stop.clone();
         tokio::spawn(async move {
@@ -156,6 +200,29 @@ async fn record(
         });
     next.run(axum::extract::Request::from_parts(parts, Body::from(body)))
         .await
+}
+
+async fn protect(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(protection) = &shared.protection else {
+        return next.run(request).await;
+    };
+    let token = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if token.is_some_and(|t| (protection.check)(t)) {
+        return next.run(request).await;
+    }
+    let mut response = jsonrpc_error(StatusCode::UNAUTHORIZED, "authorization required");
+    if let Ok(value) = HeaderValue::from_str(&(protection.challenge)()) {
+        response.headers_mut().insert("www-authenticate", value);
+    }
+    response
 }
 
 fn session_header(headers: &HeaderMap) -> Option<String> {

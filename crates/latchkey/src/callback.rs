@@ -15,6 +15,8 @@ use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use http::StatusCode;
+use latchkey_auth::Secret;
+use latchkey_auth::session::{BoxFuture, Browser, Redirect, RedirectCheck};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use url::Url;
@@ -220,4 +222,41 @@ pub fn open_with(browser: Option<&str>, url: &Url) -> Result<(), BrowserError> {
             command: program,
             source,
         })
+}
+
+/// The real person at the real browser: the daemon's [`Browser`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemBrowser;
+
+impl Browser for SystemBrowser {
+    fn bind(&self, port: u16) -> BoxFuture<'_, Result<Box<dyn Redirect>, String>> {
+        Box::pin(async move {
+            let listener = Listener::bind(port).await.map_err(|e| e.to_string())?;
+            Ok(Box::new(SystemRedirect(listener)) as Box<dyn Redirect>)
+        })
+    }
+}
+
+struct SystemRedirect(Listener);
+
+impl Redirect for SystemRedirect {
+    fn redirect_uri(&self) -> String {
+        self.0.redirect_uri().to_owned()
+    }
+
+    fn complete(
+        self: Box<Self>,
+        url: Url,
+        timeout: Duration,
+        check: RedirectCheck,
+    ) -> BoxFuture<'static, Result<Secret, String>> {
+        Box::pin(async move {
+            if let Err(e) = open_browser(&url) {
+                // The URL is on the status page and in errors; the login can still
+                // happen by hand.
+                tracing::warn!(error = %e, "cannot open the browser; open the authorization URL from the status page");
+            }
+            self.0.wait(timeout, check).await.map_err(|e| e.to_string())
+        })
+    }
 }

@@ -26,10 +26,13 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::callback::SystemBrowser;
 use crate::config::Config;
 use crate::guard::Guard;
 use crate::proxy::{self, Proxy};
 use crate::status;
+use latchkey_auth::session::Browser;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -41,15 +44,26 @@ pub enum DaemonError {
     Serve(std::io::Error),
 }
 
-/// Serves `config` on `listener` until `shutdown` completes, then drains.
+/// Serves `config` on `listener` until `shutdown` completes, then drains. Logins
+/// open the system browser.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    run_with_browser(listener, config, shutdown, Arc::new(SystemBrowser)).await
+}
+
+/// [`run`] with another [`Browser`] for logins (tests script the person at it).
+pub async fn run_with_browser(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    browser: Arc<dyn Browser>,
+) -> Result<(), DaemonError> {
     let local = listener.local_addr().map_err(DaemonError::Listener)?;
     let stop = CancellationToken::new();
-    let proxy = Proxy::new(&config, stop.clone())?;
+    let proxy = Proxy::new(&config, stop.clone(), browser)?;
     let app = router(proxy, Guard::new(local, &config));
     tracing::info!(%local, servers = config.servers.len(), "latchkey listening");
 

@@ -27,6 +27,14 @@ pub(crate) enum ProxyError {
     UnknownLegacyEndpoint { path: String },
     #[error("session not found; it has ended, so start a new one with initialize")]
     UnknownSession,
+    #[error("server {server:?} needs a login that did not succeed: {message}")]
+    Auth { server: String, message: String },
+    #[error("server {server:?} needs a login in the browser, which has not finished yet{}; then send the request again", .url.as_deref().map(|u| format!(": open {u}")).unwrap_or_default())]
+    AuthTimeout { server: String, url: Option<String> },
+    #[error(
+        "server {server:?} asked for a login, which is done now; the request was too large to keep, so send it again"
+    )]
+    SendAgain { server: String },
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -48,6 +56,10 @@ impl ProxyError {
             | Self::UnknownLegacyEndpoint { .. }
             | Self::UnknownSession => StatusCode::NOT_FOUND,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            // Never 401: the MCP client would try OAuth itself.
+            Self::Auth { .. } | Self::AuthTimeout { .. } | Self::SendAgain { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -61,8 +73,14 @@ impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut data = json!({ "latchkey": true });
-        if let Self::Upstream { server, url, cause } = &self {
-            data = json!({ "latchkey": true, "server": server, "url": url, "cause": cause });
+        match &self {
+            Self::Upstream { server, url, cause } => {
+                data = json!({ "latchkey": true, "server": server, "url": url, "cause": cause });
+            }
+            Self::AuthTimeout { server, url } => {
+                data = json!({ "latchkey": true, "server": server, "authorization_url": url });
+            }
+            _ => {}
         }
         let body = json!({
             "jsonrpc": "2.0",

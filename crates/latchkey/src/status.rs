@@ -4,7 +4,9 @@ use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use http::HeaderMap;
 use http::header::ACCEPT;
+use latchkey_auth::session::AuthStatus;
 use serde_json::{Value, json};
+use std::time::SystemTime;
 use url::Url;
 
 use crate::proxy::Proxy;
@@ -14,14 +16,39 @@ pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Resp
         .upstreams()
         .map(|upstream| {
             let server = &upstream.config;
-            let error = upstream.last_error();
+            let mut error = upstream.last_error();
+            let mut state = if error.is_some() { "error" } else { "ready" };
+            let mut auth = json!({ "oauth": upstream.auth.is_some() });
+            if let Some(upstream_auth) = &upstream.auth {
+                let status = upstream_auth.session.status();
+                if error.is_none() {
+                    state = status.name();
+                }
+                match status {
+                    AuthStatus::Authorizing { url } => auth["authorization_url"] = json!(url),
+                    AuthStatus::NeedsAuth { reason } => auth["reason"] = json!(reason),
+                    AuthStatus::NeedsClientRegistration { message }
+                    | AuthStatus::Error { message } => {
+                        error.get_or_insert(message);
+                    }
+                    AuthStatus::Ready => {}
+                }
+                if let Some((expires_at, scopes)) = upstream_auth.session.token_info() {
+                    auth["scopes"] = json!(scopes);
+                    auth["expires_in_secs"] = json!(expires_at.map(|at| {
+                        at.duration_since(SystemTime::now())
+                            .map_or(0, |d| d.as_secs())
+                    }));
+                }
+            }
             json!({
                 "name": server.name,
                 "local_path": format!("/{}", server.name),
                 "upstream": redacted(&server.url),
                 "transport": server.transport.as_str(),
-                "state": if error.is_some() { "error" } else { "ready" },
+                "state": state,
                 "error": error,
+                "auth": auth,
             })
         })
         .collect();
@@ -54,8 +81,17 @@ fn render(servers: &[Value]) -> String {
     let mut rows = String::new();
     for server in servers {
         let field = |key: &str| escape(server[key].as_str().unwrap_or(""));
+        let login = server["auth"]["authorization_url"]
+            .as_str()
+            .map(|url| {
+                format!(
+                    " <a href=\"{}\" target=\"_blank\" rel=\"noopener\">sign in</a>",
+                    escape(url)
+                )
+            })
+            .unwrap_or_default();
         rows.push_str(&format!(
-            "<tr><td><a href=\"{path}\">{name}</a></td><td>{upstream}</td><td>{transport}</td><td class=\"{state}\">{state}</td><td>{error}</td></tr>\n",
+            "<tr><td><a href=\"{path}\">{name}</a></td><td>{upstream}</td><td>{transport}</td><td class=\"{state}\">{state}{login}</td><td>{error}</td></tr>\n",
             path = field("local_path"),
             name = field("name"),
             upstream = field("upstream"),

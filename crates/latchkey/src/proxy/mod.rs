@@ -8,6 +8,7 @@
 
 mod bridge;
 mod headers;
+mod oauth;
 mod sse;
 mod sse_endpoint;
 
@@ -26,13 +27,21 @@ use http::{HeaderMap, Method, StatusCode};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::config::{Config, Server, Transport};
+use crate::config::{Config, OAuth, OAuthConfig, Server, Transport};
 use crate::error::{ProxyError, describe};
+use latchkey_auth::BearerChallenge;
+use latchkey_auth::registration::ConfiguredClient;
+use latchkey_auth::session::Trigger;
+use latchkey_auth::session::{AuthSettings, Browser, ServerAuth};
+use oauth::Payload;
+pub(crate) use oauth::UpstreamAuth;
 use sse_endpoint::EndpointRewriter;
 pub(crate) use sse_endpoint::LegacyEndpoints;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SESSION_ID: &str = "mcp-session-id";
+/// The least time a browser login gets before its redirect listener closes.
+const FLOW_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Everything the request handlers share.
 #[derive(Debug, Clone)]
@@ -56,6 +65,8 @@ pub(crate) struct Upstream {
     last_error: Mutex<Option<String>>,
     /// For `transport = "auto"`: what the server turned out to speak.
     detected: AtomicU8,
+    /// `None` for `oauth = false`.
+    pub(crate) auth: Option<UpstreamAuth>,
 }
 
 const UNKNOWN: u8 = 0;
@@ -113,6 +124,7 @@ impl Proxy {
     pub(crate) fn new(
         config: &Config,
         shutdown: CancellationToken,
+        browser: Arc<dyn Browser>,
     ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -125,11 +137,23 @@ impl Proxy {
             .servers
             .iter()
             .map(|server| {
+                let auth = match &server.oauth {
+                    OAuth::Disabled => None,
+                    OAuth::Enabled(oauth) => Some(UpstreamAuth {
+                        session: ServerAuth::new(
+                            auth_settings(server, oauth),
+                            client.clone(),
+                            browser.clone(),
+                        ),
+                        timeout: oauth.auth_timeout,
+                    }),
+                };
                 let upstream = Upstream {
                     config: server.clone(),
                     failing: AtomicBool::new(false),
                     last_error: Mutex::new(None),
                     detected: AtomicU8::new(UNKNOWN),
+                    auth,
                 };
                 (server.name.clone(), Arc::new(upstream))
             })
@@ -155,6 +179,23 @@ impl Proxy {
                 name: name.to_owned(),
                 known: self.order.join(", "),
             })
+    }
+}
+
+fn auth_settings(server: &Server, oauth: &OAuthConfig) -> AuthSettings {
+    AuthSettings {
+        server: server.name.clone(),
+        resource_url: server.url.clone(),
+        client: oauth.client_id.clone().map(|client_id| ConfiguredClient {
+            client_id,
+            client_secret: oauth.client_secret.clone(),
+        }),
+        client_metadata_url: oauth.client_metadata_url.as_ref().map(ToString::to_string),
+        redirect_port: oauth.redirect_port,
+        send_resource: oauth.send_resource,
+        authorize_params: oauth.authorize_params.clone(),
+        // The browser flow may outlast one request's wait; it keeps going for the next.
+        flow_timeout: oauth.auth_timeout.max(FLOW_TIMEOUT),
     }
 }
 
@@ -236,7 +277,7 @@ async fn probe(
         &parts.method,
         url.clone(),
         parts.headers,
-        body.clone().into(),
+        Payload::Whole(body.clone()),
     )
     .await?;
     let status = response.status();
@@ -326,7 +367,7 @@ async fn send(
         // The rewrite needs the bytes as sent, not compressed.
         headers.remove(ACCEPT_ENCODING);
     }
-    let body = reqwest::Body::wrap_stream(body.into_data_stream());
+    let body = Payload::read(body, upstream.auth.is_some()).await?;
     let response =
         upstream_request(proxy, upstream, &parts.method, url.clone(), headers, body).await?;
     Ok(relay(
@@ -340,20 +381,90 @@ async fn send(
 }
 
 /// Sends a client's request upstream with the headers edited: the client's own
-/// credentials and hop-by-hop headers out, the configured headers in.
+/// credentials and hop-by-hop headers out, the configured headers (and the OAuth
+/// token) in. For an OAuth server, a 401 (or a 403 `insufficient_scope`) waits for the
+/// login and sends the request once more.
 async fn upstream_request(
     proxy: &Proxy,
     upstream: &Upstream,
     method: &Method,
     url: Url,
     mut headers: HeaderMap,
-    body: reqwest::Body,
+    payload: Payload,
 ) -> Result<reqwest::Response, ProxyError> {
     let server = &upstream.config;
     headers::to_upstream(&mut headers);
     for (name, value) in &server.headers {
         headers.insert(name.clone(), value.clone());
     }
+    let Some(auth) = &upstream.auth else {
+        return transmit(proxy, upstream, method, url, headers, payload.into_body()).await;
+    };
+    let mut payload = payload;
+    let mut retried = false;
+    loop {
+        if auth.session.needs_refresh() {
+            let seen = auth.session.bearer().1;
+            auth.wait(
+                upstream,
+                Trigger {
+                    seen,
+                    ..Trigger::default()
+                },
+            )
+            .await?;
+        }
+        let (bearer, seen) = auth.session.bearer();
+        let mut attempt_headers = headers.clone();
+        if let Some(bearer) = bearer {
+            attempt_headers.insert(http::header::AUTHORIZATION, bearer);
+        }
+        let (body, rest) = payload.split();
+        payload = rest;
+        let response =
+            transmit(proxy, upstream, method, url.clone(), attempt_headers, body).await?;
+        let status = response.status();
+        let challenge = BearerChallenge::from_headers(
+            response
+                .headers()
+                .get_all(http::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        let step_up = status == StatusCode::FORBIDDEN
+            && challenge
+                .as_ref()
+                .is_some_and(BearerChallenge::is_insufficient_scope);
+        if retried || !(status == StatusCode::UNAUTHORIZED || step_up) {
+            return Ok(response);
+        }
+        auth.wait(
+            upstream,
+            Trigger {
+                seen,
+                challenge,
+                step_up,
+            },
+        )
+        .await?;
+        if matches!(payload, Payload::Spent) {
+            return Err(ProxyError::SendAgain {
+                server: server.name.clone(),
+            });
+        }
+        retried = true;
+    }
+}
+
+async fn transmit(
+    proxy: &Proxy,
+    upstream: &Upstream,
+    method: &Method,
+    url: Url,
+    headers: HeaderMap,
+    body: reqwest::Body,
+) -> Result<reqwest::Response, ProxyError> {
+    let server = &upstream.config;
     let response = proxy
         .client
         .request(method.clone(), url)

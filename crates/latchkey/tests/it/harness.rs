@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use latchkey::daemon::{self, DaemonError};
+use latchkey_auth::session::{BoxFuture, Browser, Redirect};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +61,11 @@ impl DaemonBuilder {
     }
 
     pub async fn start(self) -> Daemon {
+        self.start_with_browser(std::sync::Arc::new(NoBrowser))
+            .await
+    }
+
+    pub async fn start_with_browser(self, browser: std::sync::Arc<dyn Browser>) -> Daemon {
         let text = self.toml();
         let config = latchkey::config::parse(Path::new("test.toml"), &text, |name| {
             (name == "TEST_API_KEY").then(|| "static-key-123".to_owned())
@@ -68,10 +74,11 @@ impl DaemonBuilder {
         let listener = TcpListener::bind(config.listen).await.expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");
         let stop = CancellationToken::new();
-        let handle = tokio::spawn(daemon::run(
+        let handle = tokio::spawn(daemon::run_with_browser(
             listener,
             config,
             stop.clone().cancelled_owned(),
+            browser,
         ));
         Daemon { addr, stop, handle }
     }
@@ -142,5 +149,15 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     while !check() {
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// For tests that must never open a browser: any login attempt fails.
+#[derive(Debug)]
+pub struct NoBrowser;
+
+impl Browser for NoBrowser {
+    fn bind(&self, _port: u16) -> BoxFuture<'_, Result<Box<dyn Redirect>, String>> {
+        Box::pin(async { Err("this test opens no browser".to_owned()) })
     }
 }

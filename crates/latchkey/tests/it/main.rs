@@ -5,4 +5,5 @@ mod cli;
 mod config;
 mod harness;
 mod interop;
+mod oauth;
 mod proxy;

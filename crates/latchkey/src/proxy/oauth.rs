@@ -1,0 +1,116 @@
+//! The proxy's side of OAuth: the token on each request, the wait for a login, and
+//! keeping request bodies so that a request refused with 401 can be sent again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
+use latchkey_auth::session::{AuthStatus, ServerAuth, Trigger};
+
+use super::Upstream;
+use crate::error::ProxyError;
+
+/// Request bodies up to this size are kept for a retry after a login; bigger ones
+/// stream, and their client is asked to send them again.
+const REPLAY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// An OAuth-protected server's token source.
+#[derive(Debug)]
+pub(crate) struct UpstreamAuth {
+    pub(crate) session: Arc<ServerAuth>,
+    /// How long a request waits for a login.
+    pub(crate) timeout: Duration,
+}
+
+impl UpstreamAuth {
+    /// Waits (up to the server's `auth_timeout`) for new tokens.
+    pub(crate) async fn wait(
+        &self,
+        upstream: &Upstream,
+        trigger: Trigger,
+    ) -> Result<(), ProxyError> {
+        let server = upstream.config.name.clone();
+        match tokio::time::timeout(self.timeout, self.session.authorize(trigger)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ProxyError::Auth {
+                server,
+                message: e.message,
+            }),
+            Err(_) => Err(ProxyError::AuthTimeout {
+                server,
+                url: match self.session.status() {
+                    AuthStatus::Authorizing { url } => Some(url),
+                    _ => None,
+                },
+            }),
+        }
+    }
+}
+
+/// A request body, kept whole when it is small enough to send twice.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Whole(Bytes),
+    Streaming(reqwest::Body),
+    /// A streaming body that was sent already.
+    Spent,
+}
+
+impl Payload {
+    /// Reads the body for an OAuth server (keeping it) or wraps it as a stream.
+    pub(crate) async fn read(body: Body, keep: bool) -> Result<Self, ProxyError> {
+        if !keep {
+            return Ok(Self::Streaming(reqwest::Body::wrap_stream(
+                body.into_data_stream(),
+            )));
+        }
+        let mut body = body;
+        let mut kept: Vec<Bytes> = Vec::new();
+        let mut size = 0;
+        while size <= REPLAY_LIMIT {
+            match body.frame().await {
+                None => return Ok(Self::Whole(concat(kept))),
+                Some(Err(_)) => {
+                    return Err(ProxyError::BadRequest(
+                        "the request body could not be read".into(),
+                    ));
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        size += data.len();
+                        kept.push(data);
+                    }
+                }
+            }
+        }
+        // Too big to keep: send what was read, then the rest, as one stream.
+        let head = futures_util::stream::iter(kept.into_iter().map(Ok::<_, axum::Error>));
+        Ok(Self::Streaming(reqwest::Body::wrap_stream(
+            head.chain(body.into_data_stream()),
+        )))
+    }
+
+    /// The body for one attempt, and what is left for the next.
+    pub(crate) fn split(self) -> (reqwest::Body, Self) {
+        match self {
+            Self::Whole(bytes) => (reqwest::Body::from(bytes.clone()), Self::Whole(bytes)),
+            Self::Streaming(body) => (body, Self::Spent),
+            Self::Spent => (reqwest::Body::from(Bytes::new()), Self::Spent),
+        }
+    }
+
+    pub(crate) fn into_body(self) -> reqwest::Body {
+        self.split().0
+    }
+}
+
+fn concat(chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.into_iter().next().unwrap_or_default(),
+        _ => chunks.concat().into(),
+    }
+}

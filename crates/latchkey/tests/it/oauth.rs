@@ -1,0 +1,348 @@
+//! OAuth on the first 401, through the daemon: the testkit MCP upstream requires
+//! tokens from the testkit authorization server, and the person at the browser is a
+//! scripted HTTP client that follows the redirect to latchkey's real loopback listener.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use latchkey::callback::Listener;
+use latchkey_auth::Secret;
+use latchkey_auth::session::{BoxFuture, Browser, Redirect, RedirectCheck};
+use latchkey_testkit::{AuthOptions, AuthServer, McpUpstream, PrmAt, Protection};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use url::Url;
+
+use crate::harness::{Daemon, client, initialize};
+
+/// Follows the authorization URL, as a person who approves at once would.
+#[derive(Debug, Default)]
+struct ScriptedBrowser {
+    opened: AtomicUsize,
+    /// Never finishes the login (a person who walked away).
+    absent: bool,
+}
+
+impl Browser for ScriptedBrowser {
+    fn bind(&self, port: u16) -> BoxFuture<'_, Result<Box<dyn Redirect>, String>> {
+        Box::pin(async move {
+            let listener = Listener::bind(port).await.map_err(|e| e.to_string())?;
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Scripted {
+                listener,
+                absent: self.absent,
+            }) as Box<dyn Redirect>)
+        })
+    }
+}
+
+struct Scripted {
+    listener: Listener,
+    absent: bool,
+}
+
+impl Redirect for Scripted {
+    fn redirect_uri(&self) -> String {
+        self.listener.redirect_uri().to_owned()
+    }
+
+    fn complete(
+        self: Box<Self>,
+        url: Url,
+        timeout: Duration,
+        check: RedirectCheck,
+    ) -> BoxFuture<'static, Result<Secret, String>> {
+        Box::pin(async move {
+            if !self.absent {
+                tokio::spawn(async move {
+                    let _ = reqwest::get(url).await;
+                });
+            }
+            self.listener
+                .wait(timeout, check)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+struct Setup {
+    auth: AuthServer,
+    upstream: McpUpstream,
+}
+
+async fn protected(options: AuthOptions) -> Setup {
+    let cell: Arc<OnceLock<AuthServer>> = Arc::new(OnceLock::new());
+    let (check_cell, challenge_cell) = (cell.clone(), cell.clone());
+    let upstream = McpUpstream::start_protected(Protection {
+        check: Arc::new(move |token| {
+            check_cell
+                .get()
+                .is_some_and(|a| a.access_token(token).is_some())
+        }),
+        challenge: Arc::new(move || {
+            let prm = challenge_cell
+                .get()
+                .map(AuthServer::header_prm_url)
+                .unwrap_or_default();
+            format!("Bearer resource_metadata=\"{prm}\", scope=\"mcp:read\"")
+        }),
+    })
+    .await
+    .expect("upstream");
+    let auth = AuthServer::start(AuthOptions {
+        prm_at: PrmAt::HeaderOnly,
+        claimed_resource: Some(upstream.mcp_url()),
+        ..options
+    })
+    .await
+    .expect("auth server");
+    cell.set(auth.clone()).expect("set once");
+    Setup { auth, upstream }
+}
+
+fn post(daemon: &Daemon, body: &Value) -> reqwest::RequestBuilder {
+    client()
+        .post(daemon.url("/notes"))
+        .header("accept", "application/json, text/event-stream")
+        .json(body)
+}
+
+#[tokio::test]
+async fn the_first_401_runs_the_flow_and_the_client_never_notices() {
+    let setup = protected(AuthOptions::default()).await;
+    let browser = Arc::new(ScriptedBrowser::default());
+    let daemon = Daemon::builder()
+        .server("notes", &setup.upstream.mcp_url(), &[])
+        .start_with_browser(browser.clone())
+        .await;
+    let response = post(&daemon, &initialize())
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{:?}",
+        response.text().await
+    );
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["result"]["serverInfo"]["name"], "latchkey-testkit");
+
+    let requests = setup.upstream.requests();
+    assert_eq!(
+        requests[0].headers.get("authorization"),
+        None,
+        "first try without a token"
+    );
+    let token = requests[1].headers["authorization"]
+        .to_str()
+        .expect("ascii");
+    let grant = setup
+        .auth
+        .access_token(token.trim_start_matches("Bearer "))
+        .expect("issued token");
+    assert_eq!(
+        grant.resource.as_deref(),
+        Some(setup.upstream.mcp_url().as_str())
+    );
+    assert_eq!(
+        grant.scope, "mcp:read offline_access",
+        "the challenge's scope, plus offline_access"
+    );
+    assert_eq!(browser.opened.load(Ordering::SeqCst), 1);
+
+    // Later requests carry the token at once.
+    let before = requests.len();
+    let response = post(&daemon, &initialize()).send().await.expect("again");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(setup.upstream.requests().len(), before + 1, "no second 401");
+    let status: Value = client()
+        .get(daemon.url("/"))
+        .send()
+        .await
+        .expect("GET /")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["servers"][0]["state"], "ready");
+    assert_eq!(
+        status["servers"][0]["auth"]["scopes"],
+        json!(["mcp:read", "offline_access"])
+    );
+    assert!(
+        !status.to_string().contains("at-"),
+        "no token on the status page: {status}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_one_login() {
+    let setup = protected(AuthOptions::default()).await;
+    let browser = Arc::new(ScriptedBrowser::default());
+    let daemon = Arc::new(
+        Daemon::builder()
+            .server("notes", &setup.upstream.mcp_url(), &[])
+            .start_with_browser(browser.clone())
+            .await,
+    );
+    let calls = (0..12).map(|_| {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            post(&daemon, &initialize())
+                .send()
+                .await
+                .expect("request")
+                .status()
+        })
+    });
+    for call in calls {
+        assert_eq!(call.await.expect("join"), StatusCode::OK);
+    }
+    assert_eq!(browser.opened.load(Ordering::SeqCst), 1, "one browser flow");
+    let grants = setup.auth.token_requests();
+    assert_eq!(grants, ["authorization_code"], "one code exchange");
+}
+
+#[tokio::test]
+async fn tokens_about_to_expire_are_refreshed_without_a_browser() {
+    let setup = protected(AuthOptions {
+        token_lifetime: 2,
+        ..AuthOptions::default()
+    })
+    .await;
+    let browser = Arc::new(ScriptedBrowser::default());
+    let daemon = Daemon::builder()
+        .server("notes", &setup.upstream.mcp_url(), &[])
+        .start_with_browser(browser.clone())
+        .await;
+    assert_eq!(
+        post(&daemon, &initialize())
+            .send()
+            .await
+            .expect("login")
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        post(&daemon, &initialize())
+            .send()
+            .await
+            .expect("fresh")
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(setup.auth.token_requests(), ["authorization_code"]);
+    // Past half of a 2 s lifetime, the next request refreshes first.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        post(&daemon, &initialize())
+            .send()
+            .await
+            .expect("refresh")
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        setup.auth.token_requests(),
+        ["authorization_code", "refresh_token"]
+    );
+    assert_eq!(
+        browser.opened.load(Ordering::SeqCst),
+        1,
+        "no second browser flow"
+    );
+}
+
+#[tokio::test]
+async fn a_login_nobody_finishes_times_out_with_the_url_and_keeps_waiting() {
+    let setup = protected(AuthOptions::default()).await;
+    let browser = Arc::new(ScriptedBrowser {
+        absent: true,
+        ..ScriptedBrowser::default()
+    });
+    let daemon = Daemon::builder()
+        .server(
+            "notes",
+            &setup.upstream.mcp_url(),
+            &["[servers.notes.oauth]", "auth_timeout_secs = 1"],
+        )
+        .start_with_browser(browser)
+        .await;
+    let response = post(&daemon, &initialize()).send().await.expect("request");
+    assert_eq!(
+        response.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "never 401: the client would try OAuth itself"
+    );
+    let body: Value = response.json().await.expect("json");
+    let url = body["error"]["data"]["authorization_url"]
+        .as_str()
+        .expect("authorization URL");
+    assert!(
+        url.starts_with(&setup.auth.issuer()) && url.contains("code_challenge_method=S256"),
+        "{url}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("open http"),
+        "{body}"
+    );
+    let status: Value = client()
+        .get(daemon.url("/"))
+        .send()
+        .await
+        .expect("GET /")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["servers"][0]["state"], "authorizing");
+    assert_eq!(status["servers"][0]["auth"]["authorization_url"], url);
+}
+
+#[tokio::test]
+async fn oauth_false_passes_the_401_through() {
+    let setup = protected(AuthOptions::default()).await;
+    let daemon = Daemon::builder()
+        .server("notes", &setup.upstream.mcp_url(), &["oauth = false"])
+        .start()
+        .await;
+    let response = post(&daemon, &initialize()).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(setup.auth.token_requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_server_without_any_registration_route_says_which_key_to_set() {
+    let setup = protected(AuthOptions {
+        dcr: false,
+        ..AuthOptions::default()
+    })
+    .await;
+    let daemon = Daemon::builder()
+        .server("notes", &setup.upstream.mcp_url(), &[])
+        .start_with_browser(Arc::new(ScriptedBrowser::default()))
+        .await;
+    let response = post(&daemon, &initialize()).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("[servers.notes.oauth]"),
+        "{body}"
+    );
+    let status: Value = client()
+        .get(daemon.url("/"))
+        .send()
+        .await
+        .expect("GET /")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["servers"][0]["state"], "needs_client_registration");
+}
