@@ -147,7 +147,15 @@ struct Serve {
 
 /// Starts `latchkey serve` on port 0 and reads its address from the log.
 fn serve(config: &std::path::Path, level: &str) -> Serve {
-    let mut child = latchkey()
+    serve_with(config, level, &[])
+}
+
+fn serve_with(config: &std::path::Path, level: &str, env: &[(&str, &str)]) -> Serve {
+    let mut command = latchkey();
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command
         .args([
             "--log-level",
             level,
@@ -249,4 +257,50 @@ fn sigint_exits_zero_too() {
     let (code, logs) = terminate(serve, "-INT");
     assert_eq!(code, Some(0), "{logs}");
     assert!(logs.contains("stopped"), "{logs}");
+}
+
+/// A whole OAuth login through the real binary, with the real browser opener: `$BROWSER`
+/// is a script that fetches the authorization URL and follows the redirect to
+/// latchkey's loopback listener. The debug-level log must hold no token or code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_login_leaves_no_secret_in_a_debug_log() {
+    let setup = crate::oauth::protected(latchkey_testkit::AuthOptions::default()).await;
+    let dir = tempdir::Dir::new("oauth-log");
+    let browser = dir.path().join("browser.mjs");
+    std::fs::write(&browser, "await fetch(process.argv[2]);\n").expect("write browser");
+    let path = write_config(
+        &dir,
+        &format!("[servers.notes]\nurl = {:?}\n", setup.upstream.mcp_url()),
+    );
+    let browser_command = format!("node {}", browser.display());
+    let serve = serve_with(&path, "debug", &[("BROWSER", &browser_command)]);
+    let response = client()
+        .post(format!("http://{}/notes", serve.addr))
+        .json(&initialize())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let (code, logs) = terminate(serve, "-TERM");
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(logs.contains("authorized"), "the login happened: {logs}");
+    assert!(logs.contains("DEBUG"), "the log is at debug level: {logs}");
+    let token = setup
+        .upstream
+        .requests()
+        .iter()
+        .find_map(|r| {
+            r.headers
+                .get("authorization")
+                .map(|v| v.to_str().expect("ascii").to_owned())
+        })
+        .expect("the upstream got a token");
+    let token = token.trim_start_matches("Bearer ");
+    let refresh = token.replace("at-", "rt-");
+    for secret in [token, refresh.as_str(), "Bearer", "code_verifier", "code-"] {
+        assert!(
+            !logs.contains(secret),
+            "{secret:?} reached the log:\n{logs}"
+        );
+    }
 }

@@ -67,12 +67,13 @@ impl Redirect for Scripted {
     }
 }
 
-struct Setup {
-    auth: AuthServer,
-    upstream: McpUpstream,
+pub(crate) struct Setup {
+    pub(crate) auth: AuthServer,
+    pub(crate) upstream: McpUpstream,
 }
 
-async fn protected(options: AuthOptions) -> Setup {
+/// An MCP upstream that requires tokens from a testkit authorization server.
+pub(crate) async fn protected(options: AuthOptions) -> Setup {
     let cell: Arc<OnceLock<AuthServer>> = Arc::new(OnceLock::new());
     let (check_cell, challenge_cell) = (cell.clone(), cell.clone());
     let upstream = McpUpstream::start_protected(Protection {
