@@ -115,7 +115,7 @@ pub fn start(
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CallbackError {
     #[error(
-        "the redirect is not for this login (its state does not match); start the login again with `latchkey login <server>`"
+        "the redirect is not for this login (its state does not match); send the request again to start a new login"
     )]
     StateMismatch,
     #[error(

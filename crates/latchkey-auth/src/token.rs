@@ -54,7 +54,7 @@ pub enum TokenError {
     #[error("the token endpoint failed with HTTP {status}; retry later")]
     Unavailable { status: u16 },
     /// The grant (code or refresh token) is dead: authorize again.
-    #[error("the authorization server no longer accepts this grant (invalid_grant{}); log in again with `latchkey login <server>`", describe(.description))]
+    #[error("the authorization server no longer accepts this grant (invalid_grant{}); latchkey starts a new login on the next request", describe(.description))]
     InvalidGrant { description: Option<String> },
     /// The client registration is no longer valid: register again.
     #[error("the authorization server does not recognise this client (invalid_client{}); latchkey will register again, or fix client_id/client_secret in the config", describe(.description))]

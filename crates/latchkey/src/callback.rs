@@ -30,7 +30,7 @@ pub enum CallbackError {
     )]
     Bind { port: u16, source: std::io::Error },
     #[error(
-        "no redirect came back within {} s; finish the login in the browser sooner, or run `latchkey login <server> --no-browser`",
+        "no redirect came back within {} s; the next request to the server starts a new login (the authorization URL is on the status page, http://127.0.0.1:PORT/)",
         .0.as_secs()
     )]
     TimedOut(Duration),

@@ -143,7 +143,7 @@ async fn dynamic_registration_code_exchange_and_rotating_refresh() {
     let e = reused.expect_err("a rotated refresh token is dead");
     assert!(matches!(e, TokenError::InvalidGrant { .. }), "{e:?}");
     assert!(!e.is_retryable());
-    assert!(e.to_string().contains("latchkey login"), "{e}");
+    assert!(e.to_string().contains("new login"), "{e}");
 }
 
 #[tokio::test]

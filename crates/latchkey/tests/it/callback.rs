@@ -67,7 +67,7 @@ async fn a_rejected_redirect_shows_why_and_a_silent_one_times_out() {
         .await
         .expect_err("timeout");
     assert!(matches!(e, CallbackError::TimedOut(_)));
-    assert!(e.to_string().contains("--no-browser"), "{e}");
+    assert!(e.to_string().contains("status page"), "{e}");
 }
 
 #[tokio::test]
