@@ -314,15 +314,9 @@ async fn legacy(
     if let Some(document) =
         fetch::<ServerMetadata>(http, &url, "authorization server metadata").await?
     {
-        // The 2025-03-26 revision has no issuer rule, but a document for some other
-        // issuer is still not this server's.
-        if document.issuer.trim_end_matches('/') != origin {
-            return Err(DiscoveryError::IssuerMismatch {
-                url: url.to_string(),
-                found: document.issuer,
-                expected: origin,
-            });
-        }
+        // The 2025-03-26 revision has no issuer rule: the document found at the
+        // server's origin is its authorization server, whatever issuer it names (such
+        // as the origin plus a path). Its endpoints are still checked below.
         validate(&document)?;
         return Ok(Discovered {
             resource,

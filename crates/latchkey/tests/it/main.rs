@@ -3,6 +3,7 @@
 mod callback;
 mod cli;
 mod config;
+mod conformance;
 mod harness;
 mod interop;
 mod oauth;

@@ -1,0 +1,62 @@
+// The client command for @modelcontextprotocol/conformance's client scenarios:
+//   LATCHKEY_BIN=... node adapter.mjs <scenario-url>
+// It configures a latchkey daemon with the scenario's server (and the pre-registered
+// client from MCP_CONFORMANCE_CONTEXT, if any), starts it with $BROWSER set to
+// browser.mjs, and drives an MCP session through it with the official SDK client:
+// initialize, tools/list, and every tool called. The OAuth flow is latchkey's.
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const url = process.argv[process.argv.length - 1];
+const context = JSON.parse(process.env.MCP_CONFORMANCE_CONTEXT || "{}");
+const dir = mkdtempSync(join(tmpdir(), "latchkey-conformance-"));
+
+let config = `[servers.target]\nurl = ${JSON.stringify(url)}\n[servers.target.oauth]\nauth_timeout_secs = 20\n`;
+if (context.client_id) config += `client_id = ${JSON.stringify(context.client_id)}\n`;
+if (context.client_secret) config += `client_secret = ${JSON.stringify(context.client_secret)}\n`;
+// The metadata document URL the basic-cimd scenario expects.
+config += `client_metadata_url = "https://conformance-test.local/client-metadata.json"\n`;
+writeFileSync(join(dir, "config.toml"), config);
+
+const latchkey = spawn(
+  process.env.LATCHKEY_BIN,
+  ["--log-level", "debug", "serve", "--listen", "127.0.0.1:0", "--config", join(dir, "config.toml")],
+  {
+    env: { ...process.env, BROWSER: `${process.execPath} ${join(here, "browser.mjs")}` },
+    stdio: ["ignore", "inherit", "pipe"],
+  },
+);
+const addr = await new Promise((resolve, reject) => {
+  let seen = "";
+  latchkey.stderr.on("data", (chunk) => {
+    process.stderr.write(chunk);
+    seen += chunk;
+    const found = seen.match(/local=(\S+)/);
+    if (found) resolve(found[1]);
+  });
+  latchkey.on("exit", (code) => reject(new Error(`latchkey exited with ${code} before listening`)));
+});
+
+let status = 0;
+try {
+  const client = new Client({ name: "latchkey-conformance", version: "1.0.0" });
+  await client.connect(new StreamableHTTPClientTransport(new URL(`http://${addr}/target`)));
+  const { tools } = await client.listTools();
+  for (const tool of tools) {
+    await client.callTool({ name: tool.name, arguments: {} });
+  }
+  await client.close();
+} catch (error) {
+  console.error(`adapter: ${error?.stack ?? error}`);
+  status = 1;
+} finally {
+  latchkey.kill("SIGTERM");
+  rmSync(dir, { recursive: true, force: true });
+}
+process.exit(status);
