@@ -130,6 +130,8 @@ pub struct Trigger {
     pub challenge: Option<BearerChallenge>,
     /// A 403 `insufficient_scope`: ask for more scopes.
     pub step_up: bool,
+    /// Skip the refresh: a refreshed token was refused already.
+    pub full_login: bool,
 }
 
 #[derive(Debug)]
@@ -309,7 +311,9 @@ impl ServerAuth {
                 tokens.map(|t| t.scopes.clone()).unwrap_or_default(),
             )
         };
-        if let (Some(refresh_token), false) = (&refresh_token, trigger.step_up) {
+        if let (Some(refresh_token), false) =
+            (&refresh_token, trigger.step_up || trigger.full_login)
+        {
             match self.refresh(refresh_token, &granted).await {
                 Ok(()) => return Ok(()),
                 Err(Refresh::Dead) => {}

@@ -40,6 +40,8 @@ pub(crate) use sse_endpoint::LegacyEndpoints;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SESSION_ID: &str = "mcp-session-id";
+/// Logins (or refreshes) one request may wait for before its answer is passed on.
+const AUTH_ROUNDS: u32 = 2;
 /// The least time a browser login gets before its redirect listener closes.
 const FLOW_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -401,7 +403,9 @@ async fn upstream_request(
         return transmit(proxy, upstream, method, url, headers, payload.into_body()).await;
     };
     let mut payload = payload;
-    let mut retried = false;
+    // Round 1 may be answered by a refresh; if the refreshed token is refused too (the
+    // server moved to another authorization server, say), round 2 is a full login.
+    let mut round = 0;
     loop {
         if auth.session.needs_refresh() {
             let seen = auth.session.bearer().1;
@@ -435,15 +439,17 @@ async fn upstream_request(
             && challenge
                 .as_ref()
                 .is_some_and(BearerChallenge::is_insufficient_scope);
-        if retried || !(status == StatusCode::UNAUTHORIZED || step_up) {
+        if round == AUTH_ROUNDS || !(status == StatusCode::UNAUTHORIZED || step_up) {
             return Ok(response);
         }
+        round += 1;
         auth.wait(
             upstream,
             Trigger {
                 seen,
                 challenge,
                 step_up,
+                full_login: round > 1,
             },
         )
         .await?;
@@ -452,7 +458,6 @@ async fn upstream_request(
                 server: server.name.clone(),
             });
         }
-        retried = true;
     }
 }
 
