@@ -155,9 +155,7 @@ pub(crate) async fn open(proxy: &Proxy, upstream: &Upstream) -> Result<Arc<Sessi
     let server = &upstream.config;
     let mut headers = HeaderMap::new();
     headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
-    for (name, value) in &server.headers {
-        headers.insert(name.clone(), value.clone());
-    }
+    upstream.add_credentials(&mut headers);
     let response = proxy
         .client
         .get(server.url.clone())
@@ -380,9 +378,7 @@ async fn post_one(
 ) -> Result<Option<Response>, ProxyError> {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    for (name, value) in &upstream.config.headers {
-        headers.insert(name.clone(), value.clone());
-    }
+    upstream.add_credentials(&mut headers);
     let response = proxy
         .client
         .post(endpoint.clone())

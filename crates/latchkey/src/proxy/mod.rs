@@ -76,6 +76,17 @@ const STREAMABLE: u8 = 1;
 const LEGACY: u8 = 2;
 
 impl Upstream {
+    /// Adds the configured headers and, for an OAuth server, the current token. The
+    /// HTTP+SSE bridge uses this; it has no login retry of its own.
+    fn add_credentials(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.config.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some((Some(bearer), _)) = self.auth.as_ref().map(|auth| auth.session.bearer()) {
+            headers.insert(http::header::AUTHORIZATION, bearer);
+        }
+    }
+
     /// Whether client POSTs go through the legacy bridge: always for `sse`, and for
     /// `auto` once the server has shown it only speaks HTTP+SSE.
     fn bridged(&self) -> bool {
