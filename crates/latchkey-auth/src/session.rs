@@ -155,6 +155,8 @@ struct State {
     tokens: Option<TokenSet>,
     /// When to refresh ahead of expiry.
     refresh_after: Option<SystemTime>,
+    /// `Authorization: Bearer …` for `tokens`, marked sensitive.
+    bearer: Option<HeaderValue>,
     /// Bumped whenever the tokens change, so a caller can tell whether the token
     /// it was refused with is still the current one.
     generation: u64,
@@ -203,16 +205,11 @@ impl ServerAuth {
     /// unexpired token.
     pub fn bearer(&self) -> (Option<HeaderValue>, u64) {
         let state = self.lock();
-        let usable = state
+        let live = state
             .tokens
             .as_ref()
-            .filter(|t| t.expires_at.is_none_or(|at| at > SystemTime::now()));
-        let value = usable.and_then(|t| {
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", t.access_token.expose())).ok()?;
-            value.set_sensitive(true);
-            Some(value)
-        });
+            .is_some_and(|t| t.expires_at.is_none_or(|at| at > SystemTime::now()));
+        let value = state.bearer.as_ref().filter(|_| live).cloned();
         (value, state.generation)
     }
 
@@ -353,6 +350,7 @@ impl ServerAuth {
                 // The grant is dead: drop the tokens, keep the registration.
                 let mut state = self.lock();
                 state.tokens = None;
+                state.bearer = None;
                 state.generation += 1;
                 Err(Refresh::Dead)
             }
@@ -508,6 +506,13 @@ impl ServerAuth {
             let lifetime = at.duration_since(now).unwrap_or_default();
             at - EXPIRY_MARGIN.min(lifetime / 2)
         });
+        // Built once here: every request only copies it.
+        state.bearer = HeaderValue::from_str(&format!("Bearer {}", tokens.access_token.expose()))
+            .ok()
+            .map(|mut value| {
+                value.set_sensitive(true);
+                value
+            });
         state.tokens = Some(tokens);
         state.generation += 1;
         state.step_ups = 0;
