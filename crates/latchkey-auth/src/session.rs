@@ -378,12 +378,27 @@ impl ServerAuth {
         let settings = &self.settings;
         let found = self.discover(trigger.challenge.as_ref()).await?;
         self.lock().discovered = Some(found.clone());
-        // The listener first: its port is part of the redirect URI.
-        let redirect = self
-            .browser
-            .bind(settings.redirect_port)
-            .await
-            .map_err(AuthError::fatal)?;
+        // The listener first: its port is part of the redirect URI. Without a fixed
+        // port, the port of the existing registration is tried first, so that a
+        // dynamically registered client can be used again.
+        let registered_port = self
+            .lock()
+            .registration
+            .as_ref()
+            .and_then(|r| Url::parse(&r.redirect_uri).ok())
+            .and_then(|u| u.port())
+            .filter(|_| settings.redirect_port == 0);
+        let redirect = match registered_port {
+            Some(port) => match self.browser.bind(port).await {
+                Ok(redirect) => redirect,
+                Err(_) => self.browser.bind(0).await.map_err(AuthError::fatal)?,
+            },
+            None => self
+                .browser
+                .bind(settings.redirect_port)
+                .await
+                .map_err(AuthError::fatal)?,
+        };
         let redirect_uri = redirect.redirect_uri();
         let registration = self.registration(&found, &redirect_uri).await?;
         let scopes = match (&trigger.challenge, trigger.step_up) {

@@ -232,6 +232,13 @@ impl AuthServer {
         self.lock().clients.values().cloned().collect()
     }
 
+    /// Revokes every access and refresh token (a password change, an admin action).
+    pub fn revoke_all(&self) {
+        let mut state = self.lock();
+        state.access_tokens.clear();
+        state.refresh_tokens.clear();
+    }
+
     /// What a live access token stands for, if it is one this server issued.
     pub fn access_token(&self, token: &str) -> Option<Grant> {
         self.lock().access_tokens.get(token).cloned()

@@ -347,3 +347,43 @@ async fn a_server_without_any_registration_route_says_which_key_to_set() {
         .expect("json");
     assert_eq!(status["servers"][0]["state"], "needs_client_registration");
 }
+
+#[tokio::test]
+async fn revoked_tokens_mean_a_new_login_with_the_same_client() {
+    let setup = protected(AuthOptions::default()).await;
+    let browser = Arc::new(ScriptedBrowser::default());
+    let daemon = Daemon::builder()
+        .server("notes", &setup.upstream.mcp_url(), &[])
+        .start_with_browser(browser.clone())
+        .await;
+    assert_eq!(
+        post(&daemon, &initialize())
+            .send()
+            .await
+            .expect("login")
+            .status(),
+        StatusCode::OK
+    );
+    setup.auth.revoke_all();
+    let response = post(&daemon, &initialize())
+        .send()
+        .await
+        .expect("after revocation");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{:?}",
+        response.text().await
+    );
+    assert_eq!(
+        setup.auth.token_requests(),
+        ["authorization_code", "refresh_token", "authorization_code"],
+        "refresh first; invalid_grant; then a new login"
+    );
+    assert_eq!(browser.opened.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        setup.auth.clients().len(),
+        1,
+        "the registration was kept and used again"
+    );
+}
