@@ -87,12 +87,15 @@ impl McpUpstream {
 
     /// Starts on an ephemeral loopback port, requiring bearer tokens.
     pub async fn start_protected(protection: Protection) -> std::io::Result<Self> {
-        Self::serve(
-            "127.0.0.1:0".parse().expect("valid address"),
-            CancellationToken::new(),
-            Some(protection),
-        )
-        .await
+        Self::start_protected_on("127.0.0.1:0".parse().expect("valid address"), protection).await
+    }
+
+    /// Starts on `addr`, requiring bearer tokens.
+    pub async fn start_protected_on(
+        addr: SocketAddr,
+        protection: Protection,
+    ) -> std::io::Result<Self> {
+        Self::serve(addr, CancellationToken::new(), Some(protection)).await
     }
 
     /// Starts on `addr`, serving until `stop` is cancelled.

@@ -1,10 +1,15 @@
-//! Runs the testkit's fake MCP server, for the demo and for poking at latchkey by hand.
+//! Runs the testkit's fake MCP servers, for the demo and for poking at latchkey by hand.
 //!
 //! Usage: mcp-upstream [ADDR]   (default 127.0.0.1:0, an ephemeral port)
+//!
+//! Serves an open MCP server on ADDR (Streamable HTTP at /mcp, HTTP+SSE at /sse) and,
+//! on the next port, one that requires OAuth tokens from the testkit's authorization
+//! server (which approves every login at once).
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
-use latchkey_testkit::McpUpstream;
+use latchkey_testkit::{AuthOptions, AuthServer, McpUpstream, PrmAt, Protection};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -16,10 +21,46 @@ async fn main() -> std::io::Result<()> {
         None => SocketAddr::from(([127, 0, 0, 1], 0)),
     };
     let upstream = McpUpstream::start_on(addr, CancellationToken::new()).await?;
+    let protected_addr = match addr.port() {
+        0 => addr,
+        port => SocketAddr::new(addr.ip(), port + 2),
+    };
+    let auth: Arc<OnceLock<AuthServer>> = Arc::new(OnceLock::new());
+    let (check, challenge) = (auth.clone(), auth.clone());
+    let protected = McpUpstream::start_protected_on(
+        protected_addr,
+        Protection {
+            check: Arc::new(move |token| {
+                check.get().is_some_and(|a| a.access_token(token).is_some())
+            }),
+            challenge: Arc::new(move || {
+                let prm = challenge
+                    .get()
+                    .map(AuthServer::header_prm_url)
+                    .unwrap_or_default();
+                format!("Bearer resource_metadata=\"{prm}\"")
+            }),
+        },
+    )
+    .await?;
+    let server = AuthServer::start(AuthOptions {
+        prm_at: PrmAt::HeaderOnly,
+        claimed_resource: Some(protected.mcp_url()),
+        ..AuthOptions::default()
+    })
+    .await?;
+    let _ = auth.set(server.clone());
     // The first line is read by scripts/demo; keep its shape.
     println!("{}", upstream.mcp_url());
     println!("legacy SSE endpoint: {}", upstream.sse_url());
+    println!(
+        "OAuth-protected: {} (authorization server {})",
+        protected.mcp_url(),
+        server.issuer()
+    );
     tokio::signal::ctrl_c().await?;
     upstream.stop();
+    protected.stop();
+    server.stop();
     Ok(())
 }
