@@ -592,3 +592,40 @@ fn server_metadata(shared: &AuthShared) -> Value {
     }
     document
 }
+
+/// An MCP upstream on `addr` that requires tokens from a new [`AuthServer`]: its 401
+/// names the server's protected resource metadata (`PrmAt::HeaderOnly`) and asks for
+/// the `mcp:read` scope. `options` set up the authorization server.
+pub async fn protected_upstream(
+    addr: SocketAddr,
+    options: AuthOptions,
+) -> std::io::Result<(crate::McpUpstream, AuthServer)> {
+    // The upstream comes first (its URL is the resource), so it finds the
+    // authorization server through a cell filled once that has started.
+    let cell: Arc<std::sync::OnceLock<AuthServer>> = Arc::new(std::sync::OnceLock::new());
+    let (check, challenge) = (cell.clone(), cell.clone());
+    let upstream = crate::McpUpstream::start_protected_on(
+        addr,
+        crate::Protection {
+            check: Arc::new(move |token| {
+                check.get().is_some_and(|a| a.access_token(token).is_some())
+            }),
+            challenge: Arc::new(move || {
+                let prm = challenge
+                    .get()
+                    .map(AuthServer::header_prm_url)
+                    .unwrap_or_default();
+                format!("Bearer resource_metadata=\"{prm}\", scope=\"mcp:read\"")
+            }),
+        },
+    )
+    .await?;
+    let server = AuthServer::start(AuthOptions {
+        prm_at: PrmAt::HeaderOnly,
+        claimed_resource: Some(upstream.mcp_url()),
+        ..options
+    })
+    .await?;
+    let _ = cell.set(server.clone());
+    Ok((upstream, server))
+}

@@ -12,5 +12,7 @@
 mod auth;
 mod mcp;
 
-pub use auth::{AuthOptions, AuthServer, Grant, MetadataAt, PrmAt, RegisteredClient};
+pub use auth::{
+    AuthOptions, AuthServer, Grant, MetadataAt, PrmAt, RegisteredClient, protected_upstream,
+};
 pub use mcp::{McpUpstream, Protection, RecordedRequest, TokenCheck};

@@ -7,9 +7,8 @@
 //! server (which approves every login at once).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
 
-use latchkey_testkit::{AuthOptions, AuthServer, McpUpstream, PrmAt, Protection};
+use latchkey_testkit::{AuthOptions, McpUpstream, protected_upstream};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -25,31 +24,7 @@ async fn main() -> std::io::Result<()> {
         0 => addr,
         port => SocketAddr::new(addr.ip(), port + 2),
     };
-    let auth: Arc<OnceLock<AuthServer>> = Arc::new(OnceLock::new());
-    let (check, challenge) = (auth.clone(), auth.clone());
-    let protected = McpUpstream::start_protected_on(
-        protected_addr,
-        Protection {
-            check: Arc::new(move |token| {
-                check.get().is_some_and(|a| a.access_token(token).is_some())
-            }),
-            challenge: Arc::new(move || {
-                let prm = challenge
-                    .get()
-                    .map(AuthServer::header_prm_url)
-                    .unwrap_or_default();
-                format!("Bearer resource_metadata=\"{prm}\"")
-            }),
-        },
-    )
-    .await?;
-    let server = AuthServer::start(AuthOptions {
-        prm_at: PrmAt::HeaderOnly,
-        claimed_resource: Some(protected.mcp_url()),
-        ..AuthOptions::default()
-    })
-    .await?;
-    let _ = auth.set(server.clone());
+    let (protected, server) = protected_upstream(protected_addr, AuthOptions::default()).await?;
     // The first line is read by scripts/demo; keep its shape.
     println!("{}", upstream.mcp_url());
     println!("legacy SSE endpoint: {}", upstream.sse_url());

@@ -2,14 +2,14 @@
 //! tokens from the testkit authorization server, and the person at the browser is a
 //! scripted HTTP client that follows the redirect to latchkey's real loopback listener.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use latchkey::callback::Listener;
 use latchkey_auth::Secret;
 use latchkey_auth::session::{BoxFuture, Browser, Redirect, RedirectCheck};
-use latchkey_testkit::{AuthOptions, AuthServer, McpUpstream, PrmAt, Protection};
+use latchkey_testkit::{AuthOptions, AuthServer, McpUpstream, protected_upstream};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use url::Url;
@@ -74,32 +74,9 @@ pub(crate) struct Setup {
 
 /// An MCP upstream that requires tokens from a testkit authorization server.
 pub(crate) async fn protected(options: AuthOptions) -> Setup {
-    let cell: Arc<OnceLock<AuthServer>> = Arc::new(OnceLock::new());
-    let (check_cell, challenge_cell) = (cell.clone(), cell.clone());
-    let upstream = McpUpstream::start_protected(Protection {
-        check: Arc::new(move |token| {
-            check_cell
-                .get()
-                .is_some_and(|a| a.access_token(token).is_some())
-        }),
-        challenge: Arc::new(move || {
-            let prm = challenge_cell
-                .get()
-                .map(AuthServer::header_prm_url)
-                .unwrap_or_default();
-            format!("Bearer resource_metadata=\"{prm}\", scope=\"mcp:read\"")
-        }),
-    })
-    .await
-    .expect("upstream");
-    let auth = AuthServer::start(AuthOptions {
-        prm_at: PrmAt::HeaderOnly,
-        claimed_resource: Some(upstream.mcp_url()),
-        ..options
-    })
-    .await
-    .expect("auth server");
-    cell.set(auth.clone()).expect("set once");
+    let (upstream, auth) = protected_upstream("127.0.0.1:0".parse().expect("address"), options)
+        .await
+        .expect("protected upstream");
     Setup { auth, upstream }
 }
 
