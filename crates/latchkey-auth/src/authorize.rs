@@ -82,7 +82,7 @@ pub fn start(
     let state = random_secret(32);
     let verifier = random_secret(48);
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.expose().as_bytes()));
-    let mut url = Url::parse(&server.authorization_endpoint)?;
+    let mut url = Url::parse(server.authorization_endpoint.as_deref().unwrap_or_default())?;
     {
         let mut query = url.query_pairs_mut();
         query
@@ -192,7 +192,7 @@ mod tests {
     fn server(iss_supported: bool) -> ServerMetadata {
         ServerMetadata {
             issuer: "https://auth.example.com".into(),
-            authorization_endpoint: "https://auth.example.com/authorize?tenant=a".into(),
+            authorization_endpoint: Some("https://auth.example.com/authorize?tenant=a".into()),
             token_endpoint: "https://auth.example.com/token".into(),
             scopes_supported: Some(vec!["read".into(), "offline_access".into()]),
             authorization_response_iss_parameter_supported: iss_supported,

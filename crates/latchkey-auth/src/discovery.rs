@@ -39,7 +39,9 @@ pub struct ResourceMetadata {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct ServerMetadata {
     pub issuer: String,
-    pub authorization_endpoint: String,
+    /// Required by RFC 8414 unless the server has no grant that uses it (a
+    /// client-credentials-only server).
+    pub authorization_endpoint: Option<String>,
     pub token_endpoint: String,
     pub registration_endpoint: Option<String>,
     pub device_authorization_endpoint: Option<String>,
@@ -327,7 +329,7 @@ async fn legacy(
     }
     let server_metadata = ServerMetadata {
         issuer: origin.clone(),
-        authorization_endpoint: format!("{origin}/authorize"),
+        authorization_endpoint: Some(format!("{origin}/authorize")),
         token_endpoint: format!("{origin}/token"),
         registration_endpoint: Some(format!("{origin}/register")),
         // The 2025-03-26 revision makes PKCE mandatory for every server.
@@ -348,7 +350,7 @@ fn validate(metadata: &ServerMetadata) -> Result<(), DiscoveryError> {
     let endpoints = [
         (
             "authorization_endpoint",
-            Some(&metadata.authorization_endpoint),
+            metadata.authorization_endpoint.as_ref(),
         ),
         ("token_endpoint", Some(&metadata.token_endpoint)),
         (
@@ -375,16 +377,24 @@ fn validate(metadata: &ServerMetadata) -> Result<(), DiscoveryError> {
             });
         }
     }
+    Ok(())
+}
+
+/// The authorization-code flow's precondition: the MCP spec requires refusing to go
+/// on unless the server advertises PKCE with S256. (The client-credentials grant has
+/// no authorization request, so it does not ask.)
+pub fn require_pkce(metadata: &ServerMetadata) -> Result<(), DiscoveryError> {
     let pkce = metadata
         .code_challenge_methods_supported
         .as_ref()
         .is_some_and(|methods| methods.iter().any(|m| m == "S256"));
-    if !pkce {
-        return Err(DiscoveryError::NoPkce {
+    if pkce {
+        Ok(())
+    } else {
+        Err(DiscoveryError::NoPkce {
             issuer: metadata.issuer.clone(),
-        });
+        })
     }
-    Ok(())
 }
 
 /// GETs a JSON document. `Ok(None)` means "not here" (any non-200 status), so the

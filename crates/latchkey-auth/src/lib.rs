@@ -6,6 +6,7 @@
 //! that it cannot reach a log, an error message or `Debug` output by accident, and the
 //! `WWW-Authenticate` parser that OAuth discovery starts from.
 
+pub mod assertion;
 pub mod authorize;
 pub mod challenge;
 pub mod discovery;

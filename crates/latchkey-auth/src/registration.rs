@@ -9,12 +9,14 @@
 //!
 //! A registration belongs to the issuer it was made at.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::Secret;
+use crate::assertion::SigningKey;
 use crate::discovery::ServerMetadata;
 use crate::token::{ClientAuth, ClientCredentials};
 
@@ -25,6 +27,8 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ConfiguredClient {
     pub client_id: String,
     pub client_secret: Option<Secret>,
+    /// For `private_key_jwt`; takes precedence over a secret.
+    pub private_key: Option<Arc<SigningKey>>,
 }
 
 /// A client as latchkey uses it at one issuer.
@@ -43,6 +47,7 @@ impl Registration {
         ClientCredentials {
             client_id: self.client_id.clone(),
             auth: self.auth.clone(),
+            issuer: self.issuer.clone(),
         }
     }
 }
@@ -102,9 +107,10 @@ pub fn plan(
     };
     // An empty client_id counts as none.
     if let Some(client) = configured.filter(|c| !c.client_id.trim().is_empty()) {
-        let auth = match &client.client_secret {
-            None => ClientAuth::None,
-            Some(secret) => secret_auth(metadata, secret.clone()),
+        let auth = match (&client.private_key, &client.client_secret) {
+            (Some(key), _) => ClientAuth::PrivateKeyJwt(key.clone()),
+            (None, Some(secret)) => secret_auth(metadata, secret.clone()),
+            (None, None) => ClientAuth::None,
         };
         return Ok(ready(&client.client_id, auth));
     }

@@ -58,12 +58,23 @@ pub trait Redirect: Send {
     ) -> BoxFuture<'static, Result<Secret, String>>;
 }
 
+/// How latchkey gets tokens for a server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Grant {
+    /// A person logs in through the browser (RFC 6749 §4.1 with PKCE).
+    #[default]
+    AuthorizationCode,
+    /// A machine-to-machine client with its own credentials (RFC 6749 §4.4).
+    ClientCredentials,
+}
+
 /// What the config says about this server's OAuth.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
     /// The config's name for the server, for messages.
     pub server: String,
     pub resource_url: Url,
+    pub grant: Grant,
     pub client: Option<ConfiguredClient>,
     pub client_metadata_url: Option<String>,
     pub redirect_port: u16,
@@ -213,14 +224,18 @@ impl ServerAuth {
         (value, state.generation)
     }
 
-    /// Whether the token should be refreshed before the next request: it is close to
-    /// expiry and there is a refresh token.
+    /// Whether the token should be renewed before the next request: it is close to
+    /// expiry and can be renewed without a person (a refresh token, or the
+    /// client-credentials grant).
     pub fn needs_refresh(&self) -> bool {
         let state = self.lock();
-        state
-            .tokens
-            .as_ref()
-            .is_some_and(|t| t.refresh_token.is_some())
+        let renewable = self.settings.grant == Grant::ClientCredentials
+            || state
+                .tokens
+                .as_ref()
+                .is_some_and(|t| t.refresh_token.is_some());
+        state.tokens.is_some()
+            && renewable
             && state
                 .refresh_after
                 .is_some_and(|at| at <= SystemTime::now())
@@ -317,7 +332,75 @@ impl ServerAuth {
                 Err(Refresh::Failed(e)) => return Err(e),
             }
         }
-        self.browser_flow(trigger, &granted).await
+        match self.settings.grant {
+            Grant::AuthorizationCode => self.browser_flow(trigger, &granted).await,
+            Grant::ClientCredentials => self.client_credentials(trigger, &granted).await,
+        }
+    }
+
+    /// The machine-to-machine flow: discovery, then the grant with the configured
+    /// client's secret or private key. Run again whenever the token expires.
+    async fn client_credentials(
+        &self,
+        trigger: &Trigger,
+        granted: &[String],
+    ) -> Result<(), AuthError> {
+        let settings = &self.settings;
+        if settings.client.is_none() {
+            let message = format!(
+                "server {:?} uses grant = \"client_credentials\" but has no client; set client_id and client_secret or private_key_file under [servers.{}.oauth]",
+                settings.server, settings.server
+            );
+            self.lock().status = Some(AuthStatus::NeedsClientRegistration {
+                message: message.clone(),
+            });
+            return Err(AuthError::fatal(message));
+        }
+        let found = self.discover(trigger.challenge.as_ref()).await?;
+        self.lock().discovered = Some(found.clone());
+        let registration = self.registration(&found, "").await?;
+        let scopes: Vec<String> = match (&trigger.challenge, trigger.step_up) {
+            (Some(challenge), true) => authorize::step_up_scopes(granted, challenge),
+            _ => authorize::select_scopes(
+                trigger.challenge.as_ref(),
+                found.resource_metadata.as_ref(),
+                &found.server,
+            ),
+        }
+        .into_iter()
+        // offline_access asks for a refresh token, which this grant does not use.
+        .filter(|scope| scope != "offline_access")
+        .collect();
+        let resource = settings.send_resource.then_some(found.resource.as_str());
+        let tokens = token::client_credentials(
+            &self.http,
+            &found.server.token_endpoint,
+            &registration.credentials(),
+            &scopes,
+            resource,
+        )
+        .await;
+        self.finish_grant(tokens)
+    }
+
+    /// Stores what a grant returned, or reports why it failed; an `invalid_client`
+    /// forgets the registration so the next login registers again.
+    fn finish_grant(&self, tokens: Result<TokenSet, TokenError>) -> Result<(), AuthError> {
+        match tokens {
+            Ok(tokens) => {
+                self.store(tokens);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, TokenError::InvalidClient { .. }) {
+                    self.lock().registration = None;
+                }
+                Err(AuthError {
+                    retryable: e.is_retryable(),
+                    message: format!("server {:?}: {e}", self.settings.server),
+                })
+            }
+        }
     }
 
     async fn refresh(&self, refresh_token: &Secret, granted: &[String]) -> Result<(), Refresh> {
@@ -377,6 +460,13 @@ impl ServerAuth {
     async fn browser_flow(&self, trigger: &Trigger, granted: &[String]) -> Result<(), AuthError> {
         let settings = &self.settings;
         let found = self.discover(trigger.challenge.as_ref()).await?;
+        discovery::require_pkce(&found.server).map_err(|e| AuthError::fatal(e.to_string()))?;
+        if found.server.authorization_endpoint.is_none() {
+            return Err(AuthError::fatal(format!(
+                "server {:?}: the authorization server {} has no authorization_endpoint, so it serves only machine-to-machine clients; set grant = \"client_credentials\" with client_id and client_secret or private_key_file under [servers.{}.oauth]",
+                settings.server, found.server.issuer, settings.server
+            )));
+        }
         self.lock().discovered = Some(found.clone());
         // The listener first: its port is part of the redirect URI. Without a fixed
         // port, the port of the existing registration is tried first, so that a
@@ -448,21 +538,7 @@ impl ServerAuth {
             },
         )
         .await;
-        match tokens {
-            Ok(tokens) => {
-                self.store(tokens);
-                Ok(())
-            }
-            Err(e) => {
-                if matches!(e, TokenError::InvalidClient { .. }) {
-                    self.lock().registration = None;
-                }
-                Err(AuthError {
-                    retryable: e.is_retryable(),
-                    message: format!("server {:?}: {e}", settings.server),
-                })
-            }
-        }
+        self.finish_grant(tokens)
     }
 
     /// The registration for this issuer: kept while the issuer and redirect URI stay

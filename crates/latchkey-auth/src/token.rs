@@ -1,5 +1,5 @@
-//! The token endpoint (RFC 6749 §3.2): the authorization-code exchange and refresh,
-//! with `resource` (RFC 8707) on both.
+//! The token endpoint (RFC 6749 §3.2): the authorization-code exchange, refresh and
+//! the client-credentials grant, with `resource` (RFC 8707) on each.
 //!
 //! Written here rather than with the `oauth2` crate because latchkey must classify
 //! every failure exactly (an `invalid_grant` clears the tokens, an `invalid_client`
@@ -7,6 +7,7 @@
 //! token responses real servers send (`expires_in` as a string, no `scope`), and will
 //! need `private_key_jwt`, which that crate does not support.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use url::form_urlencoded;
 
 use crate::Secret;
+use crate::assertion::{ASSERTION_TYPE, SigningKey};
 
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -28,12 +30,16 @@ pub enum ClientAuth {
     Basic(Secret),
     /// `client_secret_post`: the secret in the body.
     Post(Secret),
+    /// `private_key_jwt`: a signed assertion in the body (RFC 7523 §2.2).
+    PrivateKeyJwt(Arc<SigningKey>),
 }
 
 #[derive(Debug, Clone)]
 pub struct ClientCredentials {
     pub client_id: String,
     pub auth: ClientAuth,
+    /// The authorization server's issuer: the audience of a client assertion.
+    pub issuer: String,
 }
 
 /// Tokens from a successful grant.
@@ -66,6 +72,8 @@ pub enum TokenError {
     },
     #[error("the token endpoint sent an unusable response: {cause}")]
     Malformed { cause: String },
+    #[error("cannot authenticate with private_key_jwt: {0}")]
+    Assertion(#[from] crate::assertion::KeyError),
 }
 
 fn describe(description: &Option<String>) -> String {
@@ -131,6 +139,27 @@ pub async fn refresh(
     }
     let tokens = request(http, endpoint, client, &form).await?;
     Ok(tokens.into_set(Some(refresh_token), granted))
+}
+
+/// The client-credentials grant (RFC 6749 §4.4), for machine-to-machine clients: no
+/// person, no browser, and usually no refresh token (the grant is simply repeated).
+pub async fn client_credentials(
+    http: &reqwest::Client,
+    endpoint: &str,
+    client: &ClientCredentials,
+    scopes: &[String],
+    resource: Option<&str>,
+) -> Result<TokenSet, TokenError> {
+    let scope = scopes.join(" ");
+    let mut form = vec![("grant_type", "client_credentials")];
+    if !scope.is_empty() {
+        form.push(("scope", &scope));
+    }
+    if let Some(resource) = resource {
+        form.push(("resource", resource));
+    }
+    let tokens = request(http, endpoint, client, &form).await?;
+    Ok(tokens.into_set(None, scopes))
 }
 
 #[derive(Deserialize)]
@@ -266,6 +295,12 @@ fn encode_form(
         ClientAuth::Post(secret) => {
             body.append_pair("client_id", &client.client_id);
             body.append_pair("client_secret", secret.expose());
+        }
+        ClientAuth::PrivateKeyJwt(key) => {
+            let assertion = key.assertion(&client.client_id, &client.issuer)?;
+            body.append_pair("client_id", &client.client_id);
+            body.append_pair("client_assertion_type", ASSERTION_TYPE);
+            body.append_pair("client_assertion", assertion.expose());
         }
         ClientAuth::Basic(secret) => {
             // RFC 6749 §2.3.1: both parts are form-encoded before Base64.

@@ -14,10 +14,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use latchkey_auth::Secret;
+use latchkey_auth::assertion::{Algorithm, SigningKey};
+use latchkey_auth::session::Grant;
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
@@ -109,10 +112,15 @@ pub enum OAuth {
 /// `[servers.NAME.oauth]`. Every key is optional.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OAuthConfig {
+    /// `authorization_code` (a person logs in) or `client_credentials` (a machine).
+    pub grant: Grant,
     /// A client registered by hand. An empty value counts as none.
     pub client_id: Option<String>,
     /// From `client_secret`, `client_secret_env` or `client_secret_file`.
     pub client_secret: Option<Secret>,
+    /// From `private_key_file` or `private_key_env`, with `signing_alg` and `key_id`:
+    /// the client authenticates with `private_key_jwt`.
+    pub private_key: Option<Arc<SigningKey>>,
     /// An HTTPS URL to use as a client ID metadata document.
     pub client_metadata_url: Option<Url>,
     /// The loopback redirect port; 0 picks a free one.
@@ -128,8 +136,10 @@ pub struct OAuthConfig {
 impl Default for OAuthConfig {
     fn default() -> Self {
         Self {
+            grant: Grant::AuthorizationCode,
             client_id: None,
             client_secret: None,
+            private_key: None,
             client_metadata_url: None,
             redirect_port: 0,
             send_resource: true,
@@ -142,10 +152,15 @@ impl Default for OAuthConfig {
 const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(120);
 
 const OAUTH_KEYS: &[&str] = &[
+    "grant",
     "client_id",
     "client_secret",
     "client_secret_env",
     "client_secret_file",
+    "private_key_file",
+    "private_key_env",
+    "signing_alg",
+    "key_id",
     "client_metadata_url",
     "redirect_port",
     "send_resource",
@@ -594,11 +609,47 @@ impl Checker<'_> {
                 Err(message) => self.error(span, message, Some(secret_hint)),
             }
         }
-        if oauth.client_secret.is_some() && oauth.client_id.is_none() {
+        if let Some(grant) = self.field::<String>(
+            &mut table,
+            "grant",
+            "write grant = \"authorization_code\" (a person logs in) or grant = \"client_credentials\" (a machine client)",
+        ) {
+            match grant.get_ref().as_str() {
+                "authorization_code" => oauth.grant = Grant::AuthorizationCode,
+                "client_credentials" => oauth.grant = Grant::ClientCredentials,
+                other => self.error(
+                    grant.span(),
+                    format!("unknown grant {other:?}"),
+                    Some("write grant = \"authorization_code\" or grant = \"client_credentials\""),
+                ),
+            }
+        }
+        oauth.private_key = self.private_key(&mut table, env);
+        if (oauth.client_secret.is_some() || oauth.private_key.is_some())
+            && oauth.client_id.is_none()
+        {
             self.error(
                 span.clone(),
-                "client_secret is set but client_id is not",
+                "a client secret or private key is set but client_id is not",
                 Some("add client_id to the oauth table"),
+            );
+        }
+        if oauth.grant == Grant::ClientCredentials
+            && oauth.client_id.is_some()
+            && oauth.client_secret.is_none()
+            && oauth.private_key.is_none()
+        {
+            self.error(
+                span.clone(),
+                "grant = \"client_credentials\" needs the client to authenticate",
+                Some("add client_secret (or client_secret_env / client_secret_file), or private_key_file for private_key_jwt"),
+            );
+        }
+        if oauth.grant == Grant::ClientCredentials && oauth.client_id.is_none() {
+            self.error(
+                span.clone(),
+                "grant = \"client_credentials\" needs a client registered at the authorization server",
+                Some("add client_id, and client_secret or private_key_file, to the oauth table"),
             );
         }
         if let Some(url) = self.field::<String>(
@@ -656,6 +707,69 @@ impl Checker<'_> {
             oauth.auth_timeout = Duration::from_secs(secs.into_inner());
         }
         OAuth::Enabled(oauth)
+    }
+
+    /// `private_key_file` or `private_key_env` (PKCS#8 PEM), with `signing_alg` and
+    /// `key_id`. The key is parsed here, so a bad one is a config error, not a failed
+    /// login later; its text never appears in a message.
+    fn private_key(
+        &mut self,
+        table: &mut DeTable<'_>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<Arc<SigningKey>> {
+        let hint = "give the key once: private_key_file (a path to a PKCS#8 PEM file) or private_key_env (a variable holding the PEM)";
+        let file = self
+            .field::<String>(table, "private_key_file", hint)
+            .map(|v| {
+                let path = self.relative(v.get_ref());
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read private_key_file {}: {e}", path.display()));
+                (v.span(), text)
+            });
+        let var = self
+            .field::<String>(table, "private_key_env", hint)
+            .map(|v| {
+                let text = env(v.get_ref())
+                    .ok_or_else(|| format!("environment variable {} is not set", v.get_ref()));
+                (v.span(), text)
+            });
+        let alg = self
+            .field::<String>(
+                table,
+                "signing_alg",
+                "one of ES256, ES384, RS256, PS256, EdDSA",
+            )
+            .and_then(|name| match Algorithm::parse(name.get_ref()) {
+                Some(alg) => Some(alg),
+                None => {
+                    self.error(
+                        name.span(),
+                        format!("unknown signing_alg {:?}", name.get_ref()),
+                        Some(&format!("use one of {}", Algorithm::NAMES.join(", "))),
+                    );
+                    None
+                }
+            });
+        let key_id = self
+            .field::<String>(table, "key_id", "the `kid` your key is registered under")
+            .map(Spanned::into_inner);
+        let (span, text) = match (file, var) {
+            (Some(_), Some((span, _))) => {
+                self.error(span, "the private key is given more than once", Some(hint));
+                return None;
+            }
+            (Some(given), None) | (None, Some(given)) => given,
+            (None, None) => return None,
+        };
+        let parsed =
+            text.and_then(|pem| SigningKey::from_pem(&pem, alg, key_id).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(key) => Some(Arc::new(key)),
+            Err(message) => {
+                self.error(span, message, Some(hint));
+                None
+            }
+        }
     }
 
     /// A path from the config, relative to the config file's directory.

@@ -1,5 +1,5 @@
 use latchkey_auth::BearerChallenge;
-use latchkey_auth::discovery::{DiscoveryError, Source, discover};
+use latchkey_auth::discovery::{DiscoveryError, Source, discover, require_pkce};
 use latchkey_testkit::{AuthOptions, AuthServer, MetadataAt, PrmAt};
 use url::Url;
 
@@ -19,7 +19,10 @@ async fn run(
 ) {
     let server = AuthServer::start(options).await.expect("auth server");
     let url = Url::parse(&server.resource_url()).expect("url");
-    let result = discover(&http(), &url, challenge.as_ref()).await;
+    // What the authorization-code flow checks before it goes on.
+    let result = discover(&http(), &url, challenge.as_ref())
+        .await
+        .and_then(|found| require_pkce(&found.server).map(|()| found));
     (server, result)
 }
 
@@ -241,7 +244,7 @@ async fn a_2025_03_26_server_uses_its_origin_then_default_endpoints() {
     let origin = format!("http://{}", server.addr());
     assert_eq!(
         found.server.authorization_endpoint,
-        format!("{origin}/authorize")
+        Some(format!("{origin}/authorize"))
     );
     assert_eq!(found.server.token_endpoint, format!("{origin}/token"));
     assert_eq!(

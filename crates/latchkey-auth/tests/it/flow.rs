@@ -196,6 +196,7 @@ async fn configured_confidential_clients_use_basic_or_post() {
         let configured = ConfiguredClient {
             client_id: "my app".into(),
             client_secret: Some(Secret::new("s3cr:t&")),
+            private_key: None,
         };
         let client = registration(&server, &found, Some(&configured)).await;
         login(&server, &found, &client)
@@ -220,6 +221,7 @@ async fn registration_priority_and_missing_registration() {
     let empty = ConfiguredClient {
         client_id: " ".into(),
         client_secret: None,
+        private_key: None,
     };
     let e = registration::plan(
         "notes",
@@ -251,6 +253,7 @@ async fn registration_priority_and_missing_registration() {
     let configured = ConfiguredClient {
         client_id: "mine".into(),
         client_secret: None,
+        private_key: None,
     };
     let plan = registration::plan(
         "notes",

@@ -199,9 +199,11 @@ fn auth_settings(server: &Server, oauth: &OAuthConfig) -> AuthSettings {
     AuthSettings {
         server: server.name.clone(),
         resource_url: server.url.clone(),
+        grant: oauth.grant,
         client: oauth.client_id.clone().map(|client_id| ConfiguredClient {
             client_id,
             client_secret: oauth.client_secret.clone(),
+            private_key: oauth.private_key.clone(),
         }),
         client_metadata_url: oauth.client_metadata_url.as_ref().map(ToString::to_string),
         redirect_port: oauth.redirect_port,

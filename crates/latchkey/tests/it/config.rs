@@ -232,7 +232,7 @@ fn oauth_mistakes_name_the_key() {
     for text in [
         "unknown key `scopes`",
         "client_secret is given more than once",
-        "client_secret is set but client_id is not",
+        "a client secret or private key is set but client_id is not",
         "client_metadata_url must be an https URL",
     ] {
         assert!(all.contains(text), "missing {text:?} in:\n{all}");
@@ -251,6 +251,27 @@ fn oauth_mistakes_name_the_key() {
         errors[0].contains("environment variable MISSING_SECRET is not set"),
         "{errors:?}"
     );
+}
+
+#[test]
+fn client_credentials_mistakes_name_the_key() {
+    let all = diagnostics(
+        "[servers.a]\nurl = \"https://a.example.com\"\n[servers.a.oauth]\ngrant = \"password\"\n[servers.b]\nurl = \"https://b.example.com\"\n[servers.b.oauth]\ngrant = \"client_credentials\"\n[servers.c]\nurl = \"https://c.example.com\"\n[servers.c.oauth]\ngrant = \"client_credentials\"\nclient_id = \"m2m\"\n[servers.d]\nurl = \"https://d.example.com\"\n[servers.d.oauth]\nclient_id = \"m2m\"\nprivate_key_env = \"PRESENT\"\nsigning_alg = \"HS256\"\n[servers.e]\nurl = \"https://e.example.com\"\n[servers.e.oauth]\nclient_id = \"m2m\"\nprivate_key_file = \"no-such-key.pem\"\n",
+    )
+    .join("\n");
+    for text in [
+        "unknown grant \"password\"",
+        "grant = \"client_credentials\" needs a client registered",
+        "grant = \"client_credentials\" needs the client to authenticate",
+        "unknown signing_alg \"HS256\"",
+        "use one of ES256, ES384, RS256, PS256, EdDSA",
+        "the private key is not PEM",
+        "cannot read private_key_file",
+    ] {
+        assert!(all.contains(text), "missing {text:?} in:\n{all}");
+    }
+    // The variable's value ("value") is never quoted back.
+    assert!(!all.contains("\"value\""), "{all}");
 }
 
 #[test]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-/// Every auth scenario of the pinned suite except the extensions
-/// (client-credentials, cross-app access), which latchkey does not do yet.
+/// Every auth scenario of the pinned suite, and the client-credentials extensions
+/// (SEP-1046). Not cross-app access (SEP-990, enterprise IdP token exchange).
 const SCENARIOS: &[&str] = &[
     "auth/metadata-default",
     "auth/metadata-var1",
@@ -29,6 +29,8 @@ const SCENARIOS: &[&str] = &[
     "auth/resource-mismatch",
     "auth/offline-access-scope",
     "auth/offline-access-not-supported",
+    "auth/client-credentials-basic",
+    "auth/client-credentials-jwt",
 ];
 
 fn interop() -> PathBuf {

@@ -18,8 +18,18 @@ const context = JSON.parse(process.env.MCP_CONFORMANCE_CONTEXT || "{}");
 const dir = mkdtempSync(join(tmpdir(), "latchkey-conformance-"));
 
 let config = `[servers.target]\nurl = ${JSON.stringify(url)}\n[servers.target.oauth]\nauth_timeout_secs = 20\n`;
+// The machine-to-machine scenarios (SEP-1046) hand over a client to use with the
+// client-credentials grant: a secret, or a private key for private_key_jwt.
+if (process.env.MCP_CONFORMANCE_SCENARIO?.startsWith("auth/client-credentials")) {
+  config += `grant = "client_credentials"\n`;
+}
 if (context.client_id) config += `client_id = ${JSON.stringify(context.client_id)}\n`;
 if (context.client_secret) config += `client_secret = ${JSON.stringify(context.client_secret)}\n`;
+if (context.private_key_pem) {
+  writeFileSync(join(dir, "client-key.pem"), context.private_key_pem, { mode: 0o600 });
+  config += `private_key_file = "client-key.pem"\n`;
+  if (context.signing_algorithm) config += `signing_alg = ${JSON.stringify(context.signing_algorithm)}\n`;
+}
 // The metadata document URL the basic-cimd scenario expects.
 config += `client_metadata_url = "https://conformance-test.local/client-metadata.json"\n`;
 writeFileSync(join(dir, "config.toml"), config);
