@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::harness::Daemon;
@@ -34,36 +35,49 @@ struct Everything {
 }
 
 impl Everything {
+    /// Starts it on a free port and waits for its "listening on port N" line, so a
+    /// port taken by another test in between shows up as an exit, and another port
+    /// is tried, rather than as a client talking to the wrong server.
     async fn start(mode: &str) -> Self {
         let entry = node_package("@modelcontextprotocol/server-everything/dist/index.js");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new("node")
-            .arg(entry)
-            .arg(mode)
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node is installed (scripts/test installs it)");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let mut child = Command::new("node")
+                .arg(&entry)
+                .arg(mode)
+                .env("PORT", port.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("node is installed (scripts/test installs it)");
+            // It announces itself on stderr.
+            let stderr = child.stderr.take().expect("piped stderr");
+            let mut lines = BufReader::new(stderr).lines();
+            let listening = format!("port {port}");
+            let ready = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.contains(&listening) {
+                        return true;
+                    }
+                }
+                false
+            })
             .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "server-everything {mode} did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            .expect("server-everything started in time");
+            if ready {
+                // Keep reading so the child never blocks on a full pipe.
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                return Self {
+                    _child: child,
+                    port,
+                };
+            }
         }
-        Self {
-            _child: child,
-            port,
-        }
+        panic!("server-everything {mode} exited before listening, five times");
     }
 }
 
