@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod registration;
 mod secret;
 pub mod session;
+pub mod store;
 pub mod token;
 
 pub use challenge::BearerChallenge;

@@ -9,8 +9,14 @@
 //!
 //! Failure rules: `invalid_grant` clears the tokens and keeps the registration; a
 //! network failure or a 5xx keeps everything and is reported as retryable.
+//!
+//! Across processes (the daemon and any number of `latchkey stdio`), a flow holds the
+//! server's lock file for its whole run, and first reads the store again: a token
+//! another process just got is used as it is, and a refresh token another process
+//! just rotated is never spent twice.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -24,6 +30,7 @@ use crate::authorize::{self, AuthorizationParams};
 use crate::challenge::BearerChallenge;
 use crate::discovery::{self, Discovered};
 use crate::registration::{self, ConfiguredClient, Plan, Registration};
+use crate::store::{self, Record, Store};
 use crate::token::{self, CodeGrant, TokenError, TokenSet};
 
 /// Tokens this close to expiry (or past half their lifetime, for short-lived ones) are
@@ -145,9 +152,20 @@ pub struct Trigger {
     pub full_login: bool,
 }
 
+/// Where credentials are kept, and where the per-server lock files are. No lock
+/// directory means the store is private to this process (memory).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub store: Arc<dyn Store>,
+    pub lock_dir: Option<PathBuf>,
+}
+
 #[derive(Debug)]
 pub struct ServerAuth {
     settings: AuthSettings,
+    credentials: Credentials,
+    /// The store's key for this server: its canonical resource URL.
+    key: String,
     http: reqwest::Client,
     browser: Arc<dyn Browser>,
     state: Mutex<State>,
@@ -178,6 +196,8 @@ struct State {
     flow_running: bool,
     flows_finished: u64,
     step_ups: u32,
+    /// The tokens or registration changed since the store last saw them.
+    dirty: bool,
 }
 
 impl ServerAuth {
@@ -185,9 +205,12 @@ impl ServerAuth {
         settings: AuthSettings,
         http: reqwest::Client,
         browser: Arc<dyn Browser>,
+        credentials: Credentials,
     ) -> Arc<Self> {
         let (finished, _) = watch::channel((0, Ok(())));
         Arc::new(Self {
+            key: discovery::canonical_resource(&settings.resource_url),
+            credentials,
             settings,
             http,
             browser,
@@ -198,6 +221,101 @@ impl ServerAuth {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Loads this server's record from the store, if there is one. A record that
+    /// cannot be read puts the server in `error`, naming where the record is.
+    pub async fn restore(&self) -> Result<(), AuthError> {
+        match self.load().await {
+            Ok(Some(record)) => {
+                self.adopt(record);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                self.lock().status = Some(AuthStatus::Error {
+                    message: e.message.clone(),
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// The stored record, read on a blocking thread.
+    async fn load(&self) -> Result<Option<Record>, AuthError> {
+        let (store, key, server) = (
+            self.credentials.store.clone(),
+            self.key.clone(),
+            self.settings.server.clone(),
+        );
+        tokio::task::spawn_blocking(move || store.load(&key, &server))
+            .await
+            .map_err(|e| AuthError::fatal(format!("the credential store failed: {e}")))?
+            .map_err(|e| AuthError::fatal(e.to_string()))
+    }
+
+    /// Takes a stored record's tokens and registration as the current ones.
+    fn adopt(&self, record: Record) {
+        let mut state = self.lock();
+        if let Some(registration) = record.registration {
+            state.registration = Some(registration);
+        }
+        match record.tokens {
+            Some(tokens) => Self::set_tokens(&mut state, tokens),
+            None => {
+                state.tokens = None;
+                state.bearer = None;
+                state.generation += 1;
+            }
+        }
+    }
+
+    /// Saves the current tokens and registration, if they changed. A failed save
+    /// keeps them in memory and is logged: the next change tries again.
+    async fn persist(&self) {
+        let record = {
+            let mut state = self.lock();
+            if !state.dirty {
+                return;
+            }
+            state.dirty = false;
+            Record {
+                issuer: state
+                    .registration
+                    .as_ref()
+                    .map(|r| r.issuer.clone())
+                    .or_else(|| state.discovered.as_ref().map(|d| d.server.issuer.clone())),
+                tokens: state.tokens.clone(),
+                // A client from the config stays in the config.
+                registration: state
+                    .registration
+                    .clone()
+                    .filter(|_| self.settings.client.is_none()),
+            }
+        };
+        let (store, key) = (self.credentials.store.clone(), self.key.clone());
+        let saved = tokio::task::spawn_blocking(move || store.save(&key, &record)).await;
+        let error = match saved {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(server = %self.settings.server, %error, "cannot save credentials; they are kept in memory");
+        self.lock().dirty = true;
+    }
+
+    /// Holds the machine-wide lock for this server's flows, so that one process at a
+    /// time refreshes or logs in.
+    async fn flow_lock(&self) -> Result<Option<store::FlowLock>, AuthError> {
+        let Some(dir) = self.credentials.lock_dir.clone() else {
+            return Ok(None);
+        };
+        let key = self.key.clone();
+        tokio::task::spawn_blocking(move || store::FlowLock::acquire(&dir, &key))
+            .await
+            .map_err(|e| AuthError::fatal(format!("the lock failed: {e}")))?
+            .map(Some)
+            .map_err(AuthError::fatal)
     }
 
     pub fn status(&self) -> AuthStatus {
@@ -271,7 +389,15 @@ impl ServerAuth {
     }
 
     async fn run_flow(self: Arc<Self>, trigger: Trigger) {
-        let outcome = self.flow(&trigger).await;
+        let outcome = match self.flow_lock().await {
+            Ok(held) => {
+                let outcome = self.locked_flow(&trigger).await;
+                self.persist().await;
+                drop(held);
+                outcome
+            }
+            Err(e) => Err(e),
+        };
         let done = {
             let mut state = self.lock();
             state.flow_running = false;
@@ -304,6 +430,27 @@ impl ServerAuth {
         }
         // The previous outcome is replaced; nobody waits for it any more.
         drop(self.finished.send_replace((done, outcome)));
+    }
+
+    /// With the lock held: first whatever another process stored meanwhile, then a
+    /// flow of our own only if that is not enough.
+    async fn locked_flow(&self, trigger: &Trigger) -> Result<(), AuthError> {
+        if self.credentials.lock_dir.is_some() {
+            let record = self.load().await?;
+            let held = self.lock().tokens.clone();
+            if let Some(record) = record.filter(|r| r.tokens != held && r.tokens.is_some()) {
+                let live = record
+                    .tokens
+                    .as_ref()
+                    .is_some_and(|t| store::is_live(t, SystemTime::now()));
+                tracing::debug!(server = %self.settings.server, "using credentials another latchkey process stored");
+                self.adopt(record);
+                if live && !trigger.step_up {
+                    return Ok(());
+                }
+            }
+        }
+        self.flow(trigger).await
     }
 
     async fn flow(&self, trigger: &Trigger) -> Result<(), AuthError> {
@@ -393,7 +540,9 @@ impl ServerAuth {
             }
             Err(e) => {
                 if matches!(e, TokenError::InvalidClient { .. }) {
-                    self.lock().registration = None;
+                    let mut state = self.lock();
+                    state.registration = None;
+                    state.dirty = true;
                 }
                 Err(AuthError {
                     retryable: e.is_retryable(),
@@ -404,12 +553,35 @@ impl ServerAuth {
     }
 
     async fn refresh(&self, refresh_token: &Secret, granted: &[String]) -> Result<(), Refresh> {
-        let (registration, found) = {
-            let state = self.lock();
-            match (&state.registration, &state.discovered) {
-                (Some(r), Some(d)) if r.issuer == d.server.issuer => (r.clone(), d.clone()),
-                _ => return Err(Refresh::Dead),
+        // After a restart nothing is discovered yet: find the token endpoint again
+        // (a failure keeps every credential and is retryable).
+        let known = self.lock().discovered.clone();
+        let found = match known {
+            Some(found) => found,
+            None => {
+                let found = self.discover(None).await.map_err(Refresh::Failed)?;
+                self.lock().discovered = Some(found.clone());
+                found
             }
+        };
+        let stored = self
+            .lock()
+            .registration
+            .clone()
+            .filter(|r| r.issuer == found.server.issuer);
+        let registration = match (stored, &self.settings.client) {
+            (Some(registration), _) => registration,
+            (None, Some(_)) => match registration::plan(
+                &self.settings.server,
+                &found.server,
+                self.settings.client.as_ref(),
+                None,
+                "",
+            ) {
+                Ok(Plan::Ready(registration)) => registration,
+                _ => return Err(Refresh::Dead),
+            },
+            (None, None) => return Err(Refresh::Dead),
         };
         let resource = self
             .settings
@@ -435,10 +607,13 @@ impl ServerAuth {
                 state.tokens = None;
                 state.bearer = None;
                 state.generation += 1;
+                state.dirty = true;
                 Err(Refresh::Dead)
             }
             Err(TokenError::InvalidClient { .. }) => {
-                self.lock().registration = None;
+                let mut state = self.lock();
+                state.registration = None;
+                state.dirty = true;
                 Err(Refresh::Dead)
             }
             Err(e) => Err(Refresh::Failed(AuthError {
@@ -586,12 +761,20 @@ impl ServerAuth {
                 return Err(AuthError::fatal(message));
             }
         };
-        self.lock().registration = Some(registration.clone());
+        let mut state = self.lock();
+        state.registration = Some(registration.clone());
+        state.dirty = true;
         Ok(registration)
     }
 
     fn store(&self, tokens: TokenSet) {
         let mut state = self.lock();
+        Self::set_tokens(&mut state, tokens);
+        state.step_ups = 0;
+        state.dirty = true;
+    }
+
+    fn set_tokens(state: &mut State, tokens: TokenSet) {
         let now = SystemTime::now();
         state.refresh_after = tokens.expires_at.map(|at| {
             let lifetime = at.duration_since(now).unwrap_or_default();
@@ -606,7 +789,6 @@ impl ServerAuth {
             });
         state.tokens = Some(tokens);
         state.generation += 1;
-        state.step_ups = 0;
     }
 }
 

@@ -49,7 +49,21 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_timeout: Duration,
+    /// Where credentials are kept.
+    pub store: StoreKind,
     pub servers: Vec<Server>,
+}
+
+/// The `store` key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The keyring when it is reachable and unlocked, else `file` with a warning.
+    #[default]
+    Auto,
+    Keyring,
+    File,
+    /// Nothing survives the process; nothing is shared with other processes.
+    Memory,
 }
 
 /// One `[servers.NAME]` table.
@@ -282,6 +296,7 @@ pub fn check_listen(addr: SocketAddr, allow_non_loopback: bool) -> Result<(), St
 
 const TOP_KEYS: &[&str] = &[
     "listen",
+    "store",
     "allow_non_loopback",
     "allowed_origins",
     "allowed_hosts",
@@ -349,6 +364,7 @@ impl Checker<'_> {
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            store: StoreKind::Auto,
             servers: Vec::new(),
         };
         self.top(&mut top, &mut config);
@@ -437,6 +453,23 @@ impl Checker<'_> {
             "write a whole number of seconds, such as shutdown_timeout_secs = 10",
         ) {
             config.shutdown_timeout = Duration::from_secs(secs.into_inner());
+        }
+        let store_hint = "write store = \"auto\", \"keyring\", \"file\" or \"memory\"";
+        if let Some(store) = self.field::<String>(top, "store", store_hint) {
+            config.store = match store.get_ref().as_str() {
+                "auto" => StoreKind::Auto,
+                "keyring" => StoreKind::Keyring,
+                "file" => StoreKind::File,
+                "memory" => StoreKind::Memory,
+                other => {
+                    self.error(
+                        store.span(),
+                        format!("unknown store {other:?}"),
+                        Some(store_hint),
+                    );
+                    StoreKind::Auto
+                }
+            };
         }
         for origin in origins.map(Spanned::into_inner).unwrap_or_default() {
             match Url::parse(origin.get_ref()) {

@@ -42,6 +42,8 @@ pub enum DaemonError {
     Listener(std::io::Error),
     #[error("the server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] crate::credentials::KeyringUnavailable),
 }
 
 /// Serves `config` on `listener` until `shutdown` completes, then drains. Logins
@@ -63,9 +65,17 @@ pub async fn run_with_browser(
 ) -> Result<(), DaemonError> {
     let local = listener.local_addr().map_err(DaemonError::Listener)?;
     let stop = CancellationToken::new();
-    let proxy = Proxy::new(&config, stop.clone(), browser)?;
+    let opened = crate::credentials::open(config.store).await?;
+    if let Some(why) = &opened.fallback {
+        tracing::warn!("{why}");
+    }
+    let store = opened.credentials.store.kind();
+    let proxy = Proxy::new(&config, stop.clone(), browser, opened.credentials)?;
+    // Stored credentials first, so the first request already carries a token. A
+    // record that cannot be read leaves its server in `error` and the rest running.
+    proxy.restore().await;
     let app = router(proxy, Guard::new(local, &config));
-    tracing::info!(%local, servers = config.servers.len(), "latchkey listening");
+    tracing::info!(%local, servers = config.servers.len(), store, "latchkey listening");
 
     let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
     let server = server.into_future();

@@ -8,6 +8,7 @@
 pub mod callback;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod daemon;
 mod error;
 mod guard;

@@ -32,7 +32,7 @@ use crate::error::{ProxyError, describe};
 use latchkey_auth::BearerChallenge;
 use latchkey_auth::registration::ConfiguredClient;
 use latchkey_auth::session::Trigger;
-use latchkey_auth::session::{AuthSettings, Browser, ServerAuth};
+use latchkey_auth::session::{AuthSettings, Browser, Credentials, ServerAuth};
 use oauth::Payload;
 pub(crate) use oauth::UpstreamAuth;
 use sse_endpoint::EndpointRewriter;
@@ -138,6 +138,7 @@ impl Proxy {
         config: &Config,
         shutdown: CancellationToken,
         browser: Arc<dyn Browser>,
+        credentials: Credentials,
     ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -157,6 +158,7 @@ impl Proxy {
                             auth_settings(server, oauth),
                             client.clone(),
                             browser.clone(),
+                            credentials.clone(),
                         ),
                         timeout: oauth.auth_timeout,
                     }),
@@ -179,6 +181,20 @@ impl Proxy {
             bridges: Arc::default(),
             shutdown,
         })
+    }
+
+    /// Loads every server's stored credentials, all at once.
+    pub(crate) async fn restore(&self) {
+        let loads = self.upstreams().filter_map(|upstream| {
+            let auth = upstream.auth.as_ref()?;
+            let name = upstream.config.name.clone();
+            Some(async move {
+                if let Err(e) = auth.session.restore().await {
+                    tracing::error!(server = %name, error = %e, "cannot load stored credentials");
+                }
+            })
+        });
+        futures_util::future::join_all(loads).await;
     }
 
     pub(crate) fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {

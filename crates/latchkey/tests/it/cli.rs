@@ -8,9 +8,16 @@ use latchkey_testkit::McpUpstream;
 
 use crate::harness::{client, initialize};
 
+/// The binary, with its state and lock directories in a scratch directory of this
+/// test process, never the user's.
 fn latchkey() -> Command {
+    let scratch = std::env::temp_dir().join(format!("latchkey-it-home-{}", std::process::id()));
     let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
-    command.env_remove("LATCHKEY_CONFIG").env_remove("RUST_LOG");
+    command
+        .env_remove("LATCHKEY_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("XDG_STATE_HOME", scratch.join("state"))
+        .env("XDG_RUNTIME_DIR", scratch.join("run"));
     command
 }
 

@@ -52,8 +52,14 @@ impl DaemonBuilder {
     }
 
     pub fn toml(&self) -> String {
+        // Credentials stay in memory unless a test chooses a store.
+        let store = if self.top.iter().any(|l| l.starts_with("store")) {
+            ""
+        } else {
+            "store = \"memory\"\n"
+        };
         format!(
-            "listen = {:?}\nshutdown_timeout_secs = 5\n{}\n{}",
+            "listen = {:?}\nshutdown_timeout_secs = 5\n{store}{}\n{}",
             self.listen,
             self.top.join("\n"),
             self.servers.join("\n")

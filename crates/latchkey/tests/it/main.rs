@@ -8,3 +8,4 @@ mod harness;
 mod interop;
 mod oauth;
 mod proxy;
+mod thirdparty;

@@ -17,7 +17,7 @@ const url = process.argv[process.argv.length - 1];
 const context = JSON.parse(process.env.MCP_CONFORMANCE_CONTEXT || "{}");
 const dir = mkdtempSync(join(tmpdir(), "latchkey-conformance-"));
 
-let config = `[servers.target]\nurl = ${JSON.stringify(url)}\n[servers.target.oauth]\nauth_timeout_secs = 20\n`;
+let config = `store = "memory"\n[servers.target]\nurl = ${JSON.stringify(url)}\n[servers.target.oauth]\nauth_timeout_secs = 20\n`;
 // The machine-to-machine scenarios (SEP-1046) hand over a client to use with the
 // client-credentials grant: a secret, or a private key for private_key_jwt.
 if (process.env.MCP_CONFORMANCE_SCENARIO?.startsWith("auth/client-credentials")) {

@@ -1,0 +1,88 @@
+//! Choosing the credential store for this process, once, from the config's `store`
+//! key, and the directories it uses.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use latchkey_auth::session::Credentials;
+use latchkey_auth::store::{FileStore, KeyringStore, MemoryStore, Store};
+
+use crate::config::StoreKind;
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "store = \"keyring\" but the keyring is not usable: {cause}. Start and unlock it, or set store = \"file\" in the config"
+)]
+pub struct KeyringUnavailable {
+    cause: String,
+}
+
+/// The store in use and, for `auto`, why it is not the keyring.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub credentials: Credentials,
+    pub fallback: Option<String>,
+}
+
+/// `$XDG_STATE_HOME/latchkey`, else `~/.local/state/latchkey`.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("latchkey")
+}
+
+/// `$XDG_RUNTIME_DIR/latchkey` (per user, cleared at logout), else the state dir's
+/// `locks`: where the per-server lock files go.
+pub fn lock_dir() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|v| !v.is_empty())
+        .map(|dir| PathBuf::from(dir).join("latchkey"))
+        .unwrap_or_else(|| state_dir().join("locks"))
+}
+
+/// Opens the configured store. `auto` probes the keyring (on a blocking thread: the
+/// probe talks D-Bus) and falls back to files with a warning that says why.
+pub async fn open(kind: StoreKind) -> Result<Opened, KeyringUnavailable> {
+    let file = || -> Arc<dyn Store> { FileStore::new(state_dir().join("credentials")) };
+    let shared = |store: Arc<dyn Store>| Credentials {
+        store,
+        lock_dir: Some(lock_dir()),
+    };
+    let probe = || async {
+        tokio::task::spawn_blocking(KeyringStore::probe)
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+    };
+    let (credentials, fallback) = match kind {
+        StoreKind::Memory => (
+            Credentials {
+                store: MemoryStore::new(),
+                lock_dir: None,
+            },
+            None,
+        ),
+        StoreKind::File => (shared(file()), None),
+        StoreKind::Keyring => match probe().await {
+            Ok(()) => (shared(KeyringStore::new()), None),
+            Err(cause) => return Err(KeyringUnavailable { cause }),
+        },
+        StoreKind::Auto => match probe().await {
+            Ok(()) => (shared(KeyringStore::new()), None),
+            Err(cause) => {
+                let store = file();
+                let why = format!(
+                    "the OS keyring is not usable ({cause}); credentials go to files in {} instead (mode 0600). Start and unlock a keyring, or set store = \"file\" to silence this",
+                    store.location()
+                );
+                (shared(store), Some(why))
+            }
+        },
+    };
+    Ok(Opened {
+        credentials,
+        fallback,
+    })
+}
