@@ -9,6 +9,7 @@
 pub mod assertion;
 pub mod authorize;
 pub mod challenge;
+pub mod device;
 pub mod discovery;
 pub mod registration;
 mod secret;

@@ -21,6 +21,7 @@ use crate::discovery::ServerMetadata;
 use crate::token::{ClientAuth, ClientCredentials};
 
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 /// A client from the config.
 #[derive(Debug, Clone)]
@@ -164,10 +165,19 @@ pub async fn register(
     endpoint: &str,
     redirect_uri: &str,
 ) -> Result<Registration, RegistrationError> {
+    let mut grant_types = vec!["authorization_code", "refresh_token"];
+    // Only where offered: a strict server refuses a registration asking for more.
+    if metadata
+        .grant_types_supported
+        .as_ref()
+        .is_some_and(|g| g.iter().any(|g| g == DEVICE_CODE))
+    {
+        grant_types.push(DEVICE_CODE);
+    }
     let request = json!({
         "client_name": "latchkey",
         "redirect_uris": [redirect_uri],
-        "grant_types": ["authorization_code", "refresh_token"],
+        "grant_types": grant_types,
         "response_types": ["code"],
         "token_endpoint_auth_method": "none",
         // A loopback redirect makes this a native application (OpenID Connect DCR).

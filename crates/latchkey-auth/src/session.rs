@@ -28,6 +28,7 @@ use url::Url;
 use crate::Secret;
 use crate::authorize::{self, AuthorizationParams};
 use crate::challenge::BearerChallenge;
+use crate::device::{self, DeviceAuthorization};
 use crate::discovery::{self, Discovered};
 use crate::registration::{self, ConfiguredClient, Plan, Registration};
 use crate::store::{self, Record, Store};
@@ -50,6 +51,15 @@ pub type RedirectCheck = Box<dyn FnOnce(&Url) -> Result<Secret, String> + Send>;
 pub trait Browser: Send + Sync + 'static {
     /// Binds the loopback redirect listener on `port` (0: any free port).
     fn bind(&self, port: u16) -> BoxFuture<'_, Result<Box<dyn Redirect>, String>>;
+
+    /// Whether the person is not at this machine, so the device flow (RFC 8628) is
+    /// preferred where the server offers it.
+    fn remote(&self) -> bool {
+        false
+    }
+
+    /// Tells the person where to enter the device flow's code.
+    fn show_device_code(&self, _server: &str, _device: &DeviceAuthorization) {}
 }
 
 /// A bound redirect listener.
@@ -506,18 +516,11 @@ impl ServerAuth {
         let found = self.discover(trigger.challenge.as_ref()).await?;
         self.lock().discovered = Some(found.clone());
         let registration = self.registration(&found, "").await?;
-        let scopes: Vec<String> = match (&trigger.challenge, trigger.step_up) {
-            (Some(challenge), true) => authorize::step_up_scopes(granted, challenge),
-            _ => authorize::select_scopes(
-                trigger.challenge.as_ref(),
-                found.resource_metadata.as_ref(),
-                &found.server,
-            ),
-        }
-        .into_iter()
-        // offline_access asks for a refresh token, which this grant does not use.
-        .filter(|scope| scope != "offline_access")
-        .collect();
+        let scopes: Vec<String> = scopes_for(trigger, &found, granted)
+            .into_iter()
+            // offline_access asks for a refresh token, which this grant does not use.
+            .filter(|scope| scope != "offline_access")
+            .collect();
         let resource = settings.send_resource.then_some(found.resource.as_str());
         let tokens = token::client_credentials(
             &self.http,
@@ -635,6 +638,10 @@ impl ServerAuth {
     async fn browser_flow(&self, trigger: &Trigger, granted: &[String]) -> Result<(), AuthError> {
         let settings = &self.settings;
         let found = self.discover(trigger.challenge.as_ref()).await?;
+        if self.browser.remote() && found.server.device_authorization_endpoint.is_some() {
+            self.lock().discovered = Some(found.clone());
+            return self.device_flow(trigger, &found, granted).await;
+        }
         discovery::require_pkce(&found.server).map_err(|e| AuthError::fatal(e.to_string()))?;
         if found.server.authorization_endpoint.is_none() {
             return Err(AuthError::fatal(format!(
@@ -666,14 +673,7 @@ impl ServerAuth {
         };
         let redirect_uri = redirect.redirect_uri();
         let registration = self.registration(&found, &redirect_uri).await?;
-        let scopes = match (&trigger.challenge, trigger.step_up) {
-            (Some(challenge), true) => authorize::step_up_scopes(granted, challenge),
-            _ => authorize::select_scopes(
-                trigger.challenge.as_ref(),
-                found.resource_metadata.as_ref(),
-                &found.server,
-            ),
-        };
+        let scopes = scopes_for(trigger, &found, granted);
         let resource = settings.send_resource.then_some(found.resource.as_str());
         let pending = authorize::start(
             &found.server,
@@ -714,6 +714,67 @@ impl ServerAuth {
         )
         .await;
         self.finish_grant(tokens)
+    }
+
+    /// The device authorization grant: the person approves somewhere else while this
+    /// polls the token endpoint.
+    async fn device_flow(
+        &self,
+        trigger: &Trigger,
+        found: &Discovered,
+        granted: &[String],
+    ) -> Result<(), AuthError> {
+        let settings = &self.settings;
+        let endpoint = found
+            .server
+            .device_authorization_endpoint
+            .clone()
+            .unwrap_or_default();
+        // No redirect happens, but a registration carries one: keep the registered
+        // one, else a loopback URI, which RFC 8252 §7.3 lets the port of vary.
+        let redirect_uri = self
+            .lock()
+            .registration
+            .as_ref()
+            .filter(|r| r.issuer == found.server.issuer)
+            .map_or_else(
+                || "http://127.0.0.1/callback".to_owned(),
+                |r| r.redirect_uri.clone(),
+            );
+        let registration = self.registration(found, &redirect_uri).await?;
+        let scopes = scopes_for(trigger, found, granted);
+        let resource = settings.send_resource.then_some(found.resource.as_str());
+        let credentials = registration.credentials();
+        let failed = |e: TokenError| AuthError {
+            retryable: e.is_retryable(),
+            message: format!("server {:?}: {e}", settings.server),
+        };
+        let device = device::start(&self.http, &endpoint, &credentials, &scopes, resource)
+            .await
+            .map_err(failed)?;
+        self.lock().status = Some(AuthStatus::Authorizing {
+            url: device
+                .verification_uri_complete
+                .clone()
+                .unwrap_or_else(|| device.verification_uri.clone()),
+        });
+        self.browser.show_device_code(&settings.server, &device);
+        let polled = device::poll(
+            &self.http,
+            &found.server.token_endpoint,
+            &credentials,
+            &device,
+            resource,
+            &scopes,
+        );
+        match tokio::time::timeout(settings.flow_timeout, polled).await {
+            Ok(tokens) => self.finish_grant(tokens),
+            Err(_) => Err(AuthError::fatal(format!(
+                "server {:?}: the code was not entered within {} s",
+                settings.server,
+                settings.flow_timeout.as_secs()
+            ))),
+        }
     }
 
     /// The registration for this issuer: kept while the issuer and redirect URI stay
@@ -789,6 +850,19 @@ impl ServerAuth {
             });
         state.tokens = Some(tokens);
         state.generation += 1;
+    }
+}
+
+/// The scopes to ask for: on a step-up, the union of what was granted and what the
+/// challenge asks; else the spec's choice (challenge, then resource metadata).
+fn scopes_for(trigger: &Trigger, found: &Discovered, granted: &[String]) -> Vec<String> {
+    match (&trigger.challenge, trigger.step_up) {
+        (Some(challenge), true) => authorize::step_up_scopes(granted, challenge),
+        _ => authorize::select_scopes(
+            trigger.challenge.as_ref(),
+            found.resource_metadata.as_ref(),
+            &found.server,
+        ),
     }
 }
 

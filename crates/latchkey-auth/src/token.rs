@@ -207,7 +207,6 @@ async fn request(
     form: &[(&str, &str)],
 ) -> Result<TokenResponse, TokenError> {
     let (body, basic) = encode_form(client, form)?;
-
     let mut request = http
         .post(endpoint)
         .header(reqwest::header::ACCEPT, "application/json")
@@ -219,13 +218,52 @@ async fn request(
     if let Some(value) = basic {
         request = request.header(reqwest::header::AUTHORIZATION, value);
     }
-    let response = request
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| TokenError::Network {
-            cause: e.without_url().to_string(),
+    let bytes = send(request.body(body)).await?;
+    // The body holds tokens: parse errors must not quote it.
+    let tokens: TokenResponse =
+        serde_json::from_slice(&bytes).map_err(|e| TokenError::Malformed {
+            cause: format!(
+                "not a token response ({} at line {} column {})",
+                classify(&e),
+                e.line(),
+                e.column()
+            ),
         })?;
+    if !tokens.token_type.eq_ignore_ascii_case("bearer") {
+        return Err(TokenError::Malformed {
+            cause: format!(
+                "token_type is {:?}; latchkey supports Bearer tokens",
+                tokens.token_type
+            ),
+        });
+    }
+    if tokens.access_token.is_empty() {
+        return Err(TokenError::Malformed {
+            cause: "empty access_token".into(),
+        });
+    }
+    Ok(tokens)
+}
+
+/// Any grant's token request, for the grants defined elsewhere (the device code).
+pub(crate) async fn grant(
+    http: &reqwest::Client,
+    endpoint: &str,
+    client: &ClientCredentials,
+    form: &[(&str, &str)],
+    requested: &[String],
+) -> Result<TokenSet, TokenError> {
+    Ok(request(http, endpoint, client, form)
+        .await?
+        .into_set(None, requested))
+}
+
+/// Sends a request to an OAuth endpoint and classifies the failure (RFC 6749 §5.2):
+/// a transport error or a 5xx is retryable, an OAuth error is named.
+pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<bytes::Bytes, TokenError> {
+    let response = request.send().await.map_err(|e| TokenError::Network {
+        cause: e.without_url().to_string(),
+    })?;
     let status = response.status();
     let bytes = response.bytes().await.map_err(|e| TokenError::Network {
         cause: e.without_url().to_string(),
@@ -253,35 +291,12 @@ async fn request(
             },
         });
     }
-    // The body holds tokens: parse errors must not quote it.
-    let tokens: TokenResponse =
-        serde_json::from_slice(&bytes).map_err(|e| TokenError::Malformed {
-            cause: format!(
-                "not a token response ({} at line {} column {})",
-                classify(&e),
-                e.line(),
-                e.column()
-            ),
-        })?;
-    if !tokens.token_type.eq_ignore_ascii_case("bearer") {
-        return Err(TokenError::Malformed {
-            cause: format!(
-                "token_type is {:?}; latchkey supports Bearer tokens",
-                tokens.token_type
-            ),
-        });
-    }
-    if tokens.access_token.is_empty() {
-        return Err(TokenError::Malformed {
-            cause: "empty access_token".into(),
-        });
-    }
-    Ok(tokens)
+    Ok(bytes)
 }
 
 /// The form body and, for `client_secret_basic`, the `Authorization` value. A plain
 /// function: the serializer is not `Send`, so it must not live in an async body.
-fn encode_form(
+pub(crate) fn encode_form(
     client: &ClientCredentials,
     form: &[(&str, &str)],
 ) -> Result<(String, Option<reqwest::header::HeaderValue>), TokenError> {

@@ -70,6 +70,9 @@ pub struct AuthOptions {
     pub rotate_refresh_tokens: bool,
     /// A client registered ahead of time: (client_id, client_secret, auth method).
     pub preregistered: Option<(String, Option<String>, String)>,
+    /// Offer the device authorization grant (RFC 8628) at `/device_authorization`;
+    /// the person approves at `/device?user_code=…`.
+    pub device: bool,
 }
 
 impl Default for AuthOptions {
@@ -89,6 +92,7 @@ impl Default for AuthOptions {
             token_lifetime: 3600,
             rotate_refresh_tokens: true,
             preregistered: None,
+            device: false,
         }
     }
 }
@@ -118,6 +122,10 @@ struct OAuthState {
     access_tokens: HashMap<String, Grant>,
     /// Token requests by grant type, in order.
     grants: Vec<String>,
+    /// Device codes by user code: (device code, approved, grant).
+    devices: HashMap<String, (String, bool, Grant)>,
+    /// Tokens revoked at `/revoke`, in order.
+    revoked: Vec<String>,
 }
 
 /// A client as registered (dynamically or ahead of time), with its request.
@@ -175,6 +183,12 @@ impl AuthServer {
             .route(&format!("{prefix}/authorize"), get(authorize))
             .route(&format!("{prefix}/token"), post(token))
             .route(&format!("{prefix}/register"), post(register))
+            .route(
+                &format!("{prefix}/device_authorization"),
+                post(device_authorization),
+            )
+            .route(&format!("{prefix}/device"), get(device_approve))
+            .route(&format!("{prefix}/revoke"), post(revoke))
             .fallback(serve)
             .with_state(shared.clone())
             .layer(axum::middleware::from_fn_with_state(
@@ -223,6 +237,11 @@ impl AuthServer {
     }
 
     /// The grant types of every token request so far, in order.
+    /// Tokens revoked at the RFC 7009 endpoint.
+    pub fn revoked(&self) -> Vec<String> {
+        self.shared.lock().revoked.clone()
+    }
+
     pub fn token_requests(&self) -> Vec<String> {
         self.lock().grants.clone()
     }
@@ -422,6 +441,41 @@ async fn token(
             }
             issued.grant
         }
+        "urn:ietf:params:oauth:grant-type:device_code" => {
+            let code = form.get("device_code").cloned().unwrap_or_default();
+            let found = state
+                .devices
+                .iter()
+                .find(|(_, (device, _, _))| *device == code)
+                .map(|(user, (_, approved, grant))| (user.clone(), *approved, grant.clone()));
+            match found {
+                None => {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "expired_token",
+                        "unknown device code",
+                    );
+                }
+                Some((_, false, _)) => {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "authorization_pending",
+                        "the person has not approved yet",
+                    );
+                }
+                Some((user, true, grant)) => {
+                    if grant.client_id != client_id || resource != grant.resource {
+                        return oauth_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_grant",
+                            "client or resource mismatch",
+                        );
+                    }
+                    state.devices.remove(&user);
+                    grant
+                }
+            }
+        }
         "refresh_token" => {
             let token = form.get("refresh_token").cloned().unwrap_or_default();
             let Some(grant) = state.refresh_tokens.get(&token).cloned() else {
@@ -472,6 +526,70 @@ async fn token(
         body["refresh_token"] = json!(refresh);
     }
     axum::Json(body).into_response()
+}
+
+/// `POST /device_authorization` (RFC 8628 §3.1-3.2).
+async fn device_authorization(
+    State(shared): State<Arc<AuthShared>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let issuer = issuer(&shared);
+    let mut state = shared.lock();
+    let Some(client_id) = authenticate(&state, &headers, &form) else {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        );
+    };
+    state.next += 1;
+    let (device_code, user_code) = (format!("dc-{}", state.next), format!("WXYZ-{}", state.next));
+    let grant = Grant {
+        client_id,
+        scope: form.get("scope").cloned().unwrap_or_default(),
+        resource: form.get("resource").cloned(),
+    };
+    state
+        .devices
+        .insert(user_code.clone(), (device_code.clone(), false, grant));
+    axum::Json(json!({
+        "device_code": device_code,
+        "user_code": user_code,
+        "verification_uri": format!("{issuer}/device"),
+        "verification_uri_complete": format!("{issuer}/device?user_code={user_code}"),
+        "expires_in": 600,
+        "interval": 1,
+    }))
+    .into_response()
+}
+
+/// `GET /device?user_code=…`: the person enters the code and approves.
+async fn device_approve(
+    State(shared): State<Arc<AuthShared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let code = q.get("user_code").cloned().unwrap_or_default();
+    match shared.lock().devices.get_mut(&code) {
+        Some((_, approved, _)) => {
+            *approved = true;
+            "approved; return to your terminal".into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "unknown user code").into_response(),
+    }
+}
+
+/// `POST /revoke` (RFC 7009): forgets the token, whichever kind it is.
+async fn revoke(
+    State(shared): State<Arc<AuthShared>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let token = form.get("token").cloned().unwrap_or_default();
+    let mut state = shared.lock();
+    state.access_tokens.remove(&token);
+    state.refresh_tokens.remove(&token);
+    state.revoked.push(token);
+    StatusCode::OK.into_response()
 }
 
 /// `POST /register`: RFC 7591 dynamic client registration.
@@ -590,6 +708,15 @@ fn server_metadata(shared: &AuthShared) -> Value {
     if options.dcr {
         document["registration_endpoint"] = json!(format!("{issuer}/register"));
     }
+    if options.device {
+        document["device_authorization_endpoint"] = json!(format!("{issuer}/device_authorization"));
+        document["grant_types_supported"] = json!([
+            "authorization_code",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:device_code"
+        ]);
+    }
+    document["revocation_endpoint"] = json!(format!("{issuer}/revoke"));
     document
 }
 

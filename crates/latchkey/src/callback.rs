@@ -16,7 +16,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use http::StatusCode;
 use latchkey_auth::Secret;
+use latchkey_auth::device::DeviceAuthorization;
 use latchkey_auth::session::{BoxFuture, Browser, Redirect, RedirectCheck};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use url::Url;
@@ -257,6 +259,106 @@ impl Redirect for SystemRedirect {
                 tracing::warn!(error = %e, "cannot open the browser; open the authorization URL from the status page");
             }
             self.0.wait(timeout, check).await.map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The person at this terminal, for `latchkey login`. The authorization URL is
+/// printed (and opened, unless `--no-browser`); the redirect is taken from the
+/// loopback listener or from a URL pasted on stdin, whichever comes first, so a login
+/// works when the browser runs on another machine. Without a browser, the device flow
+/// is preferred where the server offers it.
+#[derive(Debug, Clone, Copy)]
+pub struct TerminalBrowser {
+    pub open: bool,
+}
+
+impl Browser for TerminalBrowser {
+    fn bind(&self, port: u16) -> BoxFuture<'_, Result<Box<dyn Redirect>, String>> {
+        let open = self.open;
+        Box::pin(async move {
+            let listener = Listener::bind(port).await.map_err(|e| e.to_string())?;
+            Ok(Box::new(TerminalRedirect { listener, open }) as Box<dyn Redirect>)
+        })
+    }
+
+    fn remote(&self) -> bool {
+        !self.open
+    }
+
+    fn show_device_code(&self, server: &str, device: &DeviceAuthorization) {
+        let mut text = format!(
+            "To authorize latchkey for {server:?}, open {} on any device and enter the code\n\n    {}\n",
+            device.verification_uri, device.user_code
+        );
+        if let Some(complete) = &device.verification_uri_complete {
+            text.push_str(&format!(
+                "\n(or open {complete}, which has the code filled in)\n"
+            ));
+        }
+        eprintln!("{text}\nWaiting for approval…");
+    }
+}
+
+struct TerminalRedirect {
+    listener: Listener,
+    open: bool,
+}
+
+impl Redirect for TerminalRedirect {
+    fn redirect_uri(&self) -> String {
+        self.listener.redirect_uri().to_owned()
+    }
+
+    fn complete(
+        self: Box<Self>,
+        url: Url,
+        timeout: Duration,
+        check: RedirectCheck,
+    ) -> BoxFuture<'static, Result<Secret, String>> {
+        Box::pin(async move {
+            eprintln!("Open this URL in a browser to authorize latchkey:\n\n    {url}\n");
+            if let Some(Err(e)) = self.open.then(|| open_browser(&url)) {
+                eprintln!("({e})");
+            }
+            eprintln!(
+                "If the browser is on another machine, it ends on a page that cannot load; paste that page's address here (it starts with {}):",
+                self.listener.redirect_uri()
+            );
+            // One check, used by whichever of the listener and the paste comes first.
+            let check = Arc::new(Mutex::new(Some(check)));
+            let take = |check: &Arc<Mutex<Option<RedirectCheck>>>| {
+                check.lock().unwrap_or_else(PoisonError::into_inner).take()
+            };
+            let for_listener = check.clone();
+            let listened =
+                self.listener
+                    .wait(timeout, move |url: &Url| match take(&for_listener) {
+                        Some(check) => check(url),
+                        None => Err("this login was already completed".into()),
+                    });
+            let pasted = async {
+                let mut lines = BufReader::new(tokio::io::stdin()).lines();
+                loop {
+                    match lines.next_line().await {
+                        Ok(Some(line)) => match Url::parse(line.trim()) {
+                            Ok(url) => {
+                                if let Some(check) = take(&check) {
+                                    return check(&url);
+                                }
+                            }
+                            Err(_) if line.trim().is_empty() => {}
+                            Err(_) => eprintln!("That is not a URL; paste the whole address."),
+                        },
+                        // No terminal (or it closed): only the listener can answer.
+                        Ok(None) | Err(_) => std::future::pending::<()>().await,
+                    }
+                }
+            };
+            tokio::select! {
+                result = listened => result.map_err(|e| e.to_string()),
+                result = pasted => result,
+            }
         })
     }
 }

@@ -12,6 +12,8 @@ Examples:
   latchkey serve --config ./latchkey.toml --listen 127.0.0.1:9000
   latchkey check --config ./latchkey.toml
       Report every problem in a config file, with line and column
+  latchkey login notes --no-browser
+      Log in to the server `notes` ahead of time, from a machine without a browser
 
 A minimal config:
   [servers.notes]
@@ -49,6 +51,19 @@ pub enum Command {
         /// Address to listen on, overriding the config's `listen` [default: 127.0.0.1:8931]
         #[arg(long)]
         listen: Option<SocketAddr>,
+    },
+    /// Authorize with a server ahead of time and store its tokens (works with the
+    /// daemon running or not).
+    Login {
+        /// The server's name in the config.
+        server: String,
+        /// Config file [default: $LATCHKEY_CONFIG, else $XDG_CONFIG_HOME/latchkey/config.toml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Do not open a browser: use the device flow when the server offers it,
+        /// else print the URL and accept the pasted redirect address.
+        #[arg(long)]
+        no_browser: bool,
     },
     /// Validate a config file and print every problem at once.
     Check {

@@ -51,6 +51,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Where credentials are kept.
     pub store: StoreKind,
+    /// `state_dir`: the file store's and lock files' directory, instead of
+    /// `$XDG_STATE_HOME/latchkey` (for a container volume, say).
+    pub state_dir: Option<PathBuf>,
     pub servers: Vec<Server>,
 }
 
@@ -297,6 +300,7 @@ pub fn check_listen(addr: SocketAddr, allow_non_loopback: bool) -> Result<(), St
 const TOP_KEYS: &[&str] = &[
     "listen",
     "store",
+    "state_dir",
     "allow_non_loopback",
     "allowed_origins",
     "allowed_hosts",
@@ -365,6 +369,7 @@ impl Checker<'_> {
             allowed_hosts: Vec::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             store: StoreKind::Auto,
+            state_dir: None,
             servers: Vec::new(),
         };
         self.top(&mut top, &mut config);
@@ -453,6 +458,13 @@ impl Checker<'_> {
             "write a whole number of seconds, such as shutdown_timeout_secs = 10",
         ) {
             config.shutdown_timeout = Duration::from_secs(secs.into_inner());
+        }
+        if let Some(dir) = self.field::<String>(
+            top,
+            "state_dir",
+            "a directory path, such as state_dir = \"/var/lib/latchkey\"",
+        ) {
+            config.state_dir = Some(self.relative(dir.get_ref()));
         }
         let store_hint = "write store = \"auto\", \"keyring\", \"file\" or \"memory\"";
         if let Some(store) = self.field::<String>(top, "store", store_hint) {

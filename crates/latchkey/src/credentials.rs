@@ -1,7 +1,7 @@
 //! Choosing the credential store for this process, once, from the config's `store`
 //! key, and the directories it uses.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use latchkey_auth::session::Credentials;
@@ -44,12 +44,17 @@ pub fn lock_dir() -> PathBuf {
 }
 
 /// Opens the configured store. `auto` probes the keyring (on a blocking thread: the
-/// probe talks D-Bus) and falls back to files with a warning that says why.
-pub async fn open(kind: StoreKind) -> Result<Opened, KeyringUnavailable> {
-    let file = || -> Arc<dyn Store> { FileStore::new(state_dir().join("credentials")) };
+/// probe talks D-Bus) and falls back to files with a warning that says why. With a
+/// configured `state_dir`, files and locks both go there.
+pub async fn open(kind: StoreKind, state: Option<&Path>) -> Result<Opened, KeyringUnavailable> {
+    let (files, locks) = match state {
+        Some(dir) => (dir.join("credentials"), dir.join("locks")),
+        None => (state_dir().join("credentials"), lock_dir()),
+    };
+    let file = || -> Arc<dyn Store> { FileStore::new(files.clone()) };
     let shared = |store: Arc<dyn Store>| Credentials {
         store,
-        lock_dir: Some(lock_dir()),
+        lock_dir: Some(locks.clone()),
     };
     let probe = || async {
         tokio::task::spawn_blocking(KeyringStore::probe)

@@ -65,7 +65,7 @@ pub async fn run_with_browser(
 ) -> Result<(), DaemonError> {
     let local = listener.local_addr().map_err(DaemonError::Listener)?;
     let stop = CancellationToken::new();
-    let opened = crate::credentials::open(config.store).await?;
+    let opened = crate::credentials::open(config.store, config.state_dir.as_deref()).await?;
     if let Some(why) = &opened.fallback {
         tracing::warn!("{why}");
     }

@@ -29,7 +29,7 @@ pub(crate) enum ProxyError {
     UnknownSession,
     #[error("server {server:?} needs a login that did not succeed: {message}")]
     Auth { server: String, message: String },
-    #[error("server {server:?} needs a login in the browser, which has not finished yet{}; then send the request again", .url.as_deref().map(|u| format!(": open {u}")).unwrap_or_default())]
+    #[error("server {server:?} needs a login in the browser, which has not finished yet{}, or run `latchkey login {server}` in a terminal; then send the request again", .url.as_deref().map(|u| format!(": open {u}")).unwrap_or_default())]
     AuthTimeout { server: String, url: Option<String> },
     #[error(
         "server {server:?} asked for a login, which is done now; the request was too large to keep, so send it again"
@@ -78,7 +78,12 @@ impl IntoResponse for ProxyError {
                 data = json!({ "latchkey": true, "server": server, "url": url, "cause": cause });
             }
             Self::AuthTimeout { server, url } => {
-                data = json!({ "latchkey": true, "server": server, "authorization_url": url });
+                data = json!({
+                    "latchkey": true,
+                    "server": server,
+                    "authorization_url": url,
+                    "command": format!("latchkey login {server}"),
+                });
             }
             _ => {}
         }

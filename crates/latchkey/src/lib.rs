@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod daemon;
 mod error;
 mod guard;
+pub mod login;
 mod proxy;
 mod status;
 pub mod telemetry;

@@ -30,6 +30,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Login {
+            server,
+            config,
+            no_browser,
+        } => {
+            let path = config.unwrap_or_else(config::default_path);
+            let config = config::load(&path)?;
+            login(&config, &server, !no_browser)
+        }
         Command::Serve { config, listen } => {
             let path = config.unwrap_or_else(config::default_path);
             let mut config = config::load(&path)?;
@@ -42,6 +51,42 @@ fn run(command: Command) -> anyhow::Result<()> {
             serve(config)
         }
     }
+}
+
+fn login(config: &config::Config, server: &str, open: bool) -> anyhow::Result<()> {
+    use latchkey::login::Outcome;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let browser = std::sync::Arc::new(latchkey::callback::TerminalBrowser { open });
+    let outcome = runtime.block_on(latchkey::login::login(config, server, browser));
+    // A read of stdin (for a pasted redirect) may still be blocked: don't wait for it.
+    runtime.shutdown_background();
+    match outcome? {
+        Outcome::NotNeeded => {
+            println!("{server}: the server answered without authorization; nothing to store");
+        }
+        Outcome::LoggedIn {
+            scopes,
+            expires_at,
+            store,
+        } => {
+            let scopes = if scopes.is_empty() {
+                "none".to_owned()
+            } else {
+                scopes.join(" ")
+            };
+            let expiry = expires_at
+                .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok())
+                .map_or_else(
+                    || "no expiry given".to_owned(),
+                    |d| format!("expires in {} s", d.as_secs()),
+                );
+            println!("{server}: logged in (scopes: {scopes}; {expiry}); stored in {store}");
+        }
+    }
+    Ok(())
 }
 
 fn serve(config: config::Config) -> anyhow::Result<()> {

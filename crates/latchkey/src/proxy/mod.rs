@@ -140,13 +140,7 @@ impl Proxy {
         browser: Arc<dyn Browser>,
         credentials: Credentials,
     ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            // A transparent proxy hands redirects to the client; following them here
-            // would also send the credentials to wherever they point.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("latchkey/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let client = http_client()?;
         let servers = config
             .servers
             .iter()
@@ -211,7 +205,18 @@ impl Proxy {
     }
 }
 
-fn auth_settings(server: &Server, oauth: &OAuthConfig) -> AuthSettings {
+/// The upstream HTTP client, for the proxy and for `latchkey login`.
+pub(crate) fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        // A transparent proxy hands redirects to the client; following them here
+        // would also send the credentials to wherever they point.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("latchkey/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+pub(crate) fn auth_settings(server: &Server, oauth: &OAuthConfig) -> AuthSettings {
     AuthSettings {
         server: server.name.clone(),
         resource_url: server.url.clone(),

@@ -6,6 +6,7 @@ mod config;
 mod conformance;
 mod harness;
 mod interop;
+mod login;
 mod oauth;
 mod proxy;
 mod thirdparty;

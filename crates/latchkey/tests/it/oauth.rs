@@ -269,6 +269,13 @@ async fn a_login_nobody_finishes_times_out_with_the_url_and_keeps_waiting() {
             .contains("open http"),
         "{body}"
     );
+    assert_eq!(body["error"]["data"]["command"], "latchkey login notes");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("run `latchkey login notes`")),
+        "{body}"
+    );
     let status: Value = client()
         .get(daemon.url("/"))
         .send()

@@ -1,0 +1,121 @@
+//! The device authorization grant (RFC 8628), for a person who is not at this
+//! machine (`latchkey login --no-browser` on a server or in a container): they open a
+//! short URL anywhere and type a code, while latchkey polls the token endpoint.
+
+use std::time::Duration;
+
+use crate::Secret;
+use crate::token::{self, ClientCredentials, TokenError, TokenSet};
+use serde::Deserialize;
+
+const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// RFC 8628 §3.2: the polling interval when the server gives none.
+const DEFAULT_INTERVAL: u64 = 5;
+/// RFC 8628 §3.5: `slow_down` adds five seconds.
+const SLOW_DOWN: u64 = 5;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the person must do, and what latchkey polls with.
+#[derive(Debug)]
+pub struct DeviceAuthorization {
+    pub device_code: Secret,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub expires_in: Duration,
+    pub interval: Duration,
+}
+
+#[derive(Deserialize)]
+struct Response {
+    device_code: String,
+    user_code: String,
+    // RFC 8628 names it verification_uri; some servers send the draft's name.
+    #[serde(alias = "verification_url")]
+    verification_uri: String,
+    verification_uri_complete: Option<String>,
+    expires_in: u64,
+    interval: Option<u64>,
+}
+
+/// Asks for a device code (RFC 8628 §3.1).
+pub async fn start(
+    http: &reqwest::Client,
+    endpoint: &str,
+    client: &ClientCredentials,
+    scopes: &[String],
+    resource: Option<&str>,
+) -> Result<DeviceAuthorization, TokenError> {
+    let scope = scopes.join(" ");
+    let mut form = Vec::new();
+    if !scope.is_empty() {
+        form.push(("scope", scope.as_str()));
+    }
+    if let Some(resource) = resource {
+        form.push(("resource", resource));
+    }
+    let (body, basic) = token::encode_form(client, &form)?;
+    let mut request = http
+        .post(endpoint)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .timeout(REQUEST_TIMEOUT)
+        .body(body);
+    if let Some(value) = basic {
+        request = request.header(reqwest::header::AUTHORIZATION, value);
+    }
+    let bytes = token::send(request).await?;
+    let response: Response = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed {
+        cause: "not a device authorization response (RFC 8628 §3.2)".into(),
+    })?;
+    Ok(DeviceAuthorization {
+        device_code: Secret::new(response.device_code),
+        user_code: response.user_code,
+        verification_uri: response.verification_uri,
+        verification_uri_complete: response.verification_uri_complete,
+        expires_in: Duration::from_secs(response.expires_in),
+        interval: Duration::from_secs(response.interval.unwrap_or(DEFAULT_INTERVAL)),
+    })
+}
+
+/// Polls the token endpoint (RFC 8628 §3.4-3.5) until the person approves, denies,
+/// or the code expires.
+pub async fn poll(
+    http: &reqwest::Client,
+    endpoint: &str,
+    client: &ClientCredentials,
+    device: &DeviceAuthorization,
+    resource: Option<&str>,
+    requested: &[String],
+) -> Result<TokenSet, TokenError> {
+    let deadline = tokio::time::Instant::now() + device.expires_in;
+    let mut interval = device.interval;
+    loop {
+        tokio::time::sleep(interval).await;
+        if tokio::time::Instant::now() >= deadline {
+            return Err(TokenError::Refused {
+                error: "expired_token".into(),
+                description: Some("the code was not entered in time; run the login again".into()),
+            });
+        }
+        let mut form = vec![
+            ("grant_type", GRANT_TYPE),
+            ("device_code", device.device_code.expose()),
+        ];
+        if let Some(resource) = resource {
+            form.push(("resource", resource));
+        }
+        match token::grant(http, endpoint, client, &form, requested).await {
+            Err(TokenError::Refused { error, .. }) if error == "authorization_pending" => {}
+            Err(TokenError::Refused { error, .. }) if error == "slow_down" => {
+                interval += Duration::from_secs(SLOW_DOWN);
+            }
+            // A network blip while polling is not the person's answer: keep polling.
+            Err(TokenError::Network { .. } | TokenError::Unavailable { .. }) => {}
+            other => return other,
+        }
+    }
+}

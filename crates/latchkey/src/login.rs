@@ -1,0 +1,171 @@
+//! `latchkey login <server>`: authorize ahead of time, with or without a daemon
+//! running. The tokens go to the configured store, where the daemon and every
+//! `latchkey stdio` find them (they read the store again on their next 401).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use latchkey_auth::BearerChallenge;
+use latchkey_auth::session::{AuthStatus, Browser, ServerAuth, Trigger};
+use serde_json::json;
+
+use crate::config::{Config, OAuth};
+use crate::credentials;
+use crate::proxy::{auth_settings, http_client};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("no server {name:?} in the config; configured: {known}")]
+    UnknownServer { name: String, known: String },
+    #[error(
+        "server {0:?} has oauth = false, so there is nothing to log in to; remove that line to let latchkey run OAuth"
+    )]
+    OAuthDisabled(String),
+    #[error(transparent)]
+    Store(#[from] credentials::KeyringUnavailable),
+    #[error("cannot create the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("cannot reach {name:?} at {url}: {cause}; check the url in the config and the network")]
+    Unreachable {
+        name: String,
+        url: String,
+        cause: String,
+    },
+    #[error("login to {name:?} failed: {message}")]
+    Failed { name: String, message: String },
+}
+
+/// What a login achieved, for the closing message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The server answered without asking for authorization.
+    NotNeeded,
+    LoggedIn {
+        scopes: Vec<String>,
+        expires_at: Option<SystemTime>,
+        store: String,
+    },
+}
+
+/// Runs a new login for `name`, replacing any stored tokens.
+pub async fn login(
+    config: &Config,
+    name: &str,
+    browser: Arc<dyn Browser>,
+) -> Result<Outcome, LoginError> {
+    let server = config
+        .servers
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| LoginError::UnknownServer {
+            name: name.to_owned(),
+            known: config
+                .servers
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+    let OAuth::Enabled(oauth) = &server.oauth else {
+        return Err(LoginError::OAuthDisabled(name.to_owned()));
+    };
+    let opened = credentials::open(config.store, config.state_dir.as_deref()).await?;
+    if let Some(why) = &opened.fallback {
+        tracing::warn!("{why}");
+    }
+    let store = format!(
+        "{} ({})",
+        opened.credentials.store.kind(),
+        opened.credentials.store.location()
+    );
+    let http = http_client()?;
+    let session = ServerAuth::new(
+        auth_settings(server, oauth),
+        http.clone(),
+        browser,
+        opened.credentials,
+    );
+    let failed = |message: String| LoginError::Failed {
+        name: name.to_owned(),
+        message,
+    };
+    // A record that cannot be read is reported, not overwritten.
+    session.restore().await.map_err(|e| failed(e.message))?;
+    let Some(challenge) = probe(&http, server).await? else {
+        return Ok(Outcome::NotNeeded);
+    };
+    let trigger = Trigger {
+        seen: session.bearer().1,
+        challenge,
+        step_up: false,
+        full_login: true,
+    };
+    session
+        .authorize(trigger)
+        .await
+        .map_err(|e| failed(e.message))?;
+    if let AuthStatus::Error { message } = session.status() {
+        return Err(failed(message));
+    }
+    let (expires_at, scopes) = session.token_info().unwrap_or_default();
+    Ok(Outcome::LoggedIn {
+        scopes,
+        expires_at,
+        store,
+    })
+}
+
+/// An unauthenticated `initialize`, for the server's own `WWW-Authenticate`
+/// challenge (the scopes it asks for, where its metadata is). `None` when the server
+/// answers without authorization; `Some(None)` when it refuses without a usable
+/// challenge (discovery then uses the well-known URLs).
+async fn probe(
+    http: &reqwest::Client,
+    server: &crate::config::Server,
+) -> Result<Option<Option<BearerChallenge>>, LoginError> {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "latchkey-login", "version": env!("CARGO_PKG_VERSION")}
+        }
+    });
+    let mut request = http
+        .post(server.url.clone())
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("mcp-method", "initialize")
+        .json(&body);
+    for (key, value) in &server.headers {
+        request = request.header(key, value);
+    }
+    let response = request.send().await.map_err(|e| LoginError::Unreachable {
+        name: server.name.clone(),
+        url: crate::status::redacted(&server.url),
+        cause: crate::error::describe(e),
+    })?;
+    let status = response.status();
+    if status.is_success() {
+        // A session may have started: end it.
+        if let Some(id) = response.headers().get("mcp-session-id").cloned() {
+            drop(
+                http.delete(server.url.clone())
+                    .header("mcp-session-id", id)
+                    .send()
+                    .await,
+            );
+        }
+        return Ok(None);
+    }
+    let challenge = BearerChallenge::from_headers(
+        response
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    Ok(Some(challenge))
+}

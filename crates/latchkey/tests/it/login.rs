@@ -1,0 +1,279 @@
+//! `latchkey login` through the real binary, as a person at a terminal without a
+//! browser: the pasted redirect, and the device flow (RFC 8628). The tokens it stores
+//! are then used by a daemon with no second login.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use latchkey_testkit::AuthOptions;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::harness::{Daemon, client, initialize};
+use crate::oauth::protected;
+
+/// A scratch home: config, state and lock directories, removed on drop.
+struct Home(PathBuf);
+
+impl Home {
+    fn new(name: &str, server_url: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("latchkey-it-login-{name}-{}", std::process::id()));
+        drop(std::fs::remove_dir_all(&dir));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        std::fs::write(
+            dir.join("config.toml"),
+            format!(
+                "store = \"file\"\nstate_dir = {:?}\n[servers.notes]\nurl = {server_url:?}\n",
+                dir.join("state")
+            ),
+        )
+        .expect("config");
+        Self(dir)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+        command
+            .args(args)
+            .arg("--config")
+            .arg(self.0.join("config.toml"))
+            .env_remove("LATCHKEY_CONFIG")
+            .env_remove("RUST_LOG")
+            .env("BROWSER", "/bin/false")
+            .kill_on_drop(true);
+        command
+    }
+
+    fn records(&self) -> Vec<PathBuf> {
+        let dir = self.0.join("state/credentials");
+        std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        drop(std::fs::remove_dir_all(&self.0));
+    }
+}
+
+fn login(home: &Home) -> Child {
+    home.command(&["login", "notes", "--no-browser"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn latchkey login")
+}
+
+/// Reads stderr lines until `done` says stop; returns every line read.
+async fn read_until(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    done: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let read = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let stop = done(&line);
+            seen.push(line);
+            if stop {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .unwrap_or_else(|_| panic!("login printed no prompt: {seen:?}"));
+    seen
+}
+
+async fn finish(child: Child) -> (String, String) {
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("login finished")
+        .expect("wait");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// A daemon on the same store answers the first request with the stored token.
+async fn daemon_uses_the_stored_token(home: &Home, url: &str) {
+    let daemon = Daemon::builder()
+        .top("store = \"file\"")
+        .top(&format!("state_dir = {:?}", home.0.join("state")))
+        .server("notes", url, &[])
+        .start()
+        .await;
+    let response = client()
+        .post(daemon.url("/notes"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    daemon.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_browser_login_takes_the_pasted_redirect_and_a_daemon_uses_the_token() {
+    let setup = protected(AuthOptions::default()).await;
+    let home = Home::new("paste", &setup.upstream.mcp_url());
+    let mut child = login(&home);
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let seen = read_until(&mut lines, |l| l.contains("paste that page's address")).await;
+    let url = seen
+        .iter()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("http")
+                .map(|rest| format!("http{rest}"))
+        })
+        .expect("the authorization URL is printed");
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    // The person's browser, on another machine: it gets the redirect but cannot load it.
+    let redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(&url)
+        .send()
+        .await
+        .expect("authorize");
+    let location = redirect.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(format!("not a url\n{location}\n").as_bytes())
+        .await
+        .expect("paste");
+    drop(stdin);
+    let stderr_rest = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push(line);
+        }
+        rest
+    });
+    let (stdout, _) = finish(child).await;
+    let rest = stderr_rest.await.expect("stderr").join("\n");
+    assert!(rest.contains("That is not a URL"), "{rest}");
+    assert!(
+        stdout.contains("notes: logged in (scopes: mcp:read"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("stored in file"), "{stdout}");
+    let records = home.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&records[0]), 0o600);
+        assert_eq!(mode(records[0].parent().expect("dir")), 0o700);
+    }
+    daemon_uses_the_stored_token(&home, &setup.upstream.mcp_url()).await;
+    assert_eq!(
+        setup.auth.token_requests(),
+        ["authorization_code"],
+        "one login, reused by the daemon"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_browser_login_uses_the_device_flow_when_offered() {
+    let setup = protected(AuthOptions {
+        device: true,
+        ..AuthOptions::default()
+    })
+    .await;
+    let home = Home::new("device", &setup.upstream.mcp_url());
+    let mut child = login(&home);
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let seen = read_until(&mut lines, |l| l.contains("which has the code filled in")).await;
+    let text = seen.join("\n");
+    assert!(text.contains("enter the code"), "{text}");
+    let complete = seen
+        .iter()
+        .find_map(|l| {
+            let start = l.find("http")?;
+            let url = l[start..].split_whitespace().next()?;
+            url.contains("user_code=")
+                .then(|| url.trim_end_matches(',').to_owned())
+        })
+        .expect("verification_uri_complete is printed");
+    // The person approves on their phone; latchkey is polling meanwhile.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let approved = client().get(&complete).send().await.expect("approve");
+    assert_eq!(approved.status(), 200);
+    drop(tokio::spawn(async move {
+        while let Ok(Some(_)) = lines.next_line().await {}
+    }));
+    let (stdout, _) = finish(child).await;
+    assert!(stdout.contains("notes: logged in"), "{stdout}");
+    let grants = setup.auth.token_requests();
+    assert!(
+        grants
+            .iter()
+            .all(|g| g == "urn:ietf:params:oauth:grant-type:device_code"),
+        "{grants:?}"
+    );
+    assert!(grants.len() >= 2, "it polled while pending: {grants:?}");
+    let client = &setup.auth.clients()[0];
+    assert!(
+        client.request["grant_types"].as_array().is_some_and(|g| g
+            .iter()
+            .any(|g| g == "urn:ietf:params:oauth:grant-type:device_code")),
+        "registered for the device grant: {}",
+        client.request
+    );
+    daemon_uses_the_stored_token(&home, &setup.upstream.mcp_url()).await;
+    assert_eq!(
+        setup.auth.token_requests().len(),
+        grants.len(),
+        "the daemon needed no grant"
+    );
+}
+
+#[tokio::test]
+async fn login_names_unknown_servers_and_disabled_oauth() {
+    let home = Home::new("errors", "https://a.example.com/mcp");
+    let output = home
+        .command(&["login", "nope"])
+        .output()
+        .await
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no server \"nope\" in the config; configured: notes"),
+        "{stderr}"
+    );
+    std::fs::write(
+        home.0.join("config.toml"),
+        "[servers.notes]\nurl = \"https://a.example.com/mcp\"\noauth = false\n",
+    )
+    .expect("config");
+    let output = home
+        .command(&["login", "notes"])
+        .output()
+        .await
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("has oauth = false"), "{stderr}");
+}
