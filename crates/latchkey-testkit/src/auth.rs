@@ -73,6 +73,12 @@ pub struct AuthOptions {
     /// Offer the device authorization grant (RFC 8628) at `/device_authorization`;
     /// the person approves at `/device?user_code=…`.
     pub device: bool,
+    /// Advertise client ID metadata documents: any `https://` client_id is accepted
+    /// as a public client (the document itself is not fetched).
+    pub cimd: bool,
+    /// For [`protected_upstream`]: `tools/call` needs `mcp:write`, and a token without
+    /// it gets 403 `insufficient_scope` (a step-up).
+    pub write_scope_for_tools: bool,
 }
 
 impl Default for AuthOptions {
@@ -93,6 +99,8 @@ impl Default for AuthOptions {
             rotate_refresh_tokens: true,
             preregistered: None,
             device: false,
+            cimd: false,
+            write_scope_for_tools: false,
         }
     }
 }
@@ -308,6 +316,19 @@ async fn authorize(
     let client_id = param("client_id");
     let redirect_uri = param("redirect_uri");
     let mut state = shared.lock();
+    if options.cimd && client_id.starts_with("https://") && !state.clients.contains_key(&client_id)
+    {
+        state.clients.insert(
+            client_id.clone(),
+            RegisteredClient {
+                client_id: client_id.clone(),
+                client_secret: None,
+                auth_method: "none".into(),
+                redirect_uris: Vec::new(),
+                request: Value::Null,
+            },
+        );
+    }
     let Some(client) = state.clients.get(&client_id) else {
         return (StatusCode::BAD_REQUEST, "unknown client_id").into_response();
     };
@@ -716,6 +737,9 @@ fn server_metadata(shared: &AuthShared) -> Value {
             "urn:ietf:params:oauth:grant-type:device_code"
         ]);
     }
+    if options.cimd {
+        document["client_id_metadata_document_supported"] = json!(true);
+    }
     document["revocation_endpoint"] = json!(format!("{issuer}/revoke"));
     document
 }
@@ -730,7 +754,20 @@ pub async fn protected_upstream(
     // The upstream comes first (its URL is the resource), so it finds the
     // authorization server through a cell filled once that has started.
     let cell: Arc<std::sync::OnceLock<AuthServer>> = Arc::new(std::sync::OnceLock::new());
-    let (check, challenge) = (cell.clone(), cell.clone());
+    let (check, challenge, scoped) = (cell.clone(), cell.clone(), cell.clone());
+    let scope: Option<crate::mcp::ScopeCheck> = options.write_scope_for_tools.then(|| {
+        Arc::new(move |token: &str, method: &str| {
+            let server = scoped.get()?;
+            let granted = server.access_token(token)?.scope;
+            let has_write = granted.split_whitespace().any(|s| s == "mcp:write");
+            (method == "tools/call" && !has_write).then(|| {
+                format!(
+                    "Bearer error=\"insufficient_scope\", scope=\"mcp:read mcp:write\", resource_metadata=\"{}\"",
+                    server.header_prm_url()
+                )
+            })
+        }) as crate::mcp::ScopeCheck
+    });
     let upstream = crate::McpUpstream::start_protected_on(
         addr,
         crate::Protection {
@@ -744,6 +781,7 @@ pub async fn protected_upstream(
                     .unwrap_or_default();
                 format!("Bearer resource_metadata=\"{prm}\", scope=\"mcp:read\"")
             }),
+            scope,
         },
     )
     .await?;

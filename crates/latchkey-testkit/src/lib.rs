@@ -15,4 +15,4 @@ mod mcp;
 pub use auth::{
     AuthOptions, AuthServer, Grant, MetadataAt, PrmAt, RegisteredClient, protected_upstream,
 };
-pub use mcp::{McpUpstream, Protection, RecordedRequest, TokenCheck};
+pub use mcp::{McpUpstream, Protection, RecordedRequest, ScopeCheck, TokenCheck};

@@ -49,7 +49,12 @@ pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 pub struct Protection {
     pub check: TokenCheck,
     pub challenge: Arc<dyn Fn() -> String + Send + Sync>,
+    /// Per-method scope rules: given a good token and the JSON-RPC method, the
+    /// `WWW-Authenticate` value of a 403 `insufficient_scope`, or `None` to allow.
+    pub scope: Option<ScopeCheck>,
 }
+
+pub type ScopeCheck = Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
 
 impl std::fmt::Debug for Protection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -218,8 +223,29 @@ async fn protect(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if token.is_some_and(|t| (protection.check)(t)) {
-        return next.run(request).await;
+    if let Some(token) = token.filter(|t| (protection.check)(t)) {
+        let Some(scope) = &protection.scope else {
+            return next.run(request).await;
+        };
+        let token = token.to_owned();
+        let (parts, body) = request.into_parts();
+        let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+            return jsonrpc_error(StatusCode::BAD_REQUEST, "unreadable body");
+        };
+        let method = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["method"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if let Some(challenge) = scope(&token, &method) {
+            let mut response = jsonrpc_error(StatusCode::FORBIDDEN, "insufficient scope");
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response.headers_mut().insert("www-authenticate", value);
+            }
+            return response;
+        }
+        return next
+            .run(axum::extract::Request::from_parts(parts, Body::from(body)))
+            .await;
     }
     let mut response = jsonrpc_error(StatusCode::UNAUTHORIZED, "authorization required");
     if let Ok(value) = HeaderValue::from_str(&(protection.challenge)()) {

@@ -371,3 +371,106 @@ async fn revoked_tokens_mean_a_new_login_with_the_same_client() {
         "the registration was kept and used again"
     );
 }
+
+/// The token used by the upstream's last request, as the authorization server
+/// issued it.
+fn last_grant(setup: &Setup) -> latchkey_testkit::Grant {
+    let requests = setup.upstream.requests();
+    let token = requests
+        .iter()
+        .rev()
+        .find_map(|r| r.headers.get("authorization"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .expect("a request with a token");
+    setup.auth.access_token(token).expect("issued token")
+}
+
+#[tokio::test]
+async fn insufficient_scope_steps_up_to_the_union_and_retries() {
+    let setup = protected(AuthOptions {
+        write_scope_for_tools: true,
+        ..AuthOptions::default()
+    })
+    .await;
+    let browser = Arc::new(ScriptedBrowser::default());
+    let daemon = Daemon::builder()
+        .server("notes", &setup.upstream.mcp_url(), &[])
+        .start_with_browser(browser.clone())
+        .await;
+    let response = post(&daemon, &initialize())
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(response.status(), StatusCode::OK);
+    let session = response.headers()["mcp-session-id"].clone();
+    assert_eq!(last_grant(&setup).scope, "mcp:read offline_access");
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "hi"}}});
+    let response = post(&daemon, &call)
+        .header("mcp-session-id", session)
+        .send()
+        .await
+        .expect("tools/call");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the 403 was answered by a step-up, not passed on: {:?}",
+        response.text().await
+    );
+    assert_eq!(
+        browser.opened.load(Ordering::SeqCst),
+        2,
+        "a second authorization"
+    );
+    let scopes = last_grant(&setup).scope;
+    for scope in ["mcp:read", "mcp:write"] {
+        assert!(scopes.split(' ').any(|s| s == scope), "{scope} in {scopes}");
+    }
+    let forbidden = setup
+        .upstream
+        .requests()
+        .iter()
+        .filter(|r| r.body.windows(10).any(|w| w == b"tools/call"))
+        .count();
+    assert_eq!(
+        forbidden, 2,
+        "one refused call, one retried with the new token"
+    );
+}
+
+#[tokio::test]
+async fn a_client_id_metadata_document_is_used_instead_of_registering() {
+    let setup = protected(AuthOptions {
+        cimd: true,
+        ..AuthOptions::default()
+    })
+    .await;
+    let browser = Arc::new(ScriptedBrowser::default());
+    let document = "https://latchkey.example.com/client.json";
+    let daemon = Daemon::builder()
+        .server(
+            "notes",
+            &setup.upstream.mcp_url(),
+            &[
+                "[servers.notes.oauth]",
+                &format!("client_metadata_url = {document:?}"),
+            ],
+        )
+        .start_with_browser(browser.clone())
+        .await;
+    assert_eq!(
+        post(&daemon, &initialize())
+            .send()
+            .await
+            .expect("initialize")
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(last_grant(&setup).client_id, document);
+    let clients = setup.auth.clients();
+    assert!(
+        clients.iter().all(|c| c.request.is_null()),
+        "no dynamic registration: {clients:?}"
+    );
+}
