@@ -178,7 +178,7 @@ impl PendingAuthorization {
 }
 
 /// `bytes` random bytes as URL-safe base64 (RFC 7636 §4.1 allows these characters).
-fn random_secret(bytes: usize) -> Secret {
+pub fn random_secret(bytes: usize) -> Secret {
     let mut buf = vec![0u8; bytes];
     // Without the OS random number generator no login can be safe.
     getrandom::fill(&mut buf).expect("the OS random number generator is available");

@@ -97,6 +97,10 @@ pub async fn run_with_browser(
 fn router(proxy: Proxy, guard: Guard) -> Router {
     Router::new()
         .route("/", get(status::page))
+        .route(
+            status::AUTHORIZE_PATH,
+            axum::routing::post(status::authorize),
+        )
         .route("/{server}", any(proxy::forward))
         .route("/{server}/messages/{token}", any(proxy::legacy_message))
         .with_state(proxy)

@@ -119,7 +119,7 @@ pub async fn login(
 /// challenge (the scopes it asks for, where its metadata is). `None` when the server
 /// answers without authorization; `Some(None)` when it refuses without a usable
 /// challenge (discovery then uses the well-known URLs).
-async fn probe(
+pub(crate) async fn probe(
     http: &reqwest::Client,
     server: &crate::config::Server,
 ) -> Result<Option<Option<BearerChallenge>>, LoginError> {

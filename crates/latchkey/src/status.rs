@@ -1,15 +1,20 @@
 //! `GET /`: what latchkey serves, as JSON for programs and as a page for a browser.
 
-use axum::extract::State;
+use axum::extract::{Form, Path, State};
 use axum::response::{Html, IntoResponse, Response};
 use http::HeaderMap;
 use http::header::ACCEPT;
-use latchkey_auth::session::AuthStatus;
+use latchkey_auth::session::{AuthStatus, Trigger};
 use serde_json::{Value, json};
 use std::time::SystemTime;
 use url::Url;
 
+use crate::error::ProxyError;
 use crate::proxy::Proxy;
+
+/// Where the page's "Authorize" buttons post. Server names cannot contain a dot, so
+/// this never shadows a server.
+pub(crate) const AUTHORIZE_PATH: &str = "/.latchkey/authorize/{server}";
 
 pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Response {
     let servers: Vec<Value> = proxy
@@ -33,7 +38,9 @@ pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Resp
                     }
                     AuthStatus::Ready => {}
                 }
-                if let Some((expires_at, scopes)) = upstream_auth.session.token_info() {
+                let token = upstream_auth.session.token_info();
+                auth["signed_in"] = json!(token.is_some());
+                if let Some((expires_at, scopes)) = token {
                     auth["scopes"] = json!(scopes);
                     auth["expires_in_secs"] = json!(expires_at.map(|at| {
                         at.duration_since(SystemTime::now())
@@ -57,7 +64,7 @@ pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Resp
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/html"));
     if wants_html {
-        Html(render(&servers)).into_response()
+        Html(render(&servers, proxy.csrf.expose())).into_response()
     } else {
         axum::Json(json!({ "version": env!("CARGO_PKG_VERSION"), "servers": servers }))
             .into_response()
@@ -77,11 +84,58 @@ pub(crate) fn redacted(url: &Url) -> String {
     shown.to_string()
 }
 
-fn render(servers: &[Value]) -> String {
+#[derive(serde::Deserialize)]
+pub(crate) struct AuthorizeForm {
+    csrf: String,
+}
+
+/// `POST /.latchkey/authorize/<server>` from the page's button: starts the login
+/// (the browser opens, as on a first 401) and goes back to the page, which refreshes
+/// itself while the login runs. The Host and Origin checks apply as everywhere; the
+/// form's token is what a cross-site page cannot know.
+pub(crate) async fn authorize(
+    State(proxy): State<Proxy>,
+    Path(name): Path<String>,
+    Form(form): Form<AuthorizeForm>,
+) -> Result<Response, ProxyError> {
+    if !proxy.csrf.matches(&form.csrf) {
+        return Err(ProxyError::Forbidden(
+            "the form's token is missing or stale; reload the status page and press the button again".into(),
+        ));
+    }
+    let upstream = proxy.upstream(&name)?;
+    let Some(auth) = &upstream.auth else {
+        return Err(ProxyError::BadRequest(format!(
+            "server {name:?} has oauth = false; there is nothing to authorize"
+        )));
+    };
+    // The server's own challenge names its scopes and metadata; without one,
+    // discovery uses the well-known URLs.
+    let challenge = crate::login::probe(proxy.http(), &upstream.config)
+        .await
+        .ok()
+        .flatten()
+        .flatten();
+    let session = auth.session.clone();
+    let trigger = Trigger {
+        seen: session.bearer().1,
+        challenge,
+        step_up: false,
+        full_login: true,
+    };
+    // The page does not wait: the flow runs on, and the page shows its progress.
+    tokio::spawn(async move { drop(session.authorize(trigger).await) });
+    // Give the flow a moment to reach `authorizing`, so the page shows it at once.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    Ok((http::StatusCode::SEE_OTHER, [(http::header::LOCATION, "/")]).into_response())
+}
+
+fn render(servers: &[Value], csrf: &str) -> String {
     let mut rows = String::new();
+    let mut running = false;
     for server in servers {
         let field = |key: &str| escape(server[key].as_str().unwrap_or(""));
-        let login = server["auth"]["authorization_url"]
+        let mut login = server["auth"]["authorization_url"]
             .as_str()
             .map(|url| {
                 format!(
@@ -90,8 +144,38 @@ fn render(servers: &[Value]) -> String {
                 )
             })
             .unwrap_or_default();
+        match server["state"].as_str() {
+            Some("authorizing") => running = true,
+            // Offered wherever a login could help: no token yet, or a failed one.
+            Some(state)
+                if server["auth"]["oauth"] == true
+                    && (state != "ready" || server["auth"]["signed_in"] == false) =>
+            {
+                login.push_str(&format!(
+                    " <form method=\"post\" action=\"/.latchkey/authorize/{name}\" style=\"display:inline\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button type=\"submit\">Authorize</button></form>",
+                    name = field("name"),
+                    csrf = escape(csrf),
+                ));
+            }
+            _ => {}
+        }
+        let expiry = server["auth"]["expires_in_secs"]
+            .as_u64()
+            .map(|secs| format!("{secs} s"))
+            .unwrap_or_default();
+        let scopes = server["auth"]["scopes"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
         rows.push_str(&format!(
-            "<tr><td><a href=\"{path}\">{name}</a></td><td>{upstream}</td><td>{transport}</td><td class=\"{state}\">{state}{login}</td><td>{error}</td></tr>\n",
+            "<tr><td><a href=\"{path}\">{name}</a></td><td>{upstream}</td><td>{transport}</td><td class=\"{state}\" data-state=\"{state}\">{state}{login}</td><td>{expiry}</td><td>{scopes}</td><td>{error}</td></tr>\n",
+            expiry = escape(&expiry),
+            scopes = escape(&scopes),
             path = field("local_path"),
             name = field("name"),
             upstream = field("upstream"),
@@ -100,11 +184,17 @@ fn render(servers: &[Value]) -> String {
             error = field("error"),
         ));
     }
+    // While a login runs, the page refreshes itself until it ends.
+    let refresh = if running {
+        "<meta http-equiv=\"refresh\" content=\"2\">"
+    } else {
+        ""
+    };
     format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>latchkey</title>\
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}<title>latchkey</title>\
 <style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}\
 td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}.ready{{color:#060}}.error{{color:#a00}}</style>\
-</head><body><h1>latchkey {version}</h1>\n<table><tr><th>server</th><th>upstream</th><th>transport</th><th>state</th><th>last error</th></tr>\n{rows}</table></body></html>\n",
+</head><body><h1>latchkey {version}</h1>\n<table><tr><th>server</th><th>upstream</th><th>transport</th><th>state</th><th>token expires in</th><th>scopes</th><th>last error</th></tr>\n{rows}</table></body></html>\n",
         version = env!("CARGO_PKG_VERSION"),
     )
 }

@@ -29,10 +29,10 @@ use url::Url;
 
 use crate::config::{Config, OAuth, OAuthConfig, Server, Transport};
 use crate::error::{ProxyError, describe};
-use latchkey_auth::BearerChallenge;
 use latchkey_auth::registration::ConfiguredClient;
 use latchkey_auth::session::Trigger;
 use latchkey_auth::session::{AuthSettings, Browser, Credentials, ServerAuth};
+use latchkey_auth::{BearerChallenge, Secret};
 use oauth::Payload;
 pub(crate) use oauth::UpstreamAuth;
 use sse_endpoint::EndpointRewriter;
@@ -57,6 +57,9 @@ pub(crate) struct Proxy {
     /// Cancelled at shutdown: standalone SSE streams (GET) end then, so that draining
     /// waits only for requests that will finish.
     shutdown: CancellationToken,
+    /// The status page's anti-CSRF token: its forms carry it, and an action without
+    /// it is refused.
+    pub(crate) csrf: Arc<Secret>,
 }
 
 /// One configured server and what latchkey has seen of it.
@@ -174,6 +177,7 @@ impl Proxy {
             legacy: LegacyEndpoints::default(),
             bridges: Arc::default(),
             shutdown,
+            csrf: Arc::new(latchkey_auth::authorize::random_secret(32)),
         })
     }
 
@@ -195,7 +199,11 @@ impl Proxy {
         self.order.iter().filter_map(|name| self.servers.get(name))
     }
 
-    fn upstream(&self, name: &str) -> Result<&Arc<Upstream>, ProxyError> {
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub(crate) fn upstream(&self, name: &str) -> Result<&Arc<Upstream>, ProxyError> {
         self.servers
             .get(name)
             .ok_or_else(|| ProxyError::UnknownServer {

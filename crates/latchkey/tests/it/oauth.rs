@@ -474,3 +474,80 @@ async fn a_client_id_metadata_document_is_used_instead_of_registering() {
         "no dynamic registration: {clients:?}"
     );
 }
+
+#[tokio::test]
+async fn the_status_page_authorize_button_logs_in_and_refuses_forged_posts() {
+    let setup = protected(AuthOptions::default()).await;
+    let browser = Arc::new(ScriptedBrowser::default());
+    let daemon = Daemon::builder()
+        .server("notes", &setup.upstream.mcp_url(), &[])
+        .start_with_browser(browser.clone())
+        .await;
+    let page = client()
+        .get(daemon.url("/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    let action = "/.latchkey/authorize/notes";
+    assert!(page.contains(action), "an Authorize button: {page}");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the form's token")
+        .to_owned();
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    // A page elsewhere cannot know the token, and its Origin is refused anyway.
+    for (origin, token) in [
+        (None, "forged"),
+        (Some("https://evil.example"), csrf.as_str()),
+    ] {
+        let mut request = no_redirect
+            .post(daemon.url(action))
+            .form(&[("csrf", token)]);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let response = request.send().await.expect("post");
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{origin:?}");
+    }
+    assert_eq!(browser.opened.load(Ordering::SeqCst), 0);
+    assert!(setup.auth.token_requests().is_empty());
+
+    let local_origin = daemon.url("").trim_end_matches('/').to_owned();
+    let response = no_redirect
+        .post(daemon.url(action))
+        .header("origin", local_origin)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()["location"], "/");
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        status = client()
+            .get(daemon.url("/"))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json");
+        if status["servers"][0]["auth"]["signed_in"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status["servers"][0]["state"], "ready", "{status}");
+    assert_eq!(status["servers"][0]["auth"]["signed_in"], true, "{status}");
+    assert_eq!(setup.auth.token_requests(), ["authorization_code"]);
+    assert_eq!(browser.opened.load(Ordering::SeqCst), 1);
+}
