@@ -65,6 +65,9 @@ pub struct Discovered {
     pub resource: String,
     /// `None` for a 2025-03-26 server that publishes no resource metadata.
     pub resource_metadata: Option<ResourceMetadata>,
+    /// Where the resource metadata was found, so a later run (after a restart, with
+    /// no 401 to learn it from) can look there first.
+    pub resource_metadata_url: Option<Url>,
     pub server: ServerMetadata,
     /// How `server` was found, for `status` and error messages.
     pub source: Source,
@@ -183,6 +186,7 @@ pub async fn discover(
     Ok(Discovered {
         resource: prm.resource.clone(),
         resource_metadata: Some(prm),
+        resource_metadata_url: Some(prm_url),
         server: server_metadata,
         source: Source::Metadata(source),
     })
@@ -323,6 +327,7 @@ async fn legacy(
         return Ok(Discovered {
             resource,
             resource_metadata: None,
+            resource_metadata_url: None,
             server: document,
             source: Source::Metadata(url),
         });
@@ -340,6 +345,7 @@ async fn legacy(
     Ok(Discovered {
         resource,
         resource_metadata: None,
+        resource_metadata_url: None,
         server: server_metadata,
         source: Source::DefaultEndpoints,
     })

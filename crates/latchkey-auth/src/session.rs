@@ -202,6 +202,8 @@ struct State {
     registration: Option<Registration>,
     /// What the last login found; a refresh goes to the same token endpoint.
     discovered: Option<Discovered>,
+    /// From the stored record: where discovery found the resource metadata.
+    known_metadata_url: Option<String>,
     status: Option<AuthStatus>,
     flow_running: bool,
     flows_finished: u64,
@@ -270,6 +272,9 @@ impl ServerAuth {
         if let Some(registration) = record.registration {
             state.registration = Some(registration);
         }
+        if record.resource_metadata_url.is_some() {
+            state.known_metadata_url = record.resource_metadata_url;
+        }
         match record.tokens {
             Some(tokens) => Self::set_tokens(&mut state, tokens),
             None => {
@@ -290,6 +295,12 @@ impl ServerAuth {
             }
             state.dirty = false;
             Record {
+                resource_metadata_url: state
+                    .discovered
+                    .as_ref()
+                    .and_then(|d| d.resource_metadata_url.as_ref())
+                    .map(ToString::to_string)
+                    .or_else(|| state.known_metadata_url.clone()),
                 issuer: state
                     .registration
                     .as_ref()
@@ -326,6 +337,83 @@ impl ServerAuth {
             .map_err(|e| AuthError::fatal(format!("the lock failed: {e}")))?
             .map(Some)
             .map_err(AuthError::fatal)
+    }
+
+    /// Revokes the stored tokens where the server offers revocation (RFC 7009) and
+    /// deletes the record. Returns what could not be revoked; the record is deleted
+    /// either way, because that is what the person asked for.
+    pub async fn logout(&self) -> Result<Vec<String>, AuthError> {
+        let _held = self.flow_lock().await?;
+        if let Some(record) = self.load().await? {
+            self.adopt(record);
+        }
+        let (tokens, registration) = {
+            let state = self.lock();
+            (state.tokens.clone(), state.registration.clone())
+        };
+        let mut problems = Vec::new();
+        if let Some(tokens) = tokens {
+            match self.discover(None).await {
+                Ok(found) => match &found.server.revocation_endpoint {
+                    Some(endpoint) => {
+                        let client = registration
+                            .filter(|r| r.issuer == found.server.issuer)
+                            .or_else(|| {
+                                match registration::plan(
+                                    &self.settings.server,
+                                    &found.server,
+                                    self.settings.client.as_ref(),
+                                    None,
+                                    "",
+                                ) {
+                                    Ok(Plan::Ready(r)) => Some(r),
+                                    _ => None,
+                                }
+                            });
+                        match client {
+                            Some(client) => {
+                                let credentials = client.credentials();
+                                // The refresh token first: revoking it usually ends the
+                                // access tokens issued from it too.
+                                let revocations = tokens
+                                    .refresh_token
+                                    .iter()
+                                    .map(|t| (t, "refresh_token"))
+                                    .chain([(&tokens.access_token, "access_token")]);
+                                for (token, hint) in revocations {
+                                    if let Err(e) =
+                                        token::revoke(&self.http, endpoint, &credentials, token, hint)
+                                            .await
+                                    {
+                                        problems.push(format!("{hint} not revoked: {e}"));
+                                    }
+                                }
+                            }
+                            None => problems.push(
+                                "no client registration to revoke with; the tokens expire on their own".into(),
+                            ),
+                        }
+                    }
+                    None => problems.push(format!(
+                        "{} offers no revocation endpoint; the tokens expire on their own",
+                        found.server.issuer
+                    )),
+                },
+                Err(e) => problems.push(format!("not revoked: {}", e.message)),
+            }
+        }
+        let (store, key) = (self.credentials.store.clone(), self.key.clone());
+        tokio::task::spawn_blocking(move || store.delete(&key))
+            .await
+            .map_err(|e| AuthError::fatal(e.to_string()))?
+            .map_err(|e| AuthError::fatal(e.to_string()))?;
+        let mut state = self.lock();
+        state.tokens = None;
+        state.bearer = None;
+        state.registration = None;
+        state.generation += 1;
+        state.dirty = false;
+        Ok(problems)
     }
 
     pub fn status(&self) -> AuthStatus {
@@ -627,6 +715,22 @@ impl ServerAuth {
     }
 
     async fn discover(&self, challenge: Option<&BearerChallenge>) -> Result<Discovered, AuthError> {
+        // Without a challenge naming the metadata, start where it was found last time
+        // (a server may publish it only at the URL its 401 names).
+        let remembered;
+        let challenge = match challenge {
+            Some(c) if c.resource_metadata.is_some() => Some(c),
+            _ => match self.lock().known_metadata_url.clone() {
+                Some(url) => {
+                    remembered = BearerChallenge {
+                        resource_metadata: Some(url),
+                        ..challenge.cloned().unwrap_or_default()
+                    };
+                    Some(&remembered)
+                }
+                None => challenge,
+            },
+        };
         discovery::discover(&self.http, &self.settings.resource_url, challenge)
             .await
             .map_err(|e| AuthError {

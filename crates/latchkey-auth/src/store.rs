@@ -33,6 +33,9 @@ const RECORD_VERSION: u32 = 1;
 pub struct Record {
     /// The authorization server the tokens and registration belong to.
     pub issuer: Option<String>,
+    /// Where the server's protected resource metadata was found (RFC 9728): where
+    /// discovery starts after a restart, when no 401 has named it yet.
+    pub resource_metadata_url: Option<String>,
     pub tokens: Option<TokenSet>,
     /// A registration latchkey made (dynamic or a metadata document). A client from
     /// the config is not stored: the config stays its source.
@@ -352,6 +355,8 @@ struct Stored {
     #[serde(default)]
     issuer: Option<String>,
     #[serde(default)]
+    resource_metadata_url: Option<String>,
+    #[serde(default)]
     tokens: Option<StoredTokens>,
     #[serde(default)]
     client: Option<StoredClient>,
@@ -417,6 +422,7 @@ fn encode(resource: &str, record: &Record) -> Vec<u8> {
         version: RECORD_VERSION,
         resource: resource.to_owned(),
         issuer: record.issuer.clone(),
+        resource_metadata_url: record.resource_metadata_url.clone(),
         tokens,
         client,
     };
@@ -472,6 +478,7 @@ fn decode(bytes: &[u8], resource: &str) -> Result<Record, String> {
     };
     Ok(Record {
         issuer: stored.issuer,
+        resource_metadata_url: stored.resource_metadata_url,
         tokens,
         registration,
     })
@@ -521,6 +528,9 @@ mod tests {
     fn sample() -> Record {
         Record {
             issuer: Some("https://auth.example.com".into()),
+            resource_metadata_url: Some(
+                "https://mcp.example.com/.well-known/oauth-protected-resource/mcp".into(),
+            ),
             tokens: Some(TokenSet {
                 access_token: Secret::new("at-1"),
                 refresh_token: Some(Secret::new("rt-1")),

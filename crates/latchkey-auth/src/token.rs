@@ -162,6 +162,31 @@ pub async fn client_credentials(
     Ok(tokens.into_set(None, scopes))
 }
 
+/// Revokes a token (RFC 7009 §2.1). The server answers 200 even for a token it does
+/// not know, so any 200 is success.
+pub async fn revoke(
+    http: &reqwest::Client,
+    endpoint: &str,
+    client: &ClientCredentials,
+    token: &Secret,
+    hint: &str,
+) -> Result<(), TokenError> {
+    let form = [("token", token.expose()), ("token_type_hint", hint)];
+    let (body, basic) = encode_form(client, &form)?;
+    let mut request = http
+        .post(endpoint)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .timeout(TOKEN_TIMEOUT)
+        .body(body);
+    if let Some(value) = basic {
+        request = request.header(reqwest::header::AUTHORIZATION, value);
+    }
+    send(request).await.map(drop)
+}
+
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,

@@ -245,6 +245,18 @@ impl AuthServer {
     }
 
     /// The grant types of every token request so far, in order.
+    /// Every access and refresh token it has issued and not forgotten, for tests that
+    /// look for them where they must not be.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let state = self.shared.lock();
+        state
+            .access_tokens
+            .keys()
+            .chain(state.refresh_tokens.keys())
+            .cloned()
+            .collect()
+    }
+
     /// Tokens revoked at the RFC 7009 endpoint.
     pub fn revoked(&self) -> Vec<String> {
         self.shared.lock().revoked.clone()

@@ -65,6 +65,30 @@ pub enum Command {
         #[arg(long)]
         no_browser: bool,
     },
+    /// Revoke a server's tokens (where it offers revocation) and delete them.
+    Logout {
+        /// The server's name in the config.
+        server: String,
+        /// Config file [default: $LATCHKEY_CONFIG, else $XDG_CONFIG_HOME/latchkey/config.toml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Show each server's credentials: state, store, expiry and scopes (never a secret).
+    Status {
+        /// Config file [default: $LATCHKEY_CONFIG, else $XDG_CONFIG_HOME/latchkey/config.toml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the config, the keyring, the callback port and every upstream, and say
+    /// how to fix each problem found.
+    Doctor {
+        /// Config file [default: $LATCHKEY_CONFIG, else $XDG_CONFIG_HOME/latchkey/config.toml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Validate a config file and print every problem at once.
     Check {
         /// Config file [default: $LATCHKEY_CONFIG, else $XDG_CONFIG_HOME/latchkey/config.toml]

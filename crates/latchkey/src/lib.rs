@@ -14,5 +14,6 @@ mod error;
 mod guard;
 pub mod login;
 mod proxy;
+pub mod report;
 mod status;
 pub mod telemetry;

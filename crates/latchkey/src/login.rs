@@ -1,6 +1,7 @@
 //! `latchkey login <server>`: authorize ahead of time, with or without a daemon
 //! running. The tokens go to the configured store, where the daemon and every
 //! `latchkey stdio` find them (they read the store again on their next 401).
+//! `latchkey logout <server>` revokes them and deletes the record.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -47,25 +48,13 @@ pub enum Outcome {
     },
 }
 
-/// Runs a new login for `name`, replacing any stored tokens.
-pub async fn login(
+/// A server's session on the configured store, with its stored record loaded.
+pub(crate) async fn session_for(
     config: &Config,
     name: &str,
     browser: Arc<dyn Browser>,
-) -> Result<Outcome, LoginError> {
-    let server = config
-        .servers
-        .iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| LoginError::UnknownServer {
-            name: name.to_owned(),
-            known: config
-                .servers
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
+) -> Result<(Arc<ServerAuth>, String, reqwest::Client), LoginError> {
+    let server = find(config, name)?;
     let OAuth::Enabled(oauth) = &server.oauth else {
         return Err(LoginError::OAuthDisabled(name.to_owned()));
     };
@@ -85,15 +74,46 @@ pub async fn login(
         browser,
         opened.credentials,
     );
+    // A record that cannot be read is reported, not overwritten.
+    session.restore().await.map_err(|e| LoginError::Failed {
+        name: name.to_owned(),
+        message: e.message,
+    })?;
+    Ok((session, store, http))
+}
+
+fn find<'a>(config: &'a Config, name: &str) -> Result<&'a crate::config::Server, LoginError> {
+    config
+        .servers
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| LoginError::UnknownServer {
+            name: name.to_owned(),
+            known: config
+                .servers
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// Runs a new login for `name`, replacing any stored tokens.
+pub async fn login(
+    config: &Config,
+    name: &str,
+    browser: Arc<dyn Browser>,
+) -> Result<Outcome, LoginError> {
+    let (session, store, http) = session_for(config, name, browser).await?;
     let failed = |message: String| LoginError::Failed {
         name: name.to_owned(),
         message,
     };
-    // A record that cannot be read is reported, not overwritten.
-    session.restore().await.map_err(|e| failed(e.message))?;
-    let Some(challenge) = probe(&http, server).await? else {
+    let probed = probe(&http, find(config, name)?).await?;
+    if probed.status.is_success() {
         return Ok(Outcome::NotNeeded);
-    };
+    }
+    let challenge = probed.challenge;
     let trigger = Trigger {
         seen: session.bearer().1,
         challenge,
@@ -115,14 +135,32 @@ pub async fn login(
     })
 }
 
-/// An unauthenticated `initialize`, for the server's own `WWW-Authenticate`
-/// challenge (the scopes it asks for, where its metadata is). `None` when the server
-/// answers without authorization; `Some(None)` when it refuses without a usable
-/// challenge (discovery then uses the well-known URLs).
+/// Revokes and deletes `name`'s stored credentials. Returns what could not be
+/// revoked (the record is gone either way).
+pub async fn logout(config: &Config, name: &str) -> Result<Vec<String>, LoginError> {
+    let browser = Arc::new(crate::callback::TerminalBrowser { open: false });
+    let (session, _, _) = session_for(config, name, browser).await?;
+    session.logout().await.map_err(|e| LoginError::Failed {
+        name: name.to_owned(),
+        message: e.message,
+    })
+}
+
+/// How a server answered an unauthenticated `initialize`.
+#[derive(Debug)]
+pub(crate) struct Probe {
+    pub(crate) status: reqwest::StatusCode,
+    /// Its `WWW-Authenticate` challenge (the scopes it asks for, where its metadata
+    /// is); without one, discovery uses the well-known URLs.
+    pub(crate) challenge: Option<BearerChallenge>,
+}
+
+/// An unauthenticated `initialize`, for the server's own challenge. A session it
+/// opens (the server needed no authorization) is ended at once.
 pub(crate) async fn probe(
     http: &reqwest::Client,
     server: &crate::config::Server,
-) -> Result<Option<Option<BearerChallenge>>, LoginError> {
+) -> Result<Probe, LoginError> {
     let body = json!({
         "jsonrpc": "2.0",
         "id": 0,
@@ -158,7 +196,6 @@ pub(crate) async fn probe(
                     .await,
             );
         }
-        return Ok(None);
     }
     let challenge = BearerChallenge::from_headers(
         response
@@ -167,5 +204,5 @@ pub(crate) async fn probe(
             .iter()
             .filter_map(|v| v.to_str().ok()),
     );
-    Ok(Some(challenge))
+    Ok(Probe { status, challenge })
 }

@@ -39,6 +39,46 @@ fn run(command: Command) -> anyhow::Result<()> {
             let config = config::load(&path)?;
             login(&config, &server, !no_browser)
         }
+        Command::Logout { server, config } => {
+            let config = config::load(&config.unwrap_or_else(config::default_path))?;
+            let problems = runtime()?.block_on(latchkey::login::logout(&config, &server))?;
+            for problem in &problems {
+                eprintln!("latchkey: warning: {problem}");
+            }
+            println!("{server}: logged out; the stored credentials are deleted");
+            Ok(())
+        }
+        Command::Status { config, json } => {
+            let config = config::load(&config.unwrap_or_else(config::default_path))?;
+            let status = runtime()?.block_on(latchkey::report::status(&config))?;
+            if json {
+                println!("{status:#}");
+            } else {
+                println!("{}", latchkey::report::table(&status));
+            }
+            Ok(())
+        }
+        Command::Doctor { config } => {
+            let path = config.unwrap_or_else(config::default_path);
+            let config = config::load(&path)?;
+            let findings = runtime()?.block_on(latchkey::report::doctor(
+                &config,
+                &path.display().to_string(),
+            ));
+            let mut problems = 0;
+            for finding in &findings {
+                let mark = if finding.ok { "ok " } else { "ERR" };
+                println!("[{mark}] {}: {}", finding.check, finding.detail);
+                if let Some(fix) = &finding.fix {
+                    problems += 1;
+                    println!("      fix: {fix}");
+                }
+            }
+            if problems > 0 {
+                anyhow::bail!("{problems} problem(s) found");
+            }
+            Ok(())
+        }
         Command::Serve { config, listen } => {
             let path = config.unwrap_or_else(config::default_path);
             let mut config = config::load(&path)?;
@@ -53,12 +93,16 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn login(config: &config::Config, server: &str, open: bool) -> anyhow::Result<()> {
-    use latchkey::login::Outcome;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
+        .context("cannot start the async runtime")
+}
+
+fn login(config: &config::Config, server: &str, open: bool) -> anyhow::Result<()> {
+    use latchkey::login::Outcome;
+    let runtime = runtime()?;
     let browser = std::sync::Arc::new(latchkey::callback::TerminalBrowser { open });
     let outcome = runtime.block_on(latchkey::login::login(config, server, browser));
     // A read of stdin (for a pasted redirect) may still be blocked: don't wait for it.
@@ -90,10 +134,7 @@ fn login(config: &config::Config, server: &str, open: bool) -> anyhow::Result<()
 }
 
 fn serve(config: config::Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime()?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind(config.listen)

@@ -114,8 +114,7 @@ pub(crate) async fn authorize(
     let challenge = crate::login::probe(proxy.http(), &upstream.config)
         .await
         .ok()
-        .flatten()
-        .flatten();
+        .and_then(|p| p.challenge);
     let session = auth.session.clone();
     let trigger = Trigger {
         seen: session.bearer().1,

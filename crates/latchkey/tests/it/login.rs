@@ -277,3 +277,101 @@ async fn login_names_unknown_servers_and_disabled_oauth() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("has oauth = false"), "{stderr}");
 }
+
+/// A daemon on `home`'s store that logs in with a scripted browser.
+async fn logged_in_daemon(home: &Home, url: &str) -> Daemon {
+    let daemon = Daemon::builder()
+        .top("store = \"file\"")
+        .top(&format!("state_dir = {:?}", home.0.join("state")))
+        .server("notes", url, &[])
+        .start_with_browser(std::sync::Arc::new(crate::oauth::ScriptedBrowser::default()))
+        .await;
+    let response = client()
+        .post(daemon.url("/notes"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    daemon
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_refreshes_stored_tokens_without_a_browser() {
+    let setup = protected(AuthOptions {
+        token_lifetime: 1,
+        ..AuthOptions::default()
+    })
+    .await;
+    let home = Home::new("restart", &setup.upstream.mcp_url());
+    let first = logged_in_daemon(&home, &setup.upstream.mcp_url()).await;
+    first.shutdown().await.expect("shutdown");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The default harness browser fails any login: only a refresh can succeed.
+    daemon_uses_the_stored_token(&home, &setup.upstream.mcp_url()).await;
+    assert_eq!(
+        setup.auth.token_requests(),
+        ["authorization_code", "refresh_token"],
+        "the stored refresh token, found through the remembered metadata URL"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_revokes_and_deletes_and_status_shows_it() {
+    let setup = protected(AuthOptions::default()).await;
+    let home = Home::new("logout", &setup.upstream.mcp_url());
+    logged_in_daemon(&home, &setup.upstream.mcp_url())
+        .await
+        .shutdown()
+        .await
+        .expect("shutdown");
+    let status = home
+        .command(&["status", "--json"])
+        .output()
+        .await
+        .expect("status");
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    let row = &json["servers"][0];
+    assert_eq!(row["state"], "ready", "{json}");
+    assert_eq!(
+        row["scopes"],
+        serde_json::json!(["mcp:read", "offline_access"])
+    );
+    assert!(
+        row["store"].as_str().is_some_and(|s| s.starts_with("file")),
+        "{json}"
+    );
+    let table = home.command(&["status"]).output().await.expect("status");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("SERVER  STATE"), "{table}");
+    for token in setup.auth.issued_tokens() {
+        assert!(!table.contains(&token) && !json.to_string().contains(&token));
+    }
+
+    assert_eq!(home.records().len(), 1);
+    let output = home
+        .command(&["logout", "notes"])
+        .output()
+        .await
+        .expect("logout");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(home.records().is_empty(), "the record is deleted");
+    let revoked = setup.auth.revoked();
+    assert_eq!(revoked.len(), 2, "refresh and access token: {revoked:?}");
+    assert!(
+        revoked[0].starts_with("rt-") && revoked[1].starts_with("at-"),
+        "{revoked:?}"
+    );
+    let status = home
+        .command(&["status", "--json"])
+        .output()
+        .await
+        .expect("status");
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    assert_eq!(json["servers"][0]["state"], "needs_auth", "{json}");
+}

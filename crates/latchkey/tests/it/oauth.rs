@@ -18,7 +18,7 @@ use crate::harness::{Daemon, client, initialize};
 
 /// Follows the authorization URL, as a person who approves at once would.
 #[derive(Debug, Default)]
-struct ScriptedBrowser {
+pub(crate) struct ScriptedBrowser {
     opened: AtomicUsize,
     /// Never finishes the login (a person who walked away).
     absent: bool,

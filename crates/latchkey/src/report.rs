@@ -1,0 +1,264 @@
+//! `latchkey status` and `latchkey doctor`: what is stored and what is wrong, for a
+//! person at a terminal. Neither prints a secret.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::callback::TerminalBrowser;
+use crate::config::{Config, OAuth, StoreKind};
+use crate::credentials;
+use crate::login::{LoginError, probe, session_for};
+
+/// One row per server: name, state, store, expiry, scopes.
+pub async fn status(config: &Config) -> Result<Value, LoginError> {
+    let browser = Arc::new(TerminalBrowser { open: false });
+    let mut rows = Vec::new();
+    for server in &config.servers {
+        let row = match &server.oauth {
+            OAuth::Disabled => json!({
+                "server": server.name, "state": "oauth_off", "store": null,
+                "expires_in_secs": null, "scopes": [],
+            }),
+            OAuth::Enabled(_) => match session_for(config, &server.name, browser.clone()).await {
+                Ok((session, store, _)) => {
+                    let token = session.token_info();
+                    let now = SystemTime::now();
+                    let state = match &token {
+                        None => "needs_auth",
+                        Some((Some(at), _)) if *at <= now => "expired",
+                        Some(_) => "ready",
+                    };
+                    let (expires_at, scopes) = token.unwrap_or_default();
+                    json!({
+                        "server": server.name,
+                        "state": state,
+                        "store": store,
+                        "expires_in_secs": expires_at.map(|at| at.duration_since(now).map_or(0, |d| d.as_secs())),
+                        "scopes": scopes,
+                    })
+                }
+                Err(e) => json!({
+                    "server": server.name, "state": "error", "store": null,
+                    "expires_in_secs": null, "scopes": [], "error": e.to_string(),
+                }),
+            },
+        };
+        rows.push(row);
+    }
+    Ok(json!({ "servers": rows }))
+}
+
+/// The status as an aligned table.
+pub fn table(status: &Value) -> String {
+    let rows: Vec<[String; 5]> = status["servers"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    let text = |key: &str| r[key].as_str().unwrap_or("-").to_owned();
+                    let expires = r["expires_in_secs"]
+                        .as_u64()
+                        .map_or_else(|| "-".to_owned(), |s| format!("in {s} s"));
+                    let scopes = r["scopes"]
+                        .as_array()
+                        .filter(|s| !s.is_empty())
+                        .map(|s| {
+                            s.iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_else(|| "-".to_owned());
+                    let mut state = text("state");
+                    if let Some(error) = r["error"].as_str() {
+                        state = format!("{state}: {error}");
+                    }
+                    [text("server"), state, text("store"), expires, scopes]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let header = ["SERVER", "STATE", "STORE", "EXPIRES", "SCOPES"].map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    std::iter::once(&header)
+        .chain(&rows)
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(cell, width)| format!("{cell:width$}"))
+                .collect();
+            cells.join("  ").trim_end().to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One finding: what was checked, whether it is fine, and the fix when it is not.
+#[derive(Debug)]
+pub struct Finding {
+    pub check: String,
+    pub ok: bool,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+/// Checks everything a login or a request depends on. The config was already
+/// loaded (a bad config fails before this, with every problem listed).
+pub async fn doctor(config: &Config, config_path: &str) -> Vec<Finding> {
+    let mut findings = vec![Finding {
+        check: "config".into(),
+        ok: true,
+        detail: format!("{config_path}: {} servers", config.servers.len()),
+        fix: None,
+    }];
+    let probe_keyring = tokio::task::spawn_blocking(latchkey_auth::store::KeyringStore::probe)
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    let keyring_backend = if cfg!(target_os = "macos") {
+        "macOS Keychain"
+    } else if cfg!(windows) {
+        "Windows Credential Manager"
+    } else {
+        "Secret Service (D-Bus)"
+    };
+    findings.push(match (&probe_keyring, config.store) {
+        (Ok(()), _) => Finding {
+            check: "keyring".into(),
+            ok: true,
+            detail: format!("{keyring_backend}: reachable and unlocked"),
+            fix: None,
+        },
+        (Err(cause), StoreKind::File | StoreKind::Memory) => Finding {
+            check: "keyring".into(),
+            ok: true,
+            detail: format!("{keyring_backend}: not usable ({cause}); not needed with store = {:?}", store_name(config.store)),
+            fix: None,
+        },
+        (Err(cause), _) => Finding {
+            check: "keyring".into(),
+            ok: false,
+            detail: format!("{keyring_backend}: not usable ({cause})"),
+            fix: Some(if cfg!(target_os = "linux") {
+                "start and unlock a Secret Service (gnome-keyring-daemon or KeePassXC) in your D-Bus session, or set store = \"file\" in the config".into()
+            } else {
+                "unlock the keyring, or set store = \"file\" in the config".into()
+            }),
+        },
+    });
+    match credentials::open(config.store, config.state_dir.as_deref()).await {
+        Ok(opened) => findings.push(Finding {
+            check: "store".into(),
+            ok: true,
+            detail: format!(
+                "{} ({}){}",
+                opened.credentials.store.kind(),
+                opened.credentials.store.location(),
+                opened
+                    .fallback
+                    .map(|_| ", because the keyring is not usable")
+                    .unwrap_or_default()
+            ),
+            fix: None,
+        }),
+        Err(e) => findings.push(Finding {
+            check: "store".into(),
+            ok: false,
+            detail: e.to_string(),
+            fix: Some("set store = \"file\" in the config, or fix the keyring".into()),
+        }),
+    }
+    let http = crate::proxy::http_client().ok();
+    for server in &config.servers {
+        if let OAuth::Enabled(oauth) = &server.oauth {
+            if oauth.redirect_port != 0 {
+                let free = tokio::net::TcpListener::bind(SocketAddr::from((
+                    Ipv4Addr::LOCALHOST,
+                    oauth.redirect_port,
+                )))
+                .await;
+                findings.push(Finding {
+                    check: format!("{}: callback port", server.name),
+                    ok: free.is_ok(),
+                    detail: match &free {
+                        Ok(_) => format!("127.0.0.1:{} is free", oauth.redirect_port),
+                        Err(e) => format!("127.0.0.1:{} is taken: {e}", oauth.redirect_port),
+                    },
+                    fix: free.is_err().then(|| format!(
+                        "stop what listens on port {} (`ss -ltnp 'sport = :{}'` shows it), or change redirect_port under [servers.{}.oauth] and the client's registered redirect URI",
+                        oauth.redirect_port, oauth.redirect_port, server.name
+                    )),
+                });
+            }
+        }
+        let Some(http) = &http else { continue };
+        let reached = tokio::time::timeout(Duration::from_secs(10), probe(http, server)).await;
+        let url = crate::status::redacted(&server.url);
+        let check = format!("{}: upstream", server.name);
+        let fix = |what: &str| {
+            Some(format!(
+                "{what} under [servers.{}] and the network (proxy, VPN, DNS)",
+                server.name
+            ))
+        };
+        findings.push(match reached {
+            Ok(Ok(p)) if p.status.is_success() => Finding {
+                check,
+                ok: true,
+                detail: format!("{url} answers without authorization"),
+                fix: None,
+            },
+            Ok(Ok(p)) if matches!(p.status.as_u16(), 401 | 403) => Finding {
+                check,
+                ok: true,
+                detail: format!(
+                    "{url} is reachable and asks for authorization{}",
+                    if p.challenge.is_some() {
+                        ""
+                    } else {
+                        " (without a Bearer challenge)"
+                    }
+                ),
+                fix: None,
+            },
+            Ok(Ok(p)) => Finding {
+                check,
+                ok: false,
+                detail: format!("{url} answered an MCP initialize with HTTP {}", p.status),
+                fix: fix(
+                    "check that url is the MCP endpoint (often ending in /mcp), and transport,",
+                ),
+            },
+            Ok(Err(e)) => Finding {
+                check,
+                ok: false,
+                detail: e.to_string(),
+                fix: fix("check url"),
+            },
+            Err(_) => Finding {
+                check,
+                ok: false,
+                detail: format!("{url} did not answer within 10 s"),
+                fix: fix("check url"),
+            },
+        });
+    }
+    findings
+}
+
+fn store_name(kind: StoreKind) -> &'static str {
+    match kind {
+        StoreKind::Auto => "auto",
+        StoreKind::Keyring => "keyring",
+        StoreKind::File => "file",
+        StoreKind::Memory => "memory",
+    }
+}
