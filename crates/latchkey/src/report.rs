@@ -178,26 +178,26 @@ pub async fn doctor(config: &Config, config_path: &str) -> Vec<Finding> {
     }
     let http = crate::proxy::http_client().ok();
     for server in &config.servers {
-        if let OAuth::Enabled(oauth) = &server.oauth {
-            if oauth.redirect_port != 0 {
-                let free = tokio::net::TcpListener::bind(SocketAddr::from((
-                    Ipv4Addr::LOCALHOST,
-                    oauth.redirect_port,
-                )))
-                .await;
-                findings.push(Finding {
-                    check: format!("{}: callback port", server.name),
-                    ok: free.is_ok(),
-                    detail: match &free {
-                        Ok(_) => format!("127.0.0.1:{} is free", oauth.redirect_port),
-                        Err(e) => format!("127.0.0.1:{} is taken: {e}", oauth.redirect_port),
-                    },
-                    fix: free.is_err().then(|| format!(
-                        "stop what listens on port {} (`ss -ltnp 'sport = :{}'` shows it), or change redirect_port under [servers.{}.oauth] and the client's registered redirect URI",
-                        oauth.redirect_port, oauth.redirect_port, server.name
-                    )),
-                });
-            }
+        if let OAuth::Enabled(oauth) = &server.oauth
+            && oauth.redirect_port != 0
+        {
+            let free = tokio::net::TcpListener::bind(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                oauth.redirect_port,
+            )))
+            .await;
+            findings.push(Finding {
+                check: format!("{}: callback port", server.name),
+                ok: free.is_ok(),
+                detail: match &free {
+                    Ok(_) => format!("127.0.0.1:{} is free", oauth.redirect_port),
+                    Err(e) => format!("127.0.0.1:{} is taken: {e}", oauth.redirect_port),
+                },
+                fix: free.is_err().then(|| format!(
+                    "stop what listens on port {} (`ss -ltnp 'sport = :{}'` shows it), or change redirect_port under [servers.{}.oauth] and the client's registered redirect URI",
+                    oauth.redirect_port, oauth.redirect_port, server.name
+                )),
+            });
         }
         let Some(http) = &http else { continue };
         let reached = tokio::time::timeout(Duration::from_secs(10), probe(http, server)).await;
