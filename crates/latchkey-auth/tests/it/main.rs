@@ -3,3 +3,4 @@
 
 mod discovery;
 mod flow;
+mod store;

@@ -375,3 +375,80 @@ async fn logout_revokes_and_deletes_and_status_shows_it() {
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
     assert_eq!(json["servers"][0]["state"], "needs_auth", "{json}");
 }
+
+/// `latchkey serve` on `home`'s config, on port 0; returns it and its address.
+async fn serve(home: &Home) -> (Child, String) {
+    let mut child = home
+        .command(&["serve", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let seen = read_until(&mut lines, |l| l.contains("local=")).await;
+    let addr = seen
+        .last()
+        .and_then(|l| l.split("local=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("address")
+        .to_owned();
+    drop(tokio::spawn(async move {
+        while let Ok(Some(_)) = lines.next_line().await {}
+    }));
+    (child, addr)
+}
+
+/// The cross-process rule: an expired token hit by 200 concurrent requests spread
+/// over 4 daemons sharing one store costs exactly one refresh grant, even though the
+/// server rotates refresh tokens (a second refresh with the old one would fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_requests_over_four_processes_cost_one_refresh() {
+    let setup = protected(AuthOptions {
+        token_lifetime: 2,
+        rotate_refresh_tokens: true,
+        ..AuthOptions::default()
+    })
+    .await;
+    let home = Home::new("fleet", &setup.upstream.mcp_url());
+    logged_in_daemon(&home, &setup.upstream.mcp_url())
+        .await
+        .shutdown()
+        .await
+        .expect("shutdown");
+    let mut daemons = Vec::new();
+    for _ in 0..4 {
+        daemons.push(serve(&home).await);
+    }
+    // Past the expiry margin (half of a 2 s lifetime) and the expiry itself.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let http = client();
+    let requests = daemons.iter().flat_map(|(_, addr)| {
+        let http = http.clone();
+        (0..50).map(move |i| {
+            let (http, url) = (http.clone(), format!("http://{addr}/notes"));
+            async move {
+                let body = serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "initialize",
+                    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                               "clientInfo": {"name": "fleet", "version": "1"}}});
+                http.post(url)
+                    .header("accept", "application/json, text/event-stream")
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert_eq!(statuses.len(), 200);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        setup.auth.token_requests(),
+        ["authorization_code", "refresh_token"],
+        "one login, then exactly one refresh for all four processes"
+    );
+    for (mut child, _) in daemons {
+        child.start_kill().expect("kill");
+        drop(child.wait().await);
+    }
+}
