@@ -378,8 +378,14 @@ async fn logout_revokes_and_deletes_and_status_shows_it() {
 
 /// `latchkey serve` on `home`'s config, on port 0; returns it and its address.
 async fn serve(home: &Home) -> (Child, String) {
+    serve_with(home, "/bin/false").await
+}
+
+/// [`serve`] with `$BROWSER` set.
+async fn serve_with(home: &Home, browser: &str) -> (Child, String) {
     let mut child = home
         .command(&["serve", "--listen", "127.0.0.1:0"])
+        .env("BROWSER", browser)
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn serve");
@@ -451,4 +457,95 @@ async fn two_hundred_requests_over_four_processes_cost_one_refresh() {
         child.start_kill().expect("kill");
         drop(child.wait().await);
     }
+}
+
+/// The official SDK client through the daemon binary, with `$BROWSER` a script
+/// that approves at once; returns the text of the `echo` call.
+async fn sdk_call(addr: &str) -> String {
+    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let output = Command::new("node")
+        .arg(interop.join("sdk-call.mjs"))
+        .arg(format!("http://{addr}/notes"))
+        .arg("echo")
+        .arg(r#"{"text":"through latchkey"}"#)
+        .current_dir(&interop)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(40), output)
+        .await
+        .expect("the SDK client finished")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("a JSON summary");
+    summary["text"].as_str().unwrap_or_default().to_owned()
+}
+
+fn logins(auth: &latchkey_testkit::AuthServer) -> usize {
+    auth.token_requests()
+        .iter()
+        .filter(|g| *g == "authorization_code")
+        .count()
+}
+
+/// Issue 4's end-to-end promise with an official SDK client: an expired token is
+/// refreshed with no browser visit, a revoked grant costs exactly one new browser
+/// authorization, and a restarted daemon reuses the stored tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_client_sees_refresh_revocation_and_restart_handled() {
+    let setup = protected(AuthOptions {
+        token_lifetime: 2,
+        ..AuthOptions::default()
+    })
+    .await;
+    let home = Home::new("sdk", &setup.upstream.mcp_url());
+    let browser =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/conformance/browser.mjs");
+    let browser = format!("node {}", browser.display());
+    let start = || serve_with(&home, &browser);
+    let (mut daemon, addr) = start().await;
+    assert!(sdk_call(&addr).await.contains("through latchkey"));
+    assert_eq!(logins(&setup.auth), 1, "the first login");
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(sdk_call(&addr).await.contains("through latchkey"));
+    assert_eq!(logins(&setup.auth), 1, "expired: refreshed, no browser");
+    assert!(
+        setup
+            .auth
+            .token_requests()
+            .contains(&"refresh_token".to_owned())
+    );
+
+    setup.auth.revoke_all();
+    assert!(sdk_call(&addr).await.contains("through latchkey"));
+    assert_eq!(
+        logins(&setup.auth),
+        2,
+        "revoked: exactly one new authorization"
+    );
+
+    daemon.start_kill().expect("stop");
+    drop(daemon.wait().await);
+    let before = setup.auth.token_requests().len();
+    let (mut daemon, addr) = start().await;
+    assert!(sdk_call(&addr).await.contains("through latchkey"));
+    assert_eq!(
+        logins(&setup.auth),
+        2,
+        "restarted: the stored tokens, no browser"
+    );
+    assert!(
+        setup.auth.token_requests()[before..]
+            .iter()
+            .all(|g| g == "refresh_token"),
+        "at most a refresh after the restart"
+    );
+    daemon.start_kill().expect("stop");
+    drop(daemon.wait().await);
 }

@@ -1,0 +1,32 @@
+// The official MCP TypeScript SDK client with no auth provider, through latchkey:
+//   node sdk-call.mjs <mcp-url> <tool> <json-arguments>
+// It initializes, lists the tools, calls <tool>, ends its session and prints one JSON
+// summary line. A 401 reaching it would fail the run: latchkey must do the OAuth.
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+
+const [url, tool, args] = process.argv.slice(2);
+const deadline = setTimeout(() => {
+  console.error("sdk-call: timed out after 30 s");
+  process.exit(1);
+}, 30_000);
+try {
+  const client = new Client({ name: "latchkey-sdk-call", version: "1.0.0" });
+  const transport = new StreamableHTTPClientTransport(new URL(url));
+  await client.connect(transport);
+  const { tools } = await client.listTools();
+  const result = await client.callTool({ name: tool, arguments: JSON.parse(args ?? "{}") });
+  await transport.terminateSession();
+  await client.close();
+  console.log(JSON.stringify({
+    ok: true,
+    tools: tools.map((t) => t.name),
+    text: result.content?.[0]?.text ?? null,
+    isError: result.isError ?? false,
+  }));
+  clearTimeout(deadline);
+  process.exit(0);
+} catch (error) {
+  console.error(`sdk-call: ${error?.stack ?? error}`);
+  process.exit(1);
+}
