@@ -12,7 +12,7 @@ use url::Url;
 use crate::error::ProxyError;
 use crate::proxy::Proxy;
 
-/// Where the page's "Authorize" buttons post. Server names cannot contain a dot, so
+/// Where the page's "Authorize" buttons post. Server names cannot start with a dot, so
 /// this never shadows a server.
 pub(crate) const AUTHORIZE_PATH: &str = "/.latchkey/authorize/{server}";
 
