@@ -549,3 +549,32 @@ async fn sdk_client_sees_refresh_revocation_and_restart_handled() {
     daemon.start_kill().expect("stop");
     drop(daemon.wait().await);
 }
+
+#[tokio::test]
+async fn doctor_names_each_problem_with_its_fix() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let home = Home::new("doctor", "http://127.0.0.1:1/mcp");
+    std::fs::write(
+        home.0.join("config.toml"),
+        format!(
+            "store = \"file\"\nstate_dir = {:?}\n[servers.notes]\nurl = \"http://127.0.0.1:1/mcp\"\n[servers.notes.oauth]\nredirect_port = {port}\n",
+            home.0.join("state")
+        ),
+    )
+    .expect("config");
+    let output = home.command(&["doctor"]).output().await.expect("doctor");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    for expected in [
+        "[ok ] config:",
+        "[ok ] store: file",
+        &format!("[ERR] notes: callback port: 127.0.0.1:{port} is taken"),
+        "change redirect_port under [servers.notes.oauth]",
+        "[ERR] notes: upstream: cannot reach \"notes\"",
+        "fix: check url under [servers.notes]",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in:\n{stdout}");
+    }
+    drop(taken);
+}
