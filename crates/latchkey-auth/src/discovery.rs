@@ -421,7 +421,16 @@ async fn fetch<T: serde::de::DeserializeOwned>(
         .send()
         .await
         .map_err(network)?;
-    if response.status() != reqwest::StatusCode::OK {
+    let status = response.status();
+    // An outage is not an absence: going on to the next URL (or the 2025-03-26
+    // defaults) would pick the wrong authorization server.
+    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Err(DiscoveryError::Network {
+            url: url.to_string(),
+            cause: format!("HTTP {status}"),
+        });
+    }
+    if status != reqwest::StatusCode::OK {
         return Ok(None);
     }
     if response

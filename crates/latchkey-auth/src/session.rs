@@ -21,6 +21,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use futures_util::FutureExt as _;
 use reqwest::header::HeaderValue;
 use tokio::sync::watch;
 use url::Url;
@@ -37,8 +38,14 @@ use crate::token::{self, CodeGrant, TokenError, TokenSet};
 /// Tokens this close to expiry (or past half their lifetime, for short-lived ones) are
 /// refreshed before use.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
-/// How many step-ups in a row before giving up (MCP authorization: retry limits).
+/// How many step-ups within [`STEP_UP_WINDOW`] before giving up (MCP authorization:
+/// retry limits). A window rather than a count that a success resets: each step-up
+/// that succeeds is a success, so such a count would never stop a server that keeps
+/// asking for more; and a window lets a person who closed the tab try again later.
 const MAX_STEP_UPS: u32 = 3;
+const STEP_UP_WINDOW: Duration = Duration::from_secs(600);
+/// After a failed early refresh, how long the current token is used before trying again.
+const REFRESH_RETRY: Duration = Duration::from_secs(10);
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -207,7 +214,9 @@ struct State {
     status: Option<AuthStatus>,
     flow_running: bool,
     flows_finished: u64,
+    /// Step-ups in the current window, and when the window began.
     step_ups: u32,
+    step_up_window: Option<std::time::Instant>,
     /// The tokens or registration changed since the store last saw them.
     dirty: bool,
 }
@@ -463,8 +472,21 @@ impl ServerAuth {
         let mut finished = self.finished.subscribe();
         let waiting_for = {
             let mut state = self.lock();
-            if state.generation != trigger.seen && !trigger.step_up {
-                return Ok(());
+            if state.generation != trigger.seen {
+                // Someone got a new token since this request was refused. For a
+                // step-up, it counts only if it holds the scopes the challenge asks.
+                let covered = || {
+                    let wanted = trigger.challenge.as_ref().map(|c| c.scopes.as_slice());
+                    state.tokens.as_ref().is_some_and(|t| {
+                        wanted
+                            .unwrap_or_default()
+                            .iter()
+                            .all(|w| t.scopes.contains(w))
+                    })
+                };
+                if !trigger.step_up || covered() {
+                    return Ok(());
+                }
             }
             if !state.flow_running {
                 state.flow_running = true;
@@ -487,15 +509,23 @@ impl ServerAuth {
     }
 
     async fn run_flow(self: Arc<Self>, trigger: Trigger) {
-        let outcome = match self.flow_lock().await {
-            Ok(held) => {
-                let outcome = self.locked_flow(&trigger).await;
-                self.persist().await;
-                drop(held);
-                outcome
-            }
-            Err(e) => Err(e),
+        let run = async {
+            let held = self.flow_lock().await?;
+            let outcome = self.locked_flow(&trigger).await;
+            self.persist().await;
+            drop(held);
+            outcome
         };
+        // A bug that panics in a flow must still end it, or every later request for
+        // this server would wait for a flow that no longer runs.
+        let outcome = std::panic::AssertUnwindSafe(run)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(AuthError::fatal(
+                    "the login failed unexpectedly (a bug in latchkey; see the log)",
+                ))
+            });
         let done = {
             let mut state = self.lock();
             state.flow_running = false;
@@ -533,7 +563,8 @@ impl ServerAuth {
     /// With the lock held: first whatever another process stored meanwhile, then a
     /// flow of our own only if that is not enough.
     async fn locked_flow(&self, trigger: &Trigger) -> Result<(), AuthError> {
-        if self.credentials.lock_dir.is_some() {
+        // Unsaved tokens in memory are newer than anything stored: keep them.
+        if self.credentials.lock_dir.is_some() && !self.lock().dirty {
             let record = self.load().await?;
             let held = self.lock().tokens.clone();
             if let Some(record) = record.filter(|r| r.tokens != held && r.tokens.is_some()) {
@@ -555,10 +586,20 @@ impl ServerAuth {
         let (refresh_token, granted) = {
             let mut state = self.lock();
             if trigger.step_up {
+                let now = std::time::Instant::now();
+                if state
+                    .step_up_window
+                    .is_none_or(|began| now.duration_since(began) > STEP_UP_WINDOW)
+                {
+                    state.step_up_window = Some(now);
+                    state.step_ups = 0;
+                }
                 state.step_ups += 1;
                 if state.step_ups > MAX_STEP_UPS {
                     return Err(AuthError::fatal(format!(
-                        "the server keeps asking for more scopes after {MAX_STEP_UPS} step-ups; giving up"
+                        "the server keeps asking for more scopes after {MAX_STEP_UPS} step-ups in {} minutes; giving up for now (run `latchkey login {}` to try again at once)",
+                        STEP_UP_WINDOW.as_secs() / 60,
+                        self.settings.server
                     )));
                 }
             }
@@ -707,20 +748,45 @@ impl ServerAuth {
                 state.dirty = true;
                 Err(Refresh::Dead)
             }
-            Err(e) => Err(Refresh::Failed(AuthError {
-                retryable: e.is_retryable(),
-                message: format!("server {:?}: {e}", self.settings.server),
-            })),
+            // Any other refusal (invalid_scope, invalid_target, unauthorized_client…)
+            // means this refresh token cannot be used as it is: log in again, keeping
+            // the tokens until new ones replace them.
+            Err(e @ TokenError::Refused { .. }) => {
+                tracing::warn!(server = %self.settings.server, error = %e, "refresh refused; a new login follows");
+                Err(Refresh::Dead)
+            }
+            Err(e) => {
+                if e.is_retryable() {
+                    self.lock().refresh_after = Some(SystemTime::now() + REFRESH_RETRY);
+                }
+                Err(Refresh::Failed(AuthError {
+                    retryable: e.is_retryable(),
+                    message: format!("server {:?}: {e}", self.settings.server),
+                }))
+            }
         }
     }
 
+    /// Where the resource metadata was found last: by this process, else by the one
+    /// that stored the record.
+    fn remembered_metadata_url(&self) -> Option<String> {
+        let state = self.lock();
+        state
+            .discovered
+            .as_ref()
+            .and_then(|d| d.resource_metadata_url.as_ref())
+            .map(ToString::to_string)
+            .or_else(|| state.known_metadata_url.clone())
+    }
+
     async fn discover(&self, challenge: Option<&BearerChallenge>) -> Result<Discovered, AuthError> {
-        // Without a challenge naming the metadata, start where it was found last time
-        // (a server may publish it only at the URL its 401 names).
+        // Without a challenge naming the metadata (an early refresh, `latchkey login`
+        // after a restart), start where it was found last time: a server may publish
+        // it only at the URL its 401 names.
         let remembered;
         let challenge = match challenge {
             Some(c) if c.resource_metadata.is_some() => Some(c),
-            _ => match self.lock().known_metadata_url.clone() {
+            _ => match self.remembered_metadata_url() {
                 Some(url) => {
                     remembered = BearerChallenge {
                         resource_metadata: Some(url),
@@ -935,7 +1001,6 @@ impl ServerAuth {
     fn store(&self, tokens: TokenSet) {
         let mut state = self.lock();
         Self::set_tokens(&mut state, tokens);
-        state.step_ups = 0;
         state.dirty = true;
     }
 

@@ -56,7 +56,7 @@ pub enum TokenError {
     /// Retryable; nothing stored should change.
     #[error("cannot reach the token endpoint: {cause}; check the network, then retry")]
     Network { cause: String },
-    /// Retryable; nothing stored should change.
+    /// Retryable (a 5xx or 429); nothing stored should change.
     #[error("the token endpoint failed with HTTP {status}; retry later")]
     Unavailable { status: u16 },
     /// The grant (code or refresh token) is dead: authorize again.
@@ -209,7 +209,9 @@ impl TokenResponse {
                 .refresh_token
                 .map(Secret::new)
                 .or_else(|| old_refresh.cloned()),
-            expires_at: lifetime.map(|secs| SystemTime::now() + Duration::from_secs(secs)),
+            // An absurd lifetime must not overflow: it counts as none given.
+            expires_at: lifetime
+                .and_then(|secs| SystemTime::now().checked_add(Duration::from_secs(secs))),
             // RFC 6749 §5.1: no `scope` means the scope requested.
             scopes: match self.scope {
                 Some(scope) => scope.split_ascii_whitespace().map(str::to_owned).collect(),
@@ -293,7 +295,7 @@ pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<bytes::Byte
     let bytes = response.bytes().await.map_err(|e| TokenError::Network {
         cause: e.without_url().to_string(),
     })?;
-    if status.is_server_error() {
+    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
         return Err(TokenError::Unavailable {
             status: status.as_u16(),
         });

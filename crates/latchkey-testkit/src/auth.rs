@@ -79,6 +79,13 @@ pub struct AuthOptions {
     /// For [`protected_upstream`]: `tools/call` needs `mcp:write`, and a token without
     /// it gets 403 `insufficient_scope` (a step-up).
     pub write_scope_for_tools: bool,
+    /// Never grant `mcp:write`, however often it is asked for (a server whose step-up
+    /// can never succeed).
+    pub withhold_write: bool,
+    /// Answer the authorization server metadata with this status (an outage).
+    pub metadata_status: Option<u16>,
+    /// Refuse every refresh with this OAuth error code (`invalid_target`, say).
+    pub refuse_refresh: Option<String>,
 }
 
 impl Default for AuthOptions {
@@ -101,6 +108,9 @@ impl Default for AuthOptions {
             device: false,
             cimd: false,
             write_scope_for_tools: false,
+            withhold_write: false,
+            metadata_status: None,
+            refuse_refresh: None,
         }
     }
 }
@@ -367,7 +377,15 @@ async fn authorize(
             challenge: param("code_challenge"),
             grant: Grant {
                 client_id,
-                scope: param("scope"),
+                scope: if options.withhold_write {
+                    param("scope")
+                        .split_whitespace()
+                        .filter(|s| *s != "mcp:write")
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                } else {
+                    param("scope")
+                },
                 resource: q.get("resource").cloned(),
             },
         },
@@ -508,6 +526,10 @@ async fn token(
                     grant
                 }
             }
+        }
+        "refresh_token" if options.refuse_refresh.is_some() => {
+            let error = options.refuse_refresh.clone().unwrap_or_default();
+            return oauth_error(StatusCode::BAD_REQUEST, &error, "refused by the test");
         }
         "refresh_token" => {
             let token = form.get("refresh_token").cloned().unwrap_or_default();
@@ -712,6 +734,11 @@ async fn serve(State(shared): State<Arc<AuthShared>>, uri: Uri) -> Response {
         MetadataAt::Nowhere => None,
     };
     if metadata_path.as_deref() == Some(path.as_str()) {
+        if let Some(status) = options.metadata_status {
+            return StatusCode::from_u16(status)
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+                .into_response();
+        }
         return axum::Json(server_metadata(&shared)).into_response();
     }
     StatusCode::NOT_FOUND.into_response()

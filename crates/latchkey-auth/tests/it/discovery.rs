@@ -293,3 +293,18 @@ fn canonical_resource_and_secure_urls() {
     assert!(!is_secure(&u("http://auth.example.com/token")));
     assert!(!is_secure(&u("http://127.0.0.1.evil.example/token")));
 }
+
+#[tokio::test]
+async fn an_outage_at_the_metadata_is_retryable_not_a_2025_03_26_server() {
+    let (_s, e) = run(
+        AuthOptions {
+            metadata_status: Some(503),
+            ..AuthOptions::default()
+        },
+        None,
+    )
+    .await;
+    let e = e.expect_err("503 is not absence");
+    assert!(e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("HTTP 503"), "{e}");
+}

@@ -451,14 +451,23 @@ async fn upstream_request(
     loop {
         if auth.session.needs_refresh() {
             let seen = auth.session.bearer().1;
-            auth.wait(
-                upstream,
-                Trigger {
-                    seen,
-                    ..Trigger::default()
-                },
-            )
-            .await?;
+            let refreshed = auth
+                .wait(
+                    upstream,
+                    Trigger {
+                        seen,
+                        ..Trigger::default()
+                    },
+                )
+                .await;
+            // An early refresh is best effort: the current token is still good for a
+            // while, so a failed refresh only matters once it has expired.
+            if let Err(e) = refreshed {
+                if auth.session.bearer().0.is_none() {
+                    return Err(e);
+                }
+                tracing::warn!(server = %server.name, error = %e, "early refresh failed; using the current token");
+            }
         }
         let (bearer, seen) = auth.session.bearer();
         let mut attempt_headers = headers.clone();

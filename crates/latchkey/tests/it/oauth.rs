@@ -551,3 +551,130 @@ async fn the_status_page_authorize_button_logs_in_and_refuses_forged_posts() {
     assert_eq!(setup.auth.token_requests(), ["authorization_code"]);
     assert_eq!(browser.opened.load(Ordering::SeqCst), 1);
 }
+
+/// Regressions from the review of the login state machine.
+mod review {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_absurd_token_lifetime_does_not_wedge_the_server() {
+        let setup = protected(AuthOptions {
+            token_lifetime: u64::MAX,
+            ..AuthOptions::default()
+        })
+        .await;
+        let daemon = Daemon::builder()
+            .server("notes", &setup.upstream.mcp_url(), &[])
+            .start_with_browser(Arc::new(ScriptedBrowser::default()))
+            .await;
+        for _ in 0..2 {
+            let response = post(&daemon, &initialize()).send().await.expect("request");
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_step_up_that_never_succeeds_stops_after_the_limit() {
+        let setup = protected(AuthOptions {
+            write_scope_for_tools: true,
+            withhold_write: true,
+            ..AuthOptions::default()
+        })
+        .await;
+        let browser = Arc::new(ScriptedBrowser::default());
+        let daemon = Daemon::builder()
+            .server("notes", &setup.upstream.mcp_url(), &[])
+            .start_with_browser(browser.clone())
+            .await;
+        let response = post(&daemon, &initialize())
+            .send()
+            .await
+            .expect("initialize");
+        let session = response.headers()["mcp-session-id"].clone();
+        let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "hi"}}});
+        let mut last = String::new();
+        for _ in 0..5 {
+            let response = post(&daemon, &call)
+                .header("mcp-session-id", session.clone())
+                .send()
+                .await
+                .expect("tools/call");
+            assert_ne!(response.status(), StatusCode::OK);
+            last = response.text().await.expect("body");
+        }
+        assert_eq!(
+            browser.opened.load(Ordering::SeqCst),
+            1 + 3,
+            "the first login and three step-ups, however many requests"
+        );
+        assert!(last.contains("keeps asking for more scopes"), "{last}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_early_refresh_still_uses_the_live_token() {
+        let setup = protected(AuthOptions {
+            token_lifetime: 4,
+            ..AuthOptions::default()
+        })
+        .await;
+        let daemon = Daemon::builder()
+            .server("notes", &setup.upstream.mcp_url(), &[])
+            .start_with_browser(Arc::new(ScriptedBrowser::default()))
+            .await;
+        assert_eq!(
+            post(&daemon, &initialize())
+                .send()
+                .await
+                .expect("login")
+                .status(),
+            StatusCode::OK
+        );
+        // The authorization server goes away; the token stays good for 1.5 s more.
+        setup.auth.stop();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let response = post(&daemon, &initialize()).send().await.expect("request");
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{:?}",
+            response.text().await
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_refresh_leads_to_a_new_login() {
+        let setup = protected(AuthOptions {
+            token_lifetime: 1,
+            refuse_refresh: Some("invalid_target".into()),
+            ..AuthOptions::default()
+        })
+        .await;
+        let browser = Arc::new(ScriptedBrowser::default());
+        let daemon = Daemon::builder()
+            .server("notes", &setup.upstream.mcp_url(), &[])
+            .start_with_browser(browser.clone())
+            .await;
+        assert_eq!(
+            post(&daemon, &initialize())
+                .send()
+                .await
+                .expect("login")
+                .status(),
+            StatusCode::OK
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let response = post(&daemon, &initialize()).send().await.expect("request");
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{:?}",
+            response.text().await
+        );
+        assert_eq!(
+            setup.auth.token_requests(),
+            ["authorization_code", "refresh_token", "authorization_code"]
+        );
+        assert_eq!(browser.opened.load(Ordering::SeqCst), 2);
+    }
+}
