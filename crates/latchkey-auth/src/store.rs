@@ -23,9 +23,9 @@ use crate::token::{ClientAuth, TokenSet};
 
 /// The keyring service name every record is stored under.
 pub const KEYRING_SERVICE: &str = "latchkey";
-/// Credential Manager caps a secret at 2,560 bytes; bigger records are split into
-/// numbered entries.
-const KEYRING_CHUNK: usize = 2000;
+/// Credential Manager caps a secret at 2,560 bytes, which the `keyring` crate fills
+/// with UTF-16: 1,280 characters. Bigger records are split into numbered entries.
+const KEYRING_CHUNK: usize = 1200;
 const RECORD_VERSION: u32 = 1;
 
 /// One server's credentials. `Debug` shows no secret.

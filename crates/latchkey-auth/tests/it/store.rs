@@ -94,8 +94,8 @@ fn keyring_records_are_real_secret_service_items_split_when_large() {
                 &format!("{resource}#1"),
             ])
             .expect("its first part");
-            // Credential Manager's limit is 2,560 bytes (UTF-16 on Windows: 1,280 chars).
-            assert!(part.len() <= 2000, "{}", part.len());
+            // Credential Manager's limit: 2,560 bytes of UTF-16, 1,280 characters.
+            assert!(part.chars().count() <= 1280, "{}", part.len());
         } else {
             assert!(
                 item.contains("\"version\": 1") && item.contains("at-small"),

@@ -134,6 +134,13 @@ async fn daemon_uses_the_stored_token(home: &Home, url: &str) {
 async fn no_browser_login_takes_the_pasted_redirect_and_a_daemon_uses_the_token() {
     let setup = protected(AuthOptions::default()).await;
     let home = Home::new("paste", &setup.upstream.mcp_url());
+    // A daemon already running, which cannot log in itself (its browser fails).
+    let running = Daemon::builder()
+        .top("store = \"file\"")
+        .top(&format!("state_dir = {:?}", home.0.join("state")))
+        .server("notes", &setup.upstream.mcp_url(), &[])
+        .start()
+        .await;
     let mut child = login(&home);
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let seen = read_until(&mut lines, |l| l.contains("paste that page's address")).await;
@@ -187,6 +194,16 @@ async fn no_browser_login_takes_the_pasted_redirect_and_a_daemon_uses_the_token(
         assert_eq!(mode(&records[0]), 0o600);
         assert_eq!(mode(records[0].parent().expect("dir")), 0o700);
     }
+    // The running daemon finds the new tokens on its first 401.
+    let response = client()
+        .post(running.url("/notes"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    running.shutdown().await.expect("shutdown");
     daemon_uses_the_stored_token(&home, &setup.upstream.mcp_url()).await;
     assert_eq!(
         setup.auth.token_requests(),
