@@ -163,6 +163,16 @@ impl McpUpstream {
     }
 
     /// Lets one pending call of the `gated` tool send its result.
+    /// Forgets every session, as a server that restarted or expired them would: the
+    /// next request with an old session id gets 404.
+    pub fn forget_sessions(&self) {
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     pub fn open_gate(&self) {
         self.shared.gate.notify_one();
     }
@@ -304,6 +314,13 @@ async fn mcp_post(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         // A notification or a response from the client.
         return StatusCode::ACCEPTED.into_response();
     }
+    if method == "tools/call" && message["params"]["name"] == "malformed" {
+        return (
+            [("content-type", "application/json")],
+            "{\"jsonrpc\": \"2.0\", \"id\": ",
+        )
+            .into_response();
+    }
     let mut response = if method == "tools/call" && message["params"]["name"] == "gated" {
         gated_reply(shared, message)
     } else {
@@ -386,7 +403,9 @@ fn answer(message: &Value) -> Value {
         "ping" => json!({}),
         "tools/list" => json!({"tools": [
             {"name": "echo", "description": "Echoes its text.",
-             "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}},
+             "inputSchema": {"type": "object", "properties": {"text": {"type": "string", "x-mcp-header": "Text"}}}},
+            {"name": "malformed", "description": "Answers with a body that is not JSON.",
+             "inputSchema": {"type": "object"}},
             {"name": "gated", "description": "Streams progress, then answers when the test allows.",
              "inputSchema": {"type": "object"}},
         ]}),

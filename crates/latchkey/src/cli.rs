@@ -12,6 +12,10 @@ Examples:
   latchkey serve --config ./latchkey.toml --listen 127.0.0.1:9000
   latchkey check --config ./latchkey.toml
       Report every problem in a config file, with line and column
+  latchkey stdio notes
+      Serve `notes` to an MCP client that launches its servers (stdin/stdout)
+  latchkey stdio --url https://mcp.example.com/mcp
+      The same for a server that is not in the config
   latchkey login notes --no-browser
       Log in to the server `notes` ahead of time, from a machine without a browser
 
@@ -41,6 +45,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--transport`, as the config's `transport` key spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    Auto,
+    StreamableHttp,
+    Sse,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: serve every configured server on the local endpoint.
@@ -55,15 +67,44 @@ pub enum Command {
     /// Authorize with a server ahead of time and store its tokens (works with the
     /// daemon running or not).
     Login {
-        /// The server's name in the config.
-        server: String,
+        /// The server's name in the config (or give --url instead).
+        #[arg(required_unless_present = "url")]
+        server: Option<String>,
         /// Config file [default: $LATCHKEY_CONFIG, else $XDG_CONFIG_HOME/latchkey/config.toml]
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// A server that is not in the config, as `latchkey stdio --url` uses it.
+        #[arg(long, conflicts_with = "server")]
+        url: Option<String>,
+        /// A header for every request with --url, as 'Name: value' (repeatable).
+        #[arg(long = "header", value_name = "NAME: VALUE", requires = "url")]
+        headers: Vec<String>,
+        /// The transport with --url.
+        #[arg(long, value_enum, default_value_t = TransportArg::Auto, requires = "url")]
+        transport: TransportArg,
         /// Do not open a browser: use the device flow when the server offers it,
         /// else print the URL and accept the pasted redirect address.
         #[arg(long)]
         no_browser: bool,
+    },
+    /// Be an MCP stdio server for one remote server, for clients that launch their
+    /// servers as child processes. Protocol on stdin/stdout, logs on stderr.
+    Stdio {
+        /// The server's name in the config (or give --url instead).
+        #[arg(required_unless_present = "url")]
+        server: Option<String>,
+        /// Config file [default: $LATCHKEY_CONFIG, else $XDG_CONFIG_HOME/latchkey/config.toml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A remote MCP server's URL, with no config entry needed.
+        #[arg(long, conflicts_with = "server")]
+        url: Option<String>,
+        /// A header for every request with --url, as 'Name: value' (repeatable).
+        #[arg(long = "header", value_name = "NAME: VALUE", requires = "url")]
+        headers: Vec<String>,
+        /// The transport with --url.
+        #[arg(long, value_enum, default_value_t = TransportArg::Auto, requires = "url")]
+        transport: TransportArg,
     },
     /// Revoke a server's tokens (where it offers revocation) and delete them.
     Logout {
@@ -94,5 +135,32 @@ pub enum Command {
         /// Config file [default: $LATCHKEY_CONFIG, else $XDG_CONFIG_HOME/latchkey/config.toml]
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Install or remove latchkey as a systemd user service.
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+}
+
+/// `latchkey service ...`
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum ServiceAction {
+    /// Write latchkey.service (and latchkey.socket with --socket) to
+    /// $XDG_CONFIG_HOME/systemd/user, running this latchkey binary.
+    Install {
+        /// Also run `systemctl --user daemon-reload` and `enable --now`, instead of
+        /// printing them.
+        #[arg(long)]
+        now: bool,
+        /// Start on the first connection (socket activation) instead of at login.
+        #[arg(long)]
+        socket: bool,
+    },
+    /// Remove the units written by `install`.
+    Uninstall {
+        /// Also run `systemctl --user disable --now` first, instead of printing it.
+        #[arg(long)]
+        now: bool,
     },
 }

@@ -57,6 +57,23 @@ pub struct Config {
     pub servers: Vec<Server>,
 }
 
+impl Config {
+    /// A config with one server and defaults for everything else, for `latchkey stdio
+    /// --url`, which needs no config file.
+    pub fn single(server: Server, store: StoreKind, state_dir: Option<PathBuf>) -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            allow_non_loopback: false,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            store,
+            state_dir,
+            servers: vec![server],
+        }
+    }
+}
+
 /// The `store` key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StoreKind {
@@ -69,8 +86,9 @@ pub enum StoreKind {
     Memory,
 }
 
-/// One `[servers.NAME]` table.
-#[derive(Clone)]
+/// One `[servers.NAME]` table. Equal tables are how a reload knows which servers
+/// it leaves untouched.
+#[derive(Clone, PartialEq)]
 pub struct Server {
     /// The first path segment of the local endpoint: `http://127.0.0.1:PORT/<name>`.
     pub name: String,
@@ -81,6 +99,8 @@ pub struct Server {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The reserved `oauth` key: `false` turns OAuth off for this server.
     pub oauth: OAuth,
+    /// The command that logs in to this server from a terminal, for error messages.
+    pub login_command: String,
 }
 
 impl fmt::Debug for Server {
@@ -576,6 +596,7 @@ impl Checker<'_> {
             }
         };
         Some(Server {
+            login_command: format!("latchkey login {name}"),
             name,
             url: url?,
             transport,

@@ -4,6 +4,17 @@
 //! listener (so a bad config or a busy port fail before anything is served), and only
 //! then calls [`run`].
 //!
+//! As a service ([`run_service`]), `READY=1` goes to the service manager only after
+//! that and after stored credentials are restored, so the first request already
+//! carries a token; `STOPPING=1` when shutdown begins.
+//!
+//! Reload: each reload request rereads the config (`RELOADING=1`, then `READY=1`
+//! again). Servers whose tables are unchanged keep everything, streams included;
+//! added ones appear, removed ones disappear and changed ones are rebuilt (see
+//! `Proxy::reload`). A config that does not load is logged and the one in force
+//! stays. `listen`, `store` and `state_dir` apply only at start: a change to them is
+//! logged as needing a restart.
+//!
 //! Shutdown: when the `shutdown` future completes, latchkey stops accepting
 //! connections and ends its standalone SSE streams (GET), which would otherwise never
 //! finish; clients reconnect to the next instance. Requests in flight, including POSTs
@@ -21,14 +32,16 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{any, get};
+use axum::serve::ListenerExt as _;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::callback::SystemBrowser;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::guard::Guard;
+use crate::notify::Notifier;
 use crate::proxy::{self, Proxy};
 use crate::status;
 use latchkey_auth::session::Browser;
@@ -44,6 +57,29 @@ pub enum DaemonError {
     Serve(std::io::Error),
     #[error(transparent)]
     Store(#[from] crate::credentials::KeyringUnavailable),
+}
+
+/// Rereads the config on request: what [`run_service`] needs for reloads.
+pub struct Reload {
+    /// Each message asks for a reload (SIGHUP under `latchkey serve`).
+    pub requests: tokio::sync::mpsc::Receiver<()>,
+    /// Reads the config again; an error keeps the config in force.
+    pub load: Box<dyn FnMut() -> Result<Config, ConfigError> + Send>,
+}
+
+impl std::fmt::Debug for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reload").finish_non_exhaustive()
+    }
+}
+
+/// How a daemon runs as a service: its browser for logins, its reloads, and the
+/// service manager to notify.
+#[derive(Debug)]
+pub struct Service {
+    pub browser: Arc<dyn Browser>,
+    pub reload: Option<Reload>,
+    pub notifier: Notifier,
 }
 
 /// Serves `config` on `listener` until `shutdown` completes, then drains. Logins
@@ -63,6 +99,26 @@ pub async fn run_with_browser(
     shutdown: impl Future<Output = ()>,
     browser: Arc<dyn Browser>,
 ) -> Result<(), DaemonError> {
+    let service = Service {
+        browser,
+        reload: None,
+        notifier: Notifier::disabled(),
+    };
+    run_service(listener, config, shutdown, service).await
+}
+
+/// [`run`] with reloads and service manager notifications (`latchkey serve`).
+pub async fn run_service(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    service: Service,
+) -> Result<(), DaemonError> {
+    let Service {
+        browser,
+        mut reload,
+        notifier,
+    } = service;
     let local = listener.local_addr().map_err(DaemonError::Listener)?;
     let stop = CancellationToken::new();
     let opened = crate::credentials::open(config.store, config.state_dir.as_deref()).await?;
@@ -74,24 +130,117 @@ pub async fn run_with_browser(
     // Stored credentials first, so the first request already carries a token. A
     // record that cannot be read leaves its server in `error` and the rest running.
     proxy.restore().await;
-    let app = router(proxy, Guard::new(local, &config));
+    let guard = Guard::new(local, &config);
+    let app = router(proxy.clone(), guard.clone());
     tracing::info!(%local, servers = config.servers.len(), store, "latchkey listening");
+    notifier.ready(&serving(local, config.servers.len()));
 
+    // TCP_NODELAY: an SSE reply goes out in several small writes (the event, then the
+    // final chunk); with Nagle's algorithm the last one waits for the client's
+    // delayed ACK, 40 ms per call.
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let server = server.into_future();
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return result.map_err(DaemonError::Serve),
-        () = shutdown => {}
+    // In a task of its own, so that connections are still accepted while a reload
+    // loads credentials.
+    let mut server = tokio::spawn(server.into_future());
+    tokio::pin!(shutdown);
+    let mut config = config;
+    loop {
+        tokio::select! {
+            result = &mut server => return served(result),
+            () = &mut shutdown => break,
+            () = next_request(&mut reload) => {
+                notifier.reloading();
+                if let Some(reload) = &mut reload {
+                    apply(&mut config, (reload.load)(), &proxy, &guard).await;
+                }
+                notifier.ready(&serving(local, config.servers.len()));
+            }
+        }
     }
+    notifier.stopping();
     tracing::info!(timeout = ?config.shutdown_timeout, "shutting down; draining requests");
     stop.cancel();
-    match tokio::time::timeout(config.shutdown_timeout, server).await {
-        Ok(result) => result.map_err(DaemonError::Serve)?,
-        Err(_) => tracing::warn!("drain timed out; dropping the connections still open"),
+    match tokio::time::timeout(config.shutdown_timeout, &mut server).await {
+        Ok(result) => served(result)?,
+        Err(_) => {
+            tracing::warn!("drain timed out; dropping the connections still open");
+            server.abort();
+        }
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn served(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), DaemonError> {
+    match result {
+        Ok(result) => result.map_err(DaemonError::Serve),
+        Err(e) => Err(DaemonError::Serve(std::io::Error::other(format!(
+            "the HTTP server task ended abnormally: {e}"
+        )))),
+    }
+}
+
+/// The status line `systemctl status` shows.
+fn serving(local: std::net::SocketAddr, servers: usize) -> String {
+    format!("serving {servers} server(s) on http://{local}/")
+}
+
+/// The next reload request; never, without reloads or once their sender is gone.
+async fn next_request(reload: &mut Option<Reload>) {
+    if let Some(reload) = reload
+        && reload.requests.recv().await.is_some()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// Puts a reread config in force, or logs why it cannot be and keeps the old one.
+async fn apply(
+    running: &mut Config,
+    loaded: Result<Config, ConfigError>,
+    proxy: &Proxy,
+    guard: &Guard,
+) {
+    let new = match loaded {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!(
+                "config reload failed; the previous config stays in force. Fix the config and reload again (systemctl --user reload latchkey, or kill -HUP):\n{e}"
+            );
+            return;
+        }
+    };
+    if new.listen != running.listen || new.allow_non_loopback != running.allow_non_loopback {
+        tracing::warn!(running = %running.listen, configured = %new.listen, "`listen` or `allow_non_loopback` changed; that needs a restart (systemctl --user restart latchkey); still listening on the old address");
+    }
+    if new.store != running.store || new.state_dir != running.state_dir {
+        tracing::warn!(
+            "`store` or `state_dir` changed; that needs a restart (systemctl --user restart latchkey); credentials stay where they were"
+        );
+    }
+    let changes = proxy.reload(&new).await;
+    guard.reload(&new);
+    tracing::info!(
+        added = ?changes.added,
+        removed = ?changes.removed,
+        changed = ?changes.changed,
+        unchanged = changes.unchanged,
+        "config reloaded"
+    );
+    // What cannot change without a restart stays as it runs.
+    *running = Config {
+        listen: running.listen,
+        allow_non_loopback: running.allow_non_loopback,
+        store: running.store,
+        state_dir: running.state_dir.take(),
+        ..new
+    };
 }
 
 fn router(proxy: Proxy, guard: Guard) -> Router {

@@ -27,10 +27,20 @@ pub(crate) enum ProxyError {
     UnknownLegacyEndpoint { path: String },
     #[error("session not found; it has ended, so start a new one with initialize")]
     UnknownSession,
-    #[error("server {server:?} needs a login that did not succeed: {message}")]
-    Auth { server: String, message: String },
-    #[error("server {server:?} needs a login in the browser, which has not finished yet{}, or run `latchkey login {server}` in a terminal; then send the request again", .url.as_deref().map(|u| format!(": open {u}")).unwrap_or_default())]
-    AuthTimeout { server: String, url: Option<String> },
+    #[error(
+        "server {server:?} needs a login that did not succeed: {message}; to log in from a terminal, run `{command}`"
+    )]
+    Auth {
+        server: String,
+        message: String,
+        command: String,
+    },
+    #[error("server {server:?} needs a login in the browser, which has not finished yet{}, or run `{command}` in a terminal; then send the request again", .url.as_deref().map(|u| format!(": open {u}")).unwrap_or_default())]
+    AuthTimeout {
+        server: String,
+        url: Option<String>,
+        command: String,
+    },
     #[error(
         "server {server:?} asked for a login, which is done now; the request was too large to keep, so send it again"
     )]
@@ -77,12 +87,16 @@ impl IntoResponse for ProxyError {
             Self::Upstream { server, url, cause } => {
                 data = json!({ "latchkey": true, "server": server, "url": url, "cause": cause });
             }
-            Self::AuthTimeout { server, url } => {
+            Self::AuthTimeout {
+                server,
+                url,
+                command,
+            } => {
                 data = json!({
                     "latchkey": true,
                     "server": server,
                     "authorization_url": url,
-                    "command": format!("latchkey login {server}"),
+                    "command": command,
                 });
             }
             _ => {}

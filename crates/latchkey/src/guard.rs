@@ -8,6 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -25,13 +26,38 @@ use crate::error::ProxyError;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Guard {
-    hosts: Arc<[String]>,
-    origins: Arc<[String]>,
+    local: SocketAddr,
+    /// Swapped by a reload (`allowed_hosts`, `allowed_origins`).
+    lists: Arc<ArcSwap<Lists>>,
+}
+
+#[derive(Debug)]
+struct Lists {
+    hosts: Vec<String>,
+    origins: Vec<String>,
 }
 
 impl Guard {
     /// `local` is the address actually bound, so port 0 in the config works.
     pub(crate) fn new(local: SocketAddr, config: &Config) -> Self {
+        Self {
+            local,
+            lists: Arc::new(ArcSwap::from_pointee(Lists::new(local, config))),
+        }
+    }
+
+    /// Puts a reloaded config's `allowed_hosts` and `allowed_origins` in force.
+    pub(crate) fn reload(&self, config: &Config) {
+        self.lists.store(Arc::new(Lists::new(self.local, config)));
+    }
+
+    fn check(&self, request: &Request) -> Result<(), ProxyError> {
+        self.lists.load().check(request)
+    }
+}
+
+impl Lists {
+    fn new(local: SocketAddr, config: &Config) -> Self {
         let port = local.port();
         let mut names = vec![
             "127.0.0.1".to_owned(),
@@ -54,10 +80,7 @@ impl Guard {
         hosts.extend(config.allowed_hosts.iter().cloned());
         let mut origins: Vec<String> = names.iter().map(|n| format!("http://{n}:{port}")).collect();
         origins.extend(config.allowed_origins.iter().cloned());
-        Self {
-            hosts: hosts.into(),
-            origins: origins.into(),
-        }
+        Self { hosts, origins }
     }
 
     fn check(&self, request: &Request) -> Result<(), ProxyError> {

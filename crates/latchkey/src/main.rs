@@ -33,11 +33,61 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Login {
             server,
             config,
+            url,
+            headers,
+            transport,
             no_browser,
+        } => match (server, url) {
+            (Some(server), _) => {
+                let config = config::load(&config.unwrap_or_else(config::default_path))?;
+                login(&config, &server, !no_browser)
+            }
+            (None, Some(url)) => {
+                let config = adhoc(config, &url, &headers, transport)?;
+                login(&config, "remote", !no_browser)
+            }
+            (None, None) => anyhow::bail!("give a server name from the config, or --url URL"),
+        },
+        Command::Stdio {
+            server,
+            config,
+            url,
+            headers,
+            transport,
         } => {
-            let path = config.unwrap_or_else(config::default_path);
-            let config = config::load(&path)?;
-            login(&config, &server, !no_browser)
+            let (config, name) = match (server, url) {
+                (Some(name), _) => {
+                    let path = config.unwrap_or_else(config::default_path);
+                    let config = config::load(&path)?;
+                    if !config.servers.iter().any(|s| s.name == name) {
+                        anyhow::bail!(
+                            "no server {name:?} in {}; configured: {}",
+                            path.display(),
+                            config
+                                .servers
+                                .iter()
+                                .map(|s| s.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                    }
+                    (config, name)
+                }
+                (None, Some(url)) => (
+                    adhoc(config, &url, &headers, transport)?,
+                    "remote".to_owned(),
+                ),
+                (None, None) => anyhow::bail!("give a server name from the config, or --url URL"),
+            };
+            let runtime = runtime()?;
+            let served = runtime.block_on(async {
+                let shutdown = shutdown_signal()?;
+                latchkey::stdio::run(config, name, shutdown).await?;
+                anyhow::Ok(())
+            });
+            // The read of stdin may still be blocked in its thread: don't wait for it.
+            runtime.shutdown_background();
+            served
         }
         Command::Logout { server, config } => {
             let config = config::load(&config.unwrap_or_else(config::default_path))?;
@@ -88,9 +138,88 @@ fn run(command: Command) -> anyhow::Result<()> {
                     .context("--listen")?;
                 config.listen = listen;
             }
-            serve(config)
+            // Taken before the runtime starts threads: this clears LISTEN_FDS.
+            let activated = activated_listener()?;
+            let mut listen = listen;
+            if let Some(socket) = &activated {
+                let local = socket
+                    .local_addr()
+                    .context("the socket passed in LISTEN_FDS")?;
+                config::check_listen(local, config.allow_non_loopback)
+                    .map_err(anyhow::Error::msg)
+                    .context("the socket passed by socket activation (LISTEN_FDS); fix ListenStream= in latchkey.socket")?;
+                tracing::info!(%local, "using the listening socket passed by the service manager (socket activation)");
+                config.listen = local;
+                listen = Some(local);
+            }
+            serve(config, path, listen, activated)
         }
+        Command::Service { action } => latchkey::service::run(action).map_err(Into::into),
     }
+}
+
+/// The config for `latchkey stdio --url`: that one server, with the store settings
+/// of the user's config when there is one, so tokens are shared with the daemon.
+fn adhoc(
+    config: Option<std::path::PathBuf>,
+    url: &str,
+    headers: &[String],
+    transport: latchkey::cli::TransportArg,
+) -> anyhow::Result<config::Config> {
+    use latchkey::cli::TransportArg;
+    let url = url::Url::parse(url).context("--url is not a URL")?;
+    if !matches!(url.scheme(), "http" | "https") {
+        anyhow::bail!("--url must be an http or https URL");
+    }
+    let mut parsed = Vec::new();
+    for header in headers {
+        let (name, value) = header.split_once(':').with_context(|| {
+            format!(
+                "--header {name:?} is not 'Name: value'",
+                name = header.split(':').next().unwrap_or_default()
+            )
+        })?;
+        let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .with_context(|| format!("--header: {:?} is not a header name", name.trim()))?;
+        // The value may be a secret: it is never quoted back.
+        let mut value = http::HeaderValue::from_str(value.trim()).map_err(|_| {
+            anyhow::anyhow!("--header {name}: the value has characters a header cannot carry")
+        })?;
+        value.set_sensitive(true);
+        parsed.push((name, value));
+    }
+    let (store, state_dir) = config::load(&config.unwrap_or_else(config::default_path))
+        .map(|c| (c.store, c.state_dir))
+        .unwrap_or_default();
+    Ok(config::Config::single(
+        config::Server {
+            name: "remote".to_owned(),
+            url: url.clone(),
+            transport: match transport {
+                TransportArg::Auto => config::Transport::Auto,
+                TransportArg::StreamableHttp => config::Transport::StreamableHttp,
+                TransportArg::Sse => config::Transport::Sse,
+            },
+            headers: parsed,
+            oauth: config::OAuth::Enabled(config::OAuthConfig::default()),
+            login_command: format!("latchkey login --url {}", shown(&url)),
+        },
+        store,
+        state_dir,
+    ))
+}
+
+/// A URL for a message: without user info, and with its query (which may hold a
+/// key) elided.
+fn shown(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    if shown.query().is_some() {
+        shown.set_query(Some("…"));
+    }
+    // Cannot fail for http(s) URLs, the only ones accepted here.
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -133,21 +262,95 @@ fn login(config: &config::Config, server: &str, open: bool) -> anyhow::Result<()
     Ok(())
 }
 
-fn serve(config: config::Config) -> anyhow::Result<()> {
+/// `listen` is the address that overrides the config's, on start and on every
+/// reload (`--listen`, or the socket passed by socket activation).
+fn serve(
+    config: config::Config,
+    path: std::path::PathBuf,
+    listen: Option<std::net::SocketAddr>,
+    activated: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
     let runtime = runtime()?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {}; is another latchkey running? Pick another address with --listen or the config's `listen`",
-                    config.listen
-                )
-            })?;
-        latchkey::daemon::run(listener, config, shutdown).await?;
+        let reload = reload_on_hangup(path, listen)?;
+        let listener = match activated {
+            Some(socket) => {
+                socket
+                    .set_nonblocking(true)
+                    .context("cannot use the socket passed in LISTEN_FDS")?;
+                tokio::net::TcpListener::from_std(socket)
+                    .context("cannot use the socket passed in LISTEN_FDS")?
+            }
+            None => tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {}; is another latchkey running? Pick another address with --listen or the config's `listen`",
+                        config.listen
+                    )
+                })?,
+        };
+        let service = latchkey::daemon::Service {
+            browser: std::sync::Arc::new(latchkey::callback::SystemBrowser),
+            reload,
+            notifier: latchkey::notify::Notifier::from_env(),
+        };
+        latchkey::daemon::run_service(listener, config, shutdown, service).await?;
         Ok(())
     })
+}
+
+/// The listening socket systemd passes as fd 3 (`LISTEN_FDS`, `LISTEN_PID`), if any.
+fn activated_listener() -> anyhow::Result<Option<std::net::TcpListener>> {
+    let mut passed = listenfd::ListenFd::from_env();
+    if passed.len() > 1 {
+        tracing::warn!(
+            count = passed.len(),
+            "more than one socket passed in LISTEN_FDS; using the first (fd 3)"
+        );
+    }
+    passed
+        .take_tcp_listener(0)
+        .context("fd 3 from LISTEN_FDS is not a listening TCP socket; latchkey.socket needs ListenStream=127.0.0.1:8931 (an IP address and port)")
+}
+
+/// SIGHUP asks the daemon to reread the config at `path`.
+#[cfg(unix)]
+fn reload_on_hangup(
+    path: std::path::PathBuf,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Option<latchkey::daemon::Reload>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    // One slot: SIGHUPs that come during a reload add one more, not one each.
+    let (requests, received) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP received; reloading the config");
+            if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = requests.try_send(()) {
+                break;
+            }
+        }
+    });
+    Ok(Some(latchkey::daemon::Reload {
+        requests: received,
+        load: Box::new(move || {
+            let mut config = config::load(&path)?;
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            Ok(config)
+        }),
+    }))
+}
+
+#[cfg(not(unix))]
+fn reload_on_hangup(
+    _path: std::path::PathBuf,
+    _listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Option<latchkey::daemon::Reload>> {
+    Ok(None)
 }
 
 /// Completes on SIGINT or SIGTERM. The handlers are installed here, before the

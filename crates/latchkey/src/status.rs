@@ -19,6 +19,7 @@ pub(crate) const AUTHORIZE_PATH: &str = "/.latchkey/authorize/{server}";
 pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Response {
     let servers: Vec<Value> = proxy
         .upstreams()
+        .iter()
         .map(|upstream| {
             let server = &upstream.config;
             let mut error = upstream.last_error();

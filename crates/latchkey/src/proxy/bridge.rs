@@ -86,6 +86,12 @@ impl Bridges {
         self.lock().remove(id)
     }
 
+    /// Closes every session of `server` (a reload removed or changed it); their
+    /// clients get a 404 and start again with the server as now configured.
+    pub(crate) fn close_server(&self, server: &str) {
+        self.lock().retain(|_, session| session.server != server);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }

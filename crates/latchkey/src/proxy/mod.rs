@@ -9,12 +9,14 @@
 mod bridge;
 mod headers;
 mod oauth;
-mod sse;
+pub(crate) mod sse;
 mod sse_endpoint;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -48,9 +50,13 @@ const FLOW_TIMEOUT: Duration = Duration::from_secs(300);
 /// Everything the request handlers share.
 #[derive(Debug, Clone)]
 pub(crate) struct Proxy {
-    servers: Arc<HashMap<String, Arc<Upstream>>>,
-    /// Names in config order, for listings.
-    order: Arc<[String]>,
+    /// The configured servers. A reload swaps in a new table; a request costs one
+    /// atomic load to find its server, and keeps that server's `Upstream` alive for
+    /// as long as it runs, whatever is swapped in meanwhile.
+    servers: Arc<ArcSwap<Servers>>,
+    /// What a reload needs to build the `Upstream` of a new or changed server.
+    browser: Arc<dyn Browser>,
+    credentials: Credentials,
     client: reqwest::Client,
     legacy: LegacyEndpoints,
     bridges: Arc<bridge::Bridges>,
@@ -62,10 +68,42 @@ pub(crate) struct Proxy {
     pub(crate) csrf: Arc<Secret>,
 }
 
+/// The server table: by name for requests, and in config order for listings.
+#[derive(Debug, Default)]
+struct Servers {
+    by_name: HashMap<String, Arc<Upstream>>,
+    order: Vec<Arc<Upstream>>,
+}
+
+impl Servers {
+    fn new(order: Vec<Arc<Upstream>>) -> Self {
+        Self {
+            by_name: order
+                .iter()
+                .map(|u| (u.config.name.clone(), u.clone()))
+                .collect(),
+            order,
+        }
+    }
+}
+
+/// What a reload changed, by server name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Reloaded {
+    pub(crate) added: Vec<String>,
+    pub(crate) removed: Vec<String>,
+    pub(crate) changed: Vec<String>,
+    pub(crate) unchanged: usize,
+}
+
 /// One configured server and what latchkey has seen of it.
 #[derive(Debug)]
 pub(crate) struct Upstream {
     pub(crate) config: Server,
+    /// Ends this server's standalone GET streams: at shutdown (a child of the
+    /// proxy's token), or when a reload removes or changes the server, so that its
+    /// clients reconnect to what the config now says.
+    streams: CancellationToken,
     failing: AtomicBool,
     last_error: Mutex<Option<String>>,
     /// For `transport = "auto"`: what the server turned out to speak.
@@ -143,74 +181,138 @@ impl Proxy {
         browser: Arc<dyn Browser>,
         credentials: Credentials,
     ) -> Result<Self, reqwest::Error> {
-        let client = http_client()?;
-        let servers = config
-            .servers
-            .iter()
-            .map(|server| {
-                let auth = match &server.oauth {
-                    OAuth::Disabled => None,
-                    OAuth::Enabled(oauth) => Some(UpstreamAuth {
-                        session: ServerAuth::new(
-                            auth_settings(server, oauth),
-                            client.clone(),
-                            browser.clone(),
-                            credentials.clone(),
-                        ),
-                        timeout: oauth.auth_timeout,
-                    }),
-                };
-                let upstream = Upstream {
-                    config: server.clone(),
-                    failing: AtomicBool::new(false),
-                    last_error: Mutex::new(None),
-                    detected: AtomicU8::new(UNKNOWN),
-                    auth,
-                };
-                (server.name.clone(), Arc::new(upstream))
-            })
-            .collect();
-        Ok(Self {
-            servers: Arc::new(servers),
-            order: config.servers.iter().map(|s| s.name.clone()).collect(),
-            client,
+        let mut proxy = Self {
+            servers: Arc::default(),
+            browser,
+            credentials,
+            client: http_client()?,
             legacy: LegacyEndpoints::default(),
             bridges: Arc::default(),
             shutdown,
             csrf: Arc::new(latchkey_auth::authorize::random_secret(32)),
+        };
+        let order = config.servers.iter().map(|s| proxy.build(s)).collect();
+        proxy.servers = Arc::new(ArcSwap::from_pointee(Servers::new(order)));
+        Ok(proxy)
+    }
+
+    fn build(&self, server: &Server) -> Arc<Upstream> {
+        let auth = match &server.oauth {
+            OAuth::Disabled => None,
+            OAuth::Enabled(oauth) => Some(UpstreamAuth {
+                session: ServerAuth::new(
+                    auth_settings(server, oauth),
+                    self.client.clone(),
+                    self.browser.clone(),
+                    self.credentials.clone(),
+                ),
+                timeout: oauth.auth_timeout,
+            }),
+        };
+        Arc::new(Upstream {
+            config: server.clone(),
+            streams: self.shutdown.child_token(),
+            failing: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            detected: AtomicU8::new(UNKNOWN),
+            auth,
         })
     }
 
     /// Loads every server's stored credentials, all at once.
     pub(crate) async fn restore(&self) {
-        let loads = self.upstreams().filter_map(|upstream| {
-            let auth = upstream.auth.as_ref()?;
-            let name = upstream.config.name.clone();
-            Some(async move {
-                if let Err(e) = auth.session.restore().await {
-                    tracing::error!(server = %name, error = %e, "cannot load stored credentials");
-                }
-            })
-        });
-        futures_util::future::join_all(loads).await;
+        restore(&self.upstreams()).await;
     }
 
-    pub(crate) fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
-        self.order.iter().filter_map(|name| self.servers.get(name))
+    /// Puts `config`'s servers in force. A server whose table is unchanged keeps its
+    /// `Upstream`: its OAuth session (tokens in memory, a login under way), its
+    /// detected transport and its open streams. A new or changed server gets a fresh
+    /// one, with its stored credentials loaded before it is served. A removed or
+    /// changed server's standalone streams and bridged sessions end; its requests in
+    /// flight finish.
+    pub(crate) async fn reload(&self, config: &Config) -> Reloaded {
+        let old = self.servers.load_full();
+        let mut reloaded = Reloaded::default();
+        let mut fresh = Vec::new();
+        let order: Vec<Arc<Upstream>> = config
+            .servers
+            .iter()
+            .map(|server| match old.by_name.get(&server.name) {
+                Some(kept) if kept.config == *server => {
+                    reloaded.unchanged += 1;
+                    kept.clone()
+                }
+                previous => {
+                    if previous.is_some() {
+                        reloaded.changed.push(server.name.clone());
+                    } else {
+                        reloaded.added.push(server.name.clone());
+                    }
+                    let upstream = self.build(server);
+                    fresh.push(upstream.clone());
+                    upstream
+                }
+            })
+            .collect();
+        restore(&fresh).await;
+        let new = Servers::new(order);
+        for retired in &old.order {
+            let name = &retired.config.name;
+            let replaced = new
+                .by_name
+                .get(name)
+                .is_none_or(|now| !Arc::ptr_eq(now, retired));
+            if !replaced {
+                continue;
+            }
+            if !new.by_name.contains_key(name) {
+                reloaded.removed.push(name.clone());
+            }
+            retired.streams.cancel();
+            self.bridges.close_server(name);
+        }
+        self.servers.store(Arc::new(new));
+        reloaded
+    }
+
+    /// The servers in config order (for listings; requests use [`Proxy::upstream`]).
+    pub(crate) fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.servers.load().order.clone()
     }
 
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.client
     }
 
-    pub(crate) fn upstream(&self, name: &str) -> Result<&Arc<Upstream>, ProxyError> {
-        self.servers
+    pub(crate) fn upstream(&self, name: &str) -> Result<Arc<Upstream>, ProxyError> {
+        let servers = self.servers.load();
+        servers
+            .by_name
             .get(name)
+            .cloned()
             .ok_or_else(|| ProxyError::UnknownServer {
                 name: name.to_owned(),
-                known: self.order.join(", "),
+                known: servers
+                    .order
+                    .iter()
+                    .map(|u| u.config.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     }
+}
+
+async fn restore(upstreams: &[Arc<Upstream>]) {
+    let loads = upstreams.iter().filter_map(|upstream| {
+        let auth = upstream.auth.as_ref()?;
+        let name = upstream.config.name.clone();
+        Some(async move {
+            if let Err(e) = auth.session.restore().await {
+                tracing::error!(server = %name, error = %e, "cannot load stored credentials");
+            }
+        })
+    });
+    futures_util::future::join_all(loads).await;
 }
 
 /// The upstream HTTP client, for the proxy and for `latchkey login`.
@@ -257,6 +359,7 @@ pub(crate) async fn forward(
             path: format!("/{name}"),
         });
     }
+    let upstream = &*upstream;
     let url = upstream.config.url.clone();
     if !upstream.may_bridge() {
         return send(&proxy, upstream, url, request).await;
@@ -271,7 +374,7 @@ pub(crate) async fn forward(
                 let body = read_whole(request).await?;
                 bridge::post(&proxy, upstream, &session, body).await
             }
-            Method::GET => bridge::get(&session, proxy.shutdown.clone()),
+            Method::GET => bridge::get(&session, upstream.streams.clone()),
             _ => Ok(bridge::delete(&proxy, &session)),
         },
         Some(None) if upstream.bridged() => Err(ProxyError::UnknownSession),
@@ -393,7 +496,7 @@ pub(crate) async fn legacy_message(
             path: format!("/{name}/messages/{token}"),
         });
     }
-    send(&proxy, upstream, url, request).await
+    send(&proxy, &upstream, url, request).await
 }
 
 async fn send(
@@ -568,7 +671,8 @@ fn relay(
     let stream = response.bytes_stream();
     let body = if *method == Method::GET && is_sse {
         // Standalone streams last until a side closes them; at shutdown latchkey does.
-        let stream = Box::pin(stream.take_until(proxy.shutdown.clone().cancelled_owned()));
+        // A reload that removes or changes the server ends them too.
+        let stream = Box::pin(stream.take_until(upstream.streams.clone().cancelled_owned()));
         if rewrite_endpoint && !headers.contains_key(CONTENT_ENCODING) && status == StatusCode::OK {
             // The rewritten event has another length.
             headers.remove(http::header::CONTENT_LENGTH);

@@ -38,9 +38,11 @@ impl UpstreamAuth {
             Ok(Err(e)) => Err(ProxyError::Auth {
                 server,
                 message: e.message,
+                command: upstream.config.login_command.clone(),
             }),
             Err(_) => Err(ProxyError::AuthTimeout {
                 server,
+                command: upstream.config.login_command.clone(),
                 url: match self.session.status() {
                     AuthStatus::Authorizing { url } => Some(url),
                     _ => None,

@@ -29,11 +29,20 @@ pub(crate) fn first_block(buf: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-/// The `event` and `data` fields of one event block (SSE spec: `data` lines join with
-/// a newline; a missing `event` means "message").
-pub(crate) fn parse_block(block: &str) -> (Option<&str>, Option<String>) {
-    let mut event = None;
-    let mut data: Option<String> = None;
+/// One parsed event block.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Event<'a> {
+    pub(crate) event: Option<&'a str>,
+    pub(crate) data: Option<String>,
+    pub(crate) id: Option<&'a str>,
+    /// The reconnection time the server asks for, in milliseconds.
+    pub(crate) retry: Option<u64>,
+}
+
+/// The fields of one event block (SSE spec: `data` lines join with a newline; a
+/// missing `event` means "message").
+pub(crate) fn parse_event(block: &str) -> Event<'_> {
+    let mut parsed = Event::default();
     for line in block.lines() {
         if line.starts_with(':') {
             continue;
@@ -41,21 +50,30 @@ pub(crate) fn parse_block(block: &str) -> (Option<&str>, Option<String>) {
         let (field, value) = line.split_once(':').unwrap_or((line, ""));
         let value = value.strip_prefix(' ').unwrap_or(value);
         match field {
-            "event" => event = Some(value),
-            "data" => match &mut data {
+            "event" => parsed.event = Some(value),
+            "data" => match &mut parsed.data {
                 Some(d) => {
                     d.push('\n');
                     d.push_str(value);
                 }
-                None => data = Some(value.to_owned()),
+                None => parsed.data = Some(value.to_owned()),
             },
+            // An id with NUL is ignored (SSE spec).
+            "id" if !value.contains('\0') => parsed.id = Some(value),
+            "retry" => parsed.retry = value.parse().ok().or(parsed.retry),
             _ => {}
         }
     }
-    if event.is_none() && data.is_some() {
-        event = Some("message");
+    if parsed.event.is_none() && parsed.data.is_some() {
+        parsed.event = Some("message");
     }
-    (event, data)
+    parsed
+}
+
+/// The `event` and `data` fields of one event block.
+pub(crate) fn parse_block(block: &str) -> (Option<&str>, Option<String>) {
+    let event = parse_event(block);
+    (event.event, event.data)
 }
 
 /// Resolves a legacy `endpoint` event against the stream's URL. Only the configured

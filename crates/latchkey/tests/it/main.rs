@@ -9,4 +9,7 @@ mod interop;
 mod login;
 mod oauth;
 mod proxy;
+mod service;
+mod statuspage;
+mod stdio;
 mod thirdparty;

@@ -1,0 +1,633 @@
+//! `latchkey stdio`: an MCP server on stdin/stdout (newline-delimited JSON-RPC) for
+//! clients that can only launch a child process. Each message is handed to the same
+//! proxy the daemon serves, in process (no listener, no extra hop), so the transport
+//! detection, the legacy HTTP+SSE bridge, OAuth and the credential store are the
+//! daemon's own. This module only plays the Streamable HTTP client: it keeps the
+//! session id and protocol version, mirrors the 2026-07-28 headers, holds the GET
+//! stream for the server's own messages, and turns HTTP failures into JSON-RPC
+//! errors, so that no request is left without an answer.
+//!
+//! Nothing but protocol goes to stdout; logs go to stderr.
+
+mod mirror;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::IntoResponse as _;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::callback::SystemBrowser;
+use crate::config::Config;
+use crate::proxy::{self, Proxy};
+
+const ACCEPT_BOTH: &str = "application/json, text/event-stream";
+/// How long requests still running at EOF get to finish before the session ends.
+const DRAIN: Duration = Duration::from_secs(5);
+/// The GET stream's reconnection delay when the server names none (SSE spec leaves
+/// it to the client).
+const DEFAULT_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    #[error(transparent)]
+    Store(#[from] crate::credentials::KeyringUnavailable),
+    #[error("cannot create the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("cannot read stdin: {0}")]
+    Stdin(std::io::Error),
+}
+
+/// Serves `server` of `config` on stdin/stdout until stdin ends or `shutdown`
+/// completes; then ends the upstream session.
+pub async fn run(
+    config: Config,
+    server: String,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StdioError> {
+    let opened = crate::credentials::open(config.store, config.state_dir.as_deref()).await?;
+    if let Some(why) = &opened.fallback {
+        tracing::warn!("{why}");
+    }
+    let stop = CancellationToken::new();
+    let proxy = Proxy::new(
+        &config,
+        stop.clone(),
+        Arc::new(SystemBrowser),
+        opened.credentials,
+    )?;
+    proxy.restore().await;
+    let (out, lines) = mpsc::channel::<Bytes>(256);
+    let writer = tokio::spawn(write_stdout(lines));
+    let bridge = Arc::new(Bridge {
+        proxy,
+        server,
+        out,
+        session: Mutex::new(Session::default()),
+        stop: stop.clone(),
+    });
+
+    let mut stdin = BufReader::with_capacity(64 * 1024, tokio::io::stdin());
+    let mut inflight = JoinSet::new();
+    let mut line = Vec::new();
+    tokio::pin!(shutdown);
+    loop {
+        line.clear();
+        let read = tokio::select! {
+            read = stdin.read_until(b'\n', &mut line) => read.map_err(StdioError::Stdin)?,
+            () = &mut shutdown => break,
+        };
+        if read == 0 {
+            break;
+        }
+        let text = trim_line(&line);
+        if text.is_empty() {
+            continue;
+        }
+        let message: Value = match serde_json::from_slice(text) {
+            Ok(message) => message,
+            Err(e) => {
+                bridge
+                    .emit_value(&error(Value::Null, -32700, &format!("parse error: {e}")))
+                    .await;
+                continue;
+            }
+        };
+        let body = Bytes::copy_from_slice(text);
+        // The session starts with initialize: everything after it needs its session
+        // id, so it is answered before the next line is read.
+        if message["method"] == "initialize" {
+            bridge.initialize(body, &message).await;
+            continue;
+        }
+        let opens_stream = message["method"] == "notifications/initialized";
+        let task = bridge.clone();
+        inflight.spawn(async move { task.post(body, &message, true).await });
+        if opens_stream {
+            let task = bridge.clone();
+            tokio::spawn(async move { task.listen().await });
+        }
+        // Reap finished tasks so the set does not grow with the session.
+        while inflight.try_join_next().is_some() {}
+    }
+    // Stdin ended (or a signal came): let running requests finish, briefly.
+    drop(
+        tokio::time::timeout(DRAIN, async {
+            while inflight.join_next().await.is_some() {}
+        })
+        .await,
+    );
+    bridge.close().await;
+    stop.cancel();
+    drop(bridge);
+    drop(writer.await);
+    Ok(())
+}
+
+/// The line without its line ending.
+fn trim_line(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+async fn write_stdout(mut lines: mpsc::Receiver<Bytes>) {
+    let mut stdout = tokio::io::stdout();
+    while let Some(line) = lines.recv().await {
+        let mut failed = stdout.write_all(&line).await.is_err();
+        failed |= stdout.write_all(b"\n").await.is_err();
+        // Flush once the queue is empty: a burst of events costs one flush.
+        if lines.is_empty() {
+            failed |= stdout.flush().await.is_err();
+        }
+        if failed {
+            // The client is gone; nobody is left to answer.
+            return;
+        }
+    }
+}
+
+/// Splits complete SSE event blocks off the front of a growing buffer. It remembers
+/// how far it has looked, so a multi-megabyte event arriving in many chunks is
+/// scanned once, not once per chunk.
+#[derive(Debug, Default)]
+struct Blocks {
+    buffer: BytesMut,
+    scanned: usize,
+}
+
+impl Blocks {
+    fn push(&mut self, chunk: &[u8]) {
+        self.buffer.extend_from_slice(chunk);
+    }
+
+    /// The next complete block's text (without its blank line).
+    fn next_block(&mut self) -> Option<Bytes> {
+        // A blank line right at the start ends an empty block.
+        let lead = match (self.buffer.first(), self.buffer.get(1)) {
+            (Some(b'\n'), _) => Some(1),
+            (Some(b'\r'), Some(b'\n')) => Some(2),
+            (Some(b'\r'), Some(_)) => Some(1),
+            // A lone CR may be the first half of a CRLF: wait for more.
+            (Some(b'\r'), None) => return None,
+            _ => None,
+        };
+        if let Some(n) = lead {
+            drop(self.buffer.split_to(n));
+            self.scanned = 0;
+            return Some(Bytes::new());
+        }
+        let from = self.scanned.saturating_sub(3);
+        match find_blank_line(&self.buffer, from) {
+            Some((len, next)) => {
+                let block = self.buffer.split_to(next).freeze();
+                self.scanned = 0;
+                Some(block.slice(..len))
+            }
+            None => {
+                self.scanned = self.buffer.len();
+                None
+            }
+        }
+    }
+}
+
+/// The first blank line at or after `from`: (length of the text before it, offset
+/// just past it). Line endings are LF, CRLF or CR (SSE spec).
+fn find_blank_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
+    while i < buf.len() {
+        match buf[i] {
+            b'\n' => {
+                // "\n\n" or "\r\n\n"…: a line ending followed by another.
+                match buf.get(i + 1) {
+                    Some(b'\n') => return Some((i, i + 2)),
+                    Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some((i, i + 3)),
+                    Some(b'\r') if buf.get(i + 2).is_some() => return Some((i, i + 2)),
+                    _ => {}
+                }
+            }
+            b'\r' => match (buf.get(i + 1), buf.get(i + 2), buf.get(i + 3)) {
+                (Some(b'\n'), Some(b'\r'), Some(b'\n')) => return Some((i, i + 4)),
+                (Some(b'\r'), _, _) => return Some((i, i + 2)),
+                _ => {}
+            },
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+fn error(id: Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+#[derive(Debug, Default)]
+struct Session {
+    id: Option<HeaderValue>,
+    protocol_version: Option<HeaderValue>,
+    /// The client's initialize, replayed when the server forgets the session.
+    initialize: Option<Bytes>,
+    /// The GET stream's last event id, to resume it where it broke.
+    last_event_id: Option<String>,
+    tools: mirror::ToolHeaders,
+}
+
+struct Bridge {
+    proxy: Proxy,
+    server: String,
+    out: mpsc::Sender<Bytes>,
+    session: Mutex<Session>,
+    stop: CancellationToken,
+}
+
+/// What an answer to a POST held.
+#[derive(Debug, Default)]
+struct Answered {
+    /// The response to the posted request came (or none was due).
+    done: bool,
+    /// A message in the answer was not JSON.
+    malformed: bool,
+}
+
+impl Bridge {
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn emit(&self, line: Bytes) {
+        drop(self.out.send(line).await);
+    }
+
+    async fn emit_value(&self, value: &Value) {
+        self.emit(Bytes::from(value.to_string())).await;
+    }
+
+    /// Sends a message from the server to the client, on one line. Returns false
+    /// (and sends nothing) for a message that is not JSON: the client would choke on it.
+    async fn emit_message(&self, text: &[u8]) -> bool {
+        if text.contains(&b'\n') || text.contains(&b'\r') {
+            // Pretty-printed JSON must become one line for stdio.
+            match serde_json::from_slice::<Value>(text) {
+                Ok(value) => self.emit_value(&value).await,
+                Err(e) => {
+                    tracing::warn!(server = %self.server, error = %e, "dropping a server message that is not JSON");
+                    return false;
+                }
+            }
+        } else if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(text) {
+            tracing::warn!(server = %self.server, error = %e, "dropping a server message that is not JSON");
+            return false;
+        } else {
+            self.emit(Bytes::copy_from_slice(text)).await;
+        }
+        true
+    }
+
+    fn request(&self, method: Method, body: Body, message: Option<&Value>) -> Request<Body> {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::ACCEPT, HeaderValue::from_static(ACCEPT_BOTH));
+        if method == Method::POST {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        {
+            let session = self.session();
+            if let Some(id) = &session.id {
+                headers.insert("mcp-session-id", id.clone());
+            }
+            // The version initialize negotiated; a 2026-07-28 client, which has no
+            // initialize, names it in each request's _meta instead.
+            let version = session.protocol_version.clone().or_else(|| {
+                message
+                    .and_then(|m| m["params"]["_meta"].as_object())
+                    .and_then(|meta| {
+                        meta.iter()
+                            .find(|(key, _)| key.ends_with("protocolVersion"))
+                            .and_then(|(_, v)| v.as_str())
+                    })
+                    .and_then(|v| HeaderValue::from_str(v).ok())
+            });
+            if let Some(version) = version {
+                headers.insert("mcp-protocol-version", version);
+            }
+            if let Some(message) = message {
+                mirror::set(&mut headers, message, &session.tools);
+            }
+        }
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = format!("/{}", self.server)
+            .parse()
+            .unwrap_or_else(|_| http::Uri::from_static("/"));
+        *request.headers_mut() = headers;
+        request
+    }
+
+    /// One exchange with the upstream, through the daemon's own forwarding code.
+    async fn send(&self, request: Request<Body>) -> axum::response::Response {
+        let forwarded = proxy::forward(
+            State(self.proxy.clone()),
+            Path(self.server.clone()),
+            request,
+        )
+        .await;
+        forwarded.unwrap_or_else(|e| e.into_response())
+    }
+
+    async fn initialize(&self, body: Bytes, message: &Value) {
+        self.session().initialize = Some(body.clone());
+        let response = self
+            .send(self.request(Method::POST, Body::from(body), Some(message)))
+            .await;
+        if let Some(id) = response.headers().get("mcp-session-id") {
+            self.session().id = Some(id.clone());
+        }
+        self.relay(response, message, true).await;
+    }
+
+    /// Posts one message and relays what comes back. A 404 for a known session
+    /// means the server forgot it: a new session is started (the spec's rule) and
+    /// the message sent again, once.
+    async fn post(&self, body: Bytes, message: &Value, may_restart: bool) {
+        let had_session = self.session().id.is_some();
+        let response = self
+            .send(self.request(Method::POST, Body::from(body.clone()), Some(message)))
+            .await;
+        if response.status() == StatusCode::NOT_FOUND
+            && had_session
+            && may_restart
+            && self.restart().await
+        {
+            return Box::pin(self.post(body, message, false)).await;
+        }
+        self.relay(response, message, false).await;
+    }
+
+    /// Replays the client's initialize for a new session; its answer is not the
+    /// client's business, since the client has one already.
+    async fn restart(&self) -> bool {
+        let initialize = {
+            let mut session = self.session();
+            session.id = None;
+            session.last_event_id = None;
+            session.initialize.clone()
+        };
+        let Some(initialize) = initialize else {
+            return false;
+        };
+        tracing::info!(server = %self.server, "the upstream forgot the session; starting a new one");
+        let message: Value = serde_json::from_slice(&initialize).unwrap_or(Value::Null);
+        let response = self
+            .send(self.request(Method::POST, Body::from(initialize), Some(&message)))
+            .await;
+        if !response.status().is_success() {
+            return false;
+        }
+        let Some(id) = response.headers().get("mcp-session-id").cloned() else {
+            return false;
+        };
+        // Read the answer to the end, so the server sees it delivered.
+        drop(axum::body::to_bytes(response.into_body(), usize::MAX).await);
+        self.session().id = Some(id);
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        let response = self
+            .send(self.request(
+                Method::POST,
+                Body::from(initialized.to_string()),
+                Some(&initialized),
+            ))
+            .await;
+        response.status().is_success()
+    }
+
+    /// Relays an answer to `message`: a JSON body, an SSE stream event by event, or
+    /// a failure as a JSON-RPC error carrying the request's id.
+    async fn relay(&self, response: axum::response::Response, message: &Value, initialize: bool) {
+        let id = message.get("id").cloned();
+        let status = response.status();
+        let is_sse = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let mut answered = Answered {
+            done: id.is_none(),
+            malformed: false,
+        };
+        if status.is_success() && is_sse {
+            self.relay_stream(response.into_body(), message, &mut answered, initialize)
+                .await;
+        } else {
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap_or_default();
+            if status.is_success() {
+                if !body.iter().all(u8::is_ascii_whitespace) {
+                    self.deliver(&body, message, &mut answered, initialize)
+                        .await;
+                }
+            } else if let Some(id) = &id {
+                self.emit_value(&failure(id.clone(), status, &body)).await;
+                answered.done = true;
+            } else {
+                tracing::warn!(server = %self.server, %status, method = message["method"].as_str().unwrap_or("?"), "the upstream refused a notification");
+            }
+        }
+        if let (Some(id), false) = (id, answered.done) {
+            let message = if answered.malformed {
+                format!(
+                    "server {:?} answered with a message that is not JSON",
+                    self.server
+                )
+            } else {
+                format!(
+                    "server {:?} ended its answer without a response to this request",
+                    self.server
+                )
+            };
+            self.emit_value(&error(id, -32603, &message)).await;
+        }
+    }
+
+    /// One message from the server: notes what the bridge needs from it (the
+    /// negotiated version, the tools' header annotations), then writes it out.
+    async fn deliver(
+        &self,
+        text: &[u8],
+        request: &Value,
+        answered: &mut Answered,
+        initialize: bool,
+    ) {
+        let learn = initialize || request["method"] == "tools/list";
+        let id = request.get("id");
+        if (learn || id.is_some())
+            && let Ok(value) = serde_json::from_slice::<Value>(text)
+        {
+            let is_answer =
+                id.is_some_and(|id| value.get("id") == Some(id)) && value.get("method").is_none();
+            if is_answer {
+                answered.done = true;
+                let result = &value["result"];
+                if initialize {
+                    let version = result["protocolVersion"]
+                        .as_str()
+                        .and_then(|v| HeaderValue::from_str(v).ok());
+                    self.session().protocol_version = version;
+                } else if learn {
+                    self.session().tools.learn(result);
+                }
+            }
+        }
+        if !self.emit_message(text).await {
+            answered.malformed = true;
+        }
+    }
+
+    async fn relay_stream(
+        &self,
+        body: Body,
+        request: &Value,
+        answered: &mut Answered,
+        initialize: bool,
+    ) {
+        let mut stream = body.into_data_stream();
+        let mut blocks = Blocks::default();
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else { break };
+            blocks.push(&chunk);
+            while let Some(block) = blocks.next_block() {
+                let text = String::from_utf8_lossy(&block);
+                // Event ids here belong to this POST's stream, not the GET stream's:
+                // resuming the GET stream from one would resume this stream instead.
+                let event = proxy::sse::parse_event(&text);
+                // An event without data (a resumption point some servers send
+                // first) carries no message.
+                if let (Some("message"), Some(data)) = (event.event, event.data)
+                    && !data.trim().is_empty()
+                {
+                    self.deliver(data.as_bytes(), request, answered, initialize)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Holds the GET stream for the server's own requests and notifications,
+    /// reconnecting with `Last-Event-ID` after the server's `retry` delay. Ends when
+    /// the server offers no such stream (405) or the bridge stops.
+    async fn listen(&self) {
+        let mut delay = DEFAULT_RETRY;
+        while !self.stop.is_cancelled() {
+            let mut request = self.request(Method::GET, Body::empty(), None);
+            if let Some(last) = self.session().last_event_id.clone()
+                && let Ok(value) = HeaderValue::from_str(&last)
+            {
+                request.headers_mut().insert("last-event-id", value);
+            }
+            let response = tokio::select! {
+                response = self.send(request) => response,
+                () = self.stop.cancelled() => return,
+            };
+            match response.status() {
+                status if status.is_success() => {
+                    let mut stream = response.into_body().into_data_stream();
+                    let mut blocks = Blocks::default();
+                    loop {
+                        let chunk = tokio::select! {
+                            chunk = stream.next() => chunk,
+                            () = self.stop.cancelled() => return,
+                        };
+                        let Some(Ok(chunk)) = chunk else { break };
+                        blocks.push(&chunk);
+                        while let Some(block) = blocks.next_block() {
+                            let text = String::from_utf8_lossy(&block);
+                            let event = proxy::sse::parse_event(&text);
+                            if let Some(id) = event.id {
+                                self.session().last_event_id = Some(id.to_owned());
+                            }
+                            if let Some(retry) = event.retry {
+                                delay = Duration::from_millis(retry);
+                            }
+                            if let (Some("message"), Some(data)) = (event.event, event.data)
+                                && !data.trim().is_empty()
+                            {
+                                self.emit_message(data.as_bytes()).await;
+                            }
+                        }
+                    }
+                }
+                StatusCode::METHOD_NOT_ALLOWED => return,
+                status => {
+                    tracing::debug!(server = %self.server, %status, "the GET stream was refused; retrying");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Ends the upstream session (DELETE), as a client leaving should.
+    async fn close(&self) {
+        self.stop.cancel();
+        if self.session().id.is_none() {
+            return;
+        }
+        let response = self
+            .send(self.request(Method::DELETE, Body::empty(), None))
+            .await;
+        tracing::debug!(server = %self.server, status = %response.status(), "session ended");
+    }
+}
+
+/// A JSON-RPC error for a request the upstream (or latchkey) refused with `status`.
+/// latchkey's own errors are JSON-RPC already: their message is kept, with the
+/// request's id.
+fn failure(id: Value, status: StatusCode, body: &[u8]) -> Value {
+    if let Ok(mut value) = serde_json::from_slice::<Value>(body)
+        && value.get("error").is_some_and(Value::is_object)
+    {
+        value["id"] = id;
+        value["jsonrpc"] = json!("2.0");
+        value.as_object_mut().map(|o| o.remove("result"));
+        return value;
+    }
+    error(id, -32603, &format!("the upstream answered HTTP {status}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_split_on_every_line_ending_and_across_chunks() {
+        let mut blocks = Blocks::default();
+        let mut seen = Vec::new();
+        let stream = b"data: a\n\ndata: b\r\n\r\n\ndata: c\r\rid: 4\ndata: d\n\n";
+        // One byte at a time: every boundary falls inside some terminator.
+        for byte in stream {
+            blocks.push(&[*byte]);
+            while let Some(block) = blocks.next_block() {
+                seen.push(String::from_utf8_lossy(&block).into_owned());
+            }
+        }
+        assert_eq!(
+            seen,
+            ["data: a", "data: b", "", "data: c", "id: 4\ndata: d"]
+        );
+    }
+}

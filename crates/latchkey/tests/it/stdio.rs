@@ -1,0 +1,583 @@
+//! `latchkey stdio` through the real binary: newline-delimited JSON-RPC on its stdin
+//! and stdout against the testkit upstream (whose request log shows what reached the
+//! server), and the official TypeScript SDK's `StdioClientTransport` against
+//! server-everything.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use latchkey_testkit::McpUpstream;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::interop::Everything;
+
+/// A scratch directory for a config and state, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("latchkey-it-stdio-{name}-{}", std::process::id()));
+        drop(std::fs::remove_dir_all(&dir));
+        std::fs::create_dir_all(&dir).expect("scratch");
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        drop(std::fs::remove_dir_all(&self.0));
+    }
+}
+
+fn latchkey(scratch: &Scratch) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+    command
+        .env_remove("LATCHKEY_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("XDG_CONFIG_HOME", scratch.0.join("config"))
+        .env("XDG_STATE_HOME", scratch.0.join("state"))
+        .env("XDG_RUNTIME_DIR", scratch.0.join("run"))
+        .env("BROWSER", "/bin/false")
+        .kill_on_drop(true);
+    command
+}
+
+/// `latchkey stdio` with pipes on both ends.
+struct Bridge {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Bridge {
+    fn start(mut command: Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn latchkey stdio");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    async fn send(&mut self, message: &Value) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(format!("{message}\n").as_bytes())
+            .await
+            .expect("write");
+        stdin.flush().await.expect("flush");
+    }
+
+    async fn recv(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(15), self.stdout.next_line())
+            .await
+            .expect("an answer in time")
+            .expect("read")
+            .expect("a line before EOF");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// The next message that answers `id`, skipping server notifications.
+    async fn answer(&mut self, id: i64) -> Value {
+        loop {
+            let message = self.recv().await;
+            if message["id"] == id && message.get("method").is_none() {
+                return message;
+            }
+        }
+    }
+
+    async fn call(&mut self, id: i64, method: &str, params: Value) -> Value {
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
+        self.answer(id).await
+    }
+
+    async fn initialize(&mut self) -> Value {
+        let answer = self
+            .call(
+                1,
+                "initialize",
+                json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                       "clientInfo": {"name": "stdio-test", "version": "1"}}),
+            )
+            .await;
+        self.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        answer
+    }
+
+    /// Closes stdin and waits for the exit status.
+    async fn finish(mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("exited in time")
+            .expect("wait")
+    }
+}
+
+fn by_name(scratch: &Scratch, url: &str) -> Command {
+    let config = scratch.0.join("latchkey.toml");
+    std::fs::write(
+        &config,
+        format!("store = \"memory\"\n[servers.notes]\nurl = {url:?}\n"),
+    )
+    .expect("config");
+    let mut command = latchkey(scratch);
+    command
+        .arg("stdio")
+        .arg("notes")
+        .arg("--config")
+        .arg(config);
+    command
+}
+
+fn header<'a>(request: &'a latchkey_testkit::RecordedRequest, name: &str) -> Option<&'a str> {
+    request.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_with_its_headers_big_messages_and_a_clean_end() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let scratch = Scratch::new("session");
+    let mut bridge = Bridge::start(by_name(&scratch, &upstream.mcp_url()));
+    let init = bridge.initialize().await;
+    assert_eq!(init["result"]["serverInfo"]["name"], "latchkey-testkit");
+    let tools = bridge.call(2, "tools/list", json!({})).await;
+    assert!(
+        tools["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty())
+    );
+    let echoed = bridge
+        .call(
+            3,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "grüße"}}),
+        )
+        .await;
+    assert_eq!(echoed["result"]["content"][0]["text"], "grüße");
+
+    let requests = upstream.requests();
+    let call = requests
+        .iter()
+        .rev()
+        .find(|r| header(r, "mcp-method") == Some("tools/call"))
+        .expect("the call reached the upstream");
+    assert_eq!(header(call, "mcp-session-id"), Some("s1"));
+    assert_eq!(header(call, "mcp-protocol-version"), Some("2025-06-18"));
+    assert_eq!(header(call, "mcp-name"), Some("echo"));
+    assert_eq!(
+        header(call, "mcp-param-text"),
+        Some("=?base64?Z3LDvMOfZQ==?="),
+        "the x-mcp-header argument, Base64 because it is not ASCII"
+    );
+
+    // Several megabytes each way, on one line.
+    let big = "x".repeat(6 * 1024 * 1024);
+    let echoed = bridge
+        .call(
+            4,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": big}}),
+        )
+        .await;
+    assert_eq!(
+        echoed["result"]["content"][0]["text"]
+            .as_str()
+            .map(str::len),
+        Some(big.len())
+    );
+
+    // A line that is not JSON gets a parse error, and the session goes on.
+    bridge
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"{oops\n")
+        .await
+        .expect("write");
+    let parse_error = bridge.recv().await;
+    assert_eq!(parse_error["error"]["code"], -32700);
+    assert_eq!(bridge.call(5, "ping", json!({})).await["result"], json!({}));
+
+    assert!(bridge.finish().await.success());
+    let last = upstream.requests().pop().expect("requests");
+    assert_eq!(last.method, "DELETE", "the session is ended on EOF");
+    assert_eq!(header(&last, "mcp-session-id"), Some("s1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_faults_become_answers_never_hangs() {
+    let stop = CancellationToken::new();
+    let upstream = McpUpstream::start_on("127.0.0.1:0".parse().expect("addr"), stop.clone())
+        .await
+        .expect("upstream");
+    let addr = upstream.addr();
+    let scratch = Scratch::new("faults");
+    let mut bridge = Bridge::start(by_name(&scratch, &upstream.mcp_url()));
+    bridge.initialize().await;
+
+    // Malformed JSON from the server: an error for that request, not a broken line.
+    let malformed = bridge
+        .call(
+            2,
+            "tools/call",
+            json!({"name": "malformed", "arguments": {}}),
+        )
+        .await;
+    assert!(
+        malformed["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not JSON")),
+        "{malformed}"
+    );
+
+    // The server forgets the session (404): a new one is started and the call retried.
+    upstream.forget_sessions();
+    let echoed = bridge
+        .call(
+            3,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "again"}}),
+        )
+        .await;
+    assert_eq!(echoed["result"]["content"][0]["text"], "again", "{echoed}");
+    let replayed = upstream
+        .requests()
+        .iter()
+        .filter(|r| header(r, "mcp-method") == Some("initialize"))
+        .count();
+    assert_eq!(replayed, 2, "the client's initialize was replayed once");
+
+    // The server goes away: an error answer, promptly.
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let down = bridge
+        .call(
+            4,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "down"}}),
+        )
+        .await;
+    assert!(down["error"]["message"].as_str().is_some(), "{down}");
+
+    // It comes back on the same port, knowing no sessions: the bridge starts over.
+    let restarted = McpUpstream::start_on(addr, CancellationToken::new())
+        .await
+        .expect("restart on the same port");
+    let echoed = bridge
+        .call(
+            5,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "back"}}),
+        )
+        .await;
+    assert_eq!(echoed["result"]["content"][0]["text"], "back", "{echoed}");
+    assert!(bridge.finish().await.success());
+    assert_eq!(
+        restarted.requests().pop().map(|r| r.method),
+        Some(http::Method::DELETE)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_closed_mid_request_lets_it_finish_then_ends_the_session() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let scratch = Scratch::new("eof");
+    let mut bridge = Bridge::start(by_name(&scratch, &upstream.mcp_url()));
+    bridge.initialize().await;
+    bridge
+        .send(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                       "params": {"name": "gated", "arguments": {}}}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(bridge.stdin.take());
+    upstream.open_gate();
+    let answer = bridge.answer(7).await;
+    assert!(answer.get("result").is_some(), "{answer}");
+    assert!(bridge.finish().await.success());
+    assert_eq!(
+        upstream.requests().pop().map(|r| r.method),
+        Some(http::Method::DELETE)
+    );
+}
+
+/// The official SDK client launches `latchkey stdio --url` as its server, as an
+/// editor would, against server-everything over Streamable HTTP: tools, resources,
+/// progress notifications, a sampling request from the server, and a subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sdk_stdio_client_to_server_everything() {
+    let everything = Everything::start("streamableHttp").await;
+    let scratch = Scratch::new("sdk");
+    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let output = Command::new("node")
+        .arg(interop.join("client.mjs"))
+        .args([
+            "--server-requests",
+            "--stdio",
+            env!("CARGO_BIN_EXE_latchkey"),
+            "stdio",
+            "--url",
+        ])
+        .arg(format!("http://127.0.0.1:{}/mcp", everything.port))
+        .env("XDG_CONFIG_HOME", scratch.0.join("config"))
+        .env("XDG_STATE_HOME", scratch.0.join("state"))
+        .env("XDG_RUNTIME_DIR", scratch.0.join("run"))
+        .current_dir(&interop)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the SDK client finished")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("summary");
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert!(
+        summary["notifications"].as_u64().unwrap_or(0) > 0,
+        "{summary}"
+    );
+    assert_eq!(summary["sampling"], true, "{summary}");
+    assert!(summary["subscription"].as_str().is_some(), "{summary}");
+}
+
+/// The same through the official Python SDK's stdio client (`mcp`, pinned in
+/// tests/interop/requirements.txt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_stdio_client_to_server_everything() {
+    let everything = Everything::start("streamableHttp").await;
+    let scratch = Scratch::new("python");
+    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let python = interop.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test (it installs tests/interop/requirements.txt)",
+        python.display()
+    );
+    let output = Command::new(&python)
+        .arg(interop.join("client.py"))
+        .args([env!("CARGO_BIN_EXE_latchkey"), "stdio", "--url"])
+        .arg(format!("http://127.0.0.1:{}/mcp", everything.port))
+        .env("XDG_CONFIG_HOME", scratch.0.join("config"))
+        .env("XDG_STATE_HOME", scratch.0.join("state"))
+        .env("XDG_RUNTIME_DIR", scratch.0.join("run"))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the Python client finished")
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("summary");
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["sampling"], true, "{summary}");
+    assert!(summary["subscription"].as_str().is_some(), "{summary}");
+}
+
+/// Every editor config in the README is a file under config/clients/, shown
+/// verbatim, and each server entry launches a command line latchkey accepts.
+#[test]
+fn every_client_config_in_the_readme_is_a_checked_file() {
+    use clap::Parser as _;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let dir = root.join("config/clients");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("config/clients")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files.len(),
+        5,
+        "Claude Desktop, Cursor, VS Code, Zed, Claude Code: {files:?}"
+    );
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        assert!(
+            readme.contains(&format!("```json\n{}```", text)),
+            "the README shows {name} verbatim"
+        );
+        let config: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let servers = ["mcpServers", "servers", "context_servers"]
+            .iter()
+            .find_map(|key| config[key].as_object())
+            .unwrap_or_else(|| panic!("{name}: no servers table"));
+        assert_eq!(servers.len(), 2, "{name}: the by-name and the --url form");
+        for (server, entry) in servers {
+            assert_eq!(entry["command"], "latchkey", "{name}: {server}");
+            let args: Vec<&str> = entry["args"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let parsed = latchkey::cli::Cli::try_parse_from(
+                std::iter::once("latchkey").chain(args.iter().copied()),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {server}: {e}"));
+            assert!(
+                matches!(parsed.command, latchkey::cli::Command::Stdio { .. }),
+                "{name}: {server}"
+            );
+        }
+    }
+}
+
+/// The TypeScript SDK's stdio client against the testkit upstream, by name from the
+/// config; then SIGTERM ends a bridge cleanly too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sdk_by_name_and_sigterm_ends_the_session() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let scratch = Scratch::new("sdk-name");
+    let config = scratch.0.join("latchkey.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "store = \"memory\"\n[servers.notes]\nurl = {:?}\n",
+            upstream.mcp_url()
+        ),
+    )
+    .expect("config");
+    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let output = Command::new("node")
+        .arg(interop.join("sdk-call.mjs"))
+        .args([
+            "--stdio",
+            "echo",
+            r#"{"text":"by name"}"#,
+            env!("CARGO_BIN_EXE_latchkey"),
+            "stdio",
+            "notes",
+            "--config",
+        ])
+        .arg(&config)
+        .current_dir(&interop)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(40), output)
+        .await
+        .expect("in time")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("\"text\":\"by name\""), "{stdout}");
+
+    let mut bridge = Bridge::start(by_name(&scratch, &upstream.mcp_url()));
+    bridge.initialize().await;
+    let pid = bridge.child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), bridge.child.wait())
+        .await
+        .expect("exited in time")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        upstream.requests().pop().map(|r| r.method),
+        Some(http::Method::DELETE)
+    );
+}
+
+/// A 2024-11-05 HTTP+SSE server behind `--transport auto`: the bridge's POSTs become
+/// legacy messages and the answers come back on stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_sse_server_through_stdio_auto() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let scratch = Scratch::new("legacy");
+    let mut command = latchkey(&scratch);
+    command.args(["stdio", "--url", &upstream.sse_url()]);
+    let mut bridge = Bridge::start(command);
+    let init = bridge.initialize().await;
+    assert_eq!(
+        init["result"]["serverInfo"]["name"], "latchkey-testkit",
+        "{init}"
+    );
+    let echoed = bridge
+        .call(
+            2,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "legacy"}}),
+        )
+        .await;
+    assert_eq!(echoed["result"]["content"][0]["text"], "legacy", "{echoed}");
+    assert!(bridge.finish().await.success());
+}
+
+/// A login that cannot succeed (the server offers no way to register a client)
+/// answers the request with a JSON-RPC error that says what to run, and that
+/// command is one latchkey accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorization_failure_says_what_to_run() {
+    use clap::Parser as _;
+    let setup = crate::oauth::protected(latchkey_testkit::AuthOptions {
+        dcr: false,
+        ..latchkey_testkit::AuthOptions::default()
+    })
+    .await;
+    let scratch = Scratch::new("auth-error");
+    let mut command = latchkey(&scratch);
+    command.args(["stdio", "--url", &setup.upstream.mcp_url()]);
+    let mut bridge = Bridge::start(command);
+    let answer = bridge
+        .call(
+            1,
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "stdio-test", "version": "1"}}),
+        )
+        .await;
+    let message = answer["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains("client_id"),
+        "names the config key: {message}"
+    );
+    let suggested = message
+        .split('`')
+        .find(|part| part.starts_with("latchkey login"))
+        .unwrap_or_else(|| panic!("names the command: {message}"));
+    assert_eq!(
+        suggested,
+        format!("latchkey login --url {}", setup.upstream.mcp_url())
+    );
+    latchkey::cli::Cli::try_parse_from(suggested.split(' ')).expect("a command latchkey accepts");
+    assert!(bridge.finish().await.success());
+}
