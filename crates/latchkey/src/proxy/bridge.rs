@@ -240,27 +240,28 @@ pub(crate) async fn open(proxy: &Proxy, upstream: &Upstream) -> Result<Arc<Sessi
 /// everything else to the session's GET stream.
 async fn read_stream<S>(
     mut stream: S,
-    mut buf: BytesMut,
+    buf: BytesMut,
     shared: Arc<Shared>,
     bridges: Arc<Bridges>,
     id: String,
 ) where
     S: futures_util::Stream<Item = reqwest::Result<Bytes>> + Unpin,
 {
+    // Scanned incrementally: a large event arriving in many chunks is read once.
+    let mut blocks = sse::Blocks::from_bytes(buf);
     'read: loop {
-        while let Some((text_len, block_len)) = sse::first_block(&buf) {
-            let block = buf.split_to(block_len);
-            let text = std::str::from_utf8(&block[..text_len]).unwrap_or("");
+        while let Some(block) = blocks.next_block() {
+            let text = std::str::from_utf8(&block).unwrap_or("");
             if let (Some("message"), Some(data)) = sse::parse_block(text) {
                 route(&shared, data);
             }
         }
-        if buf.len() > MAX_EVENT {
+        if blocks.len() > MAX_EVENT {
             tracing::warn!("bridged HTTP+SSE stream sent an oversized event; closing it");
             break 'read;
         }
         match stream.next().await {
-            Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+            Some(Ok(chunk)) => blocks.push(&chunk),
             Some(Err(e)) => {
                 tracing::warn!(error = %describe(e), "bridged HTTP+SSE stream broke");
                 break 'read;

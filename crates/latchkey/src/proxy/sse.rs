@@ -3,6 +3,7 @@
 //! from a crate because the rewriter must pass the bytes through exactly as received,
 //! and both need only block splitting and the `event`/`data` fields.
 
+use bytes::{Bytes, BytesMut};
 use url::Url;
 
 /// The first complete event block: (length of its text, offset just past its blank line).
@@ -97,4 +98,109 @@ pub(crate) fn random_token() -> String {
     // Without the OS random number generator nothing here is safe to hand out.
     getrandom::fill(&mut bytes).expect("the OS random number generator is available");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Splits complete SSE event blocks off the front of a growing buffer. It remembers
+/// how far it has looked, so a multi-megabyte event arriving in many chunks is
+/// scanned once, not once per chunk.
+#[derive(Debug, Default)]
+pub(crate) struct Blocks {
+    buffer: BytesMut,
+    scanned: usize,
+}
+
+impl Blocks {
+    /// Starts from bytes already read.
+    pub(crate) fn from_bytes(buffer: BytesMut) -> Self {
+        Self { buffer, scanned: 0 }
+    }
+
+    /// How many bytes wait for the end of their event.
+    pub(crate) fn len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
+        self.buffer.extend_from_slice(chunk);
+    }
+
+    /// The next complete block's text (without its blank line).
+    pub(crate) fn next_block(&mut self) -> Option<Bytes> {
+        // A blank line right at the start ends an empty block.
+        let lead = match (self.buffer.first(), self.buffer.get(1)) {
+            (Some(b'\n'), _) => Some(1),
+            (Some(b'\r'), Some(b'\n')) => Some(2),
+            (Some(b'\r'), Some(_)) => Some(1),
+            // A lone CR may be the first half of a CRLF: wait for more.
+            (Some(b'\r'), None) => return None,
+            _ => None,
+        };
+        if let Some(n) = lead {
+            drop(self.buffer.split_to(n));
+            self.scanned = 0;
+            return Some(Bytes::new());
+        }
+        let from = self.scanned.saturating_sub(3);
+        match find_blank_line(&self.buffer, from) {
+            Some((len, next)) => {
+                let block = self.buffer.split_to(next).freeze();
+                self.scanned = 0;
+                Some(block.slice(..len))
+            }
+            None => {
+                self.scanned = self.buffer.len();
+                None
+            }
+        }
+    }
+}
+
+/// The first blank line at or after `from`: (length of the text before it, offset
+/// just past it). Line endings are LF, CRLF or CR (SSE spec).
+fn find_blank_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
+    while i < buf.len() {
+        match buf[i] {
+            b'\n' => {
+                // "\n\n" or "\r\n\n"…: a line ending followed by another.
+                match buf.get(i + 1) {
+                    Some(b'\n') => return Some((i, i + 2)),
+                    Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some((i, i + 3)),
+                    Some(b'\r') if buf.get(i + 2).is_some() => return Some((i, i + 2)),
+                    _ => {}
+                }
+            }
+            b'\r' => match (buf.get(i + 1), buf.get(i + 2), buf.get(i + 3)) {
+                (Some(b'\n'), Some(b'\r'), Some(b'\n')) => return Some((i, i + 4)),
+                (Some(b'\r'), _, _) => return Some((i, i + 2)),
+                _ => {}
+            },
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_split_on_every_line_ending_and_across_chunks() {
+        let mut blocks = Blocks::default();
+        let mut seen = Vec::new();
+        let stream = b"data: a\n\ndata: b\r\n\r\n\ndata: c\r\rid: 4\ndata: d\n\n";
+        // One byte at a time: every boundary falls inside some terminator.
+        for byte in stream {
+            blocks.push(&[*byte]);
+            while let Some(block) = blocks.next_block() {
+                seen.push(String::from_utf8_lossy(&block).into_owned());
+            }
+        }
+        assert_eq!(
+            seen,
+            ["data: a", "data: b", "", "data: c", "id: 4\ndata: d"]
+        );
+    }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse as _;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use serde_json::{Value, json};
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::callback::SystemBrowser;
 use crate::config::Config;
-use crate::proxy::{self, Proxy};
+use crate::proxy::{self, Proxy, sse};
 
 const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 /// How long requests still running at EOF get to finish before the session ends.
@@ -154,78 +154,6 @@ async fn write_stdout(mut lines: mpsc::Receiver<Bytes>) {
             return;
         }
     }
-}
-
-/// Splits complete SSE event blocks off the front of a growing buffer. It remembers
-/// how far it has looked, so a multi-megabyte event arriving in many chunks is
-/// scanned once, not once per chunk.
-#[derive(Debug, Default)]
-struct Blocks {
-    buffer: BytesMut,
-    scanned: usize,
-}
-
-impl Blocks {
-    fn push(&mut self, chunk: &[u8]) {
-        self.buffer.extend_from_slice(chunk);
-    }
-
-    /// The next complete block's text (without its blank line).
-    fn next_block(&mut self) -> Option<Bytes> {
-        // A blank line right at the start ends an empty block.
-        let lead = match (self.buffer.first(), self.buffer.get(1)) {
-            (Some(b'\n'), _) => Some(1),
-            (Some(b'\r'), Some(b'\n')) => Some(2),
-            (Some(b'\r'), Some(_)) => Some(1),
-            // A lone CR may be the first half of a CRLF: wait for more.
-            (Some(b'\r'), None) => return None,
-            _ => None,
-        };
-        if let Some(n) = lead {
-            drop(self.buffer.split_to(n));
-            self.scanned = 0;
-            return Some(Bytes::new());
-        }
-        let from = self.scanned.saturating_sub(3);
-        match find_blank_line(&self.buffer, from) {
-            Some((len, next)) => {
-                let block = self.buffer.split_to(next).freeze();
-                self.scanned = 0;
-                Some(block.slice(..len))
-            }
-            None => {
-                self.scanned = self.buffer.len();
-                None
-            }
-        }
-    }
-}
-
-/// The first blank line at or after `from`: (length of the text before it, offset
-/// just past it). Line endings are LF, CRLF or CR (SSE spec).
-fn find_blank_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
-    let mut i = from;
-    while i < buf.len() {
-        match buf[i] {
-            b'\n' => {
-                // "\n\n" or "\r\n\n"…: a line ending followed by another.
-                match buf.get(i + 1) {
-                    Some(b'\n') => return Some((i, i + 2)),
-                    Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some((i, i + 3)),
-                    Some(b'\r') if buf.get(i + 2).is_some() => return Some((i, i + 2)),
-                    _ => {}
-                }
-            }
-            b'\r' => match (buf.get(i + 1), buf.get(i + 2), buf.get(i + 3)) {
-                (Some(b'\n'), Some(b'\r'), Some(b'\n')) => return Some((i, i + 4)),
-                (Some(b'\r'), _, _) => return Some((i, i + 2)),
-                _ => {}
-            },
-            _ => {}
-        }
-        i += 1;
-    }
-    None
 }
 
 fn error(id: Value, code: i64, message: &str) -> Value {
@@ -504,7 +432,7 @@ impl Bridge {
         initialize: bool,
     ) {
         let mut stream = body.into_data_stream();
-        let mut blocks = Blocks::default();
+        let mut blocks = sse::Blocks::default();
         while let Some(chunk) = stream.next().await {
             let Ok(chunk) = chunk else { break };
             blocks.push(&chunk);
@@ -512,7 +440,7 @@ impl Bridge {
                 let text = String::from_utf8_lossy(&block);
                 // Event ids here belong to this POST's stream, not the GET stream's:
                 // resuming the GET stream from one would resume this stream instead.
-                let event = proxy::sse::parse_event(&text);
+                let event = sse::parse_event(&text);
                 // An event without data (a resumption point some servers send
                 // first) carries no message.
                 if let (Some("message"), Some(data)) = (event.event, event.data)
@@ -544,7 +472,7 @@ impl Bridge {
             match response.status() {
                 status if status.is_success() => {
                     let mut stream = response.into_body().into_data_stream();
-                    let mut blocks = Blocks::default();
+                    let mut blocks = sse::Blocks::default();
                     loop {
                         let chunk = tokio::select! {
                             chunk = stream.next() => chunk,
@@ -554,7 +482,7 @@ impl Bridge {
                         blocks.push(&chunk);
                         while let Some(block) = blocks.next_block() {
                             let text = String::from_utf8_lossy(&block);
-                            let event = proxy::sse::parse_event(&text);
+                            let event = sse::parse_event(&text);
                             if let Some(id) = event.id {
                                 self.session().last_event_id = Some(id.to_owned());
                             }
@@ -607,27 +535,4 @@ fn failure(id: Value, status: StatusCode, body: &[u8]) -> Value {
         return value;
     }
     error(id, -32603, &format!("the upstream answered HTTP {status}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn blocks_split_on_every_line_ending_and_across_chunks() {
-        let mut blocks = Blocks::default();
-        let mut seen = Vec::new();
-        let stream = b"data: a\n\ndata: b\r\n\r\n\ndata: c\r\rid: 4\ndata: d\n\n";
-        // One byte at a time: every boundary falls inside some terminator.
-        for byte in stream {
-            blocks.push(&[*byte]);
-            while let Some(block) = blocks.next_block() {
-                seen.push(String::from_utf8_lossy(&block).into_owned());
-            }
-        }
-        assert_eq!(
-            seen,
-            ["data: a", "data: b", "", "data: c", "id: 4\ndata: d"]
-        );
-    }
 }
