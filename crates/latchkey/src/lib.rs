@@ -20,3 +20,5 @@ pub mod service;
 mod status;
 pub mod stdio;
 pub mod telemetry;
+
+pub use status::redacted;

@@ -202,24 +202,11 @@ fn adhoc(
             },
             headers: parsed,
             oauth: config::OAuth::Enabled(config::OAuthConfig::default()),
-            login_command: format!("latchkey login --url {}", shown(&url)),
+            login_command: format!("latchkey login --url {}", latchkey::redacted(&url)),
         },
         store,
         state_dir,
     ))
-}
-
-/// A URL for a message: without user info, and with its query (which may hold a
-/// key) elided.
-fn shown(url: &url::Url) -> String {
-    let mut shown = url.clone();
-    if shown.query().is_some() {
-        shown.set_query(Some("…"));
-    }
-    // Cannot fail for http(s) URLs, the only ones accepted here.
-    let _ = shown.set_username("");
-    let _ = shown.set_password(None);
-    shown.to_string()
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

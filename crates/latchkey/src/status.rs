@@ -74,7 +74,7 @@ pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Resp
 
 /// The URL without its query string, whose values may be API keys, and without
 /// user info.
-pub(crate) fn redacted(url: &Url) -> String {
+pub fn redacted(url: &Url) -> String {
     let mut shown = url.clone();
     if shown.query().is_some() {
         shown.set_query(Some("…"));
