@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use latchkey_auth::BearerChallenge;
-use latchkey_auth::session::{AuthStatus, Browser, ServerAuth, Trigger};
+use latchkey_auth::session::{AuthStatus, Browser, Credentials, ServerAuth, Trigger};
 use serde_json::json;
 
 use crate::config::{Config, OAuth};
@@ -48,16 +48,17 @@ pub enum Outcome {
     },
 }
 
-/// A server's session on the configured store, with its stored record loaded.
-pub(crate) async fn session_for(
-    config: &Config,
-    name: &str,
-    browser: Arc<dyn Browser>,
-) -> Result<(Arc<ServerAuth>, String, reqwest::Client), LoginError> {
-    let server = find(config, name)?;
-    let OAuth::Enabled(oauth) = &server.oauth else {
-        return Err(LoginError::OAuthDisabled(name.to_owned()));
-    };
+/// What every session of one command shares: the configured store, opened once,
+/// and the HTTP client.
+pub(crate) struct Shared {
+    credentials: Credentials,
+    /// The store's kind and location, for messages.
+    pub(crate) store: String,
+    pub(crate) http: reqwest::Client,
+}
+
+/// Opens the configured store (warning when `auto` falls back to files).
+pub(crate) async fn open(config: &Config) -> Result<Shared, LoginError> {
     let opened = credentials::open(config.store, config.state_dir.as_deref()).await?;
     if let Some(why) = &opened.fallback {
         tracing::warn!("{why}");
@@ -67,19 +68,36 @@ pub(crate) async fn session_for(
         opened.credentials.store.kind(),
         opened.credentials.store.location()
     );
-    let http = http_client()?;
+    Ok(Shared {
+        credentials: opened.credentials,
+        store,
+        http: http_client()?,
+    })
+}
+
+/// A server's session on the shared store, with its stored record loaded.
+pub(crate) async fn session_for(
+    config: &Config,
+    name: &str,
+    browser: Arc<dyn Browser>,
+    shared: &Shared,
+) -> Result<Arc<ServerAuth>, LoginError> {
+    let server = find(config, name)?;
+    let OAuth::Enabled(oauth) = &server.oauth else {
+        return Err(LoginError::OAuthDisabled(name.to_owned()));
+    };
     let session = ServerAuth::new(
         auth_settings(server, oauth),
-        http.clone(),
+        shared.http.clone(),
         browser,
-        opened.credentials,
+        shared.credentials.clone(),
     );
     // A record that cannot be read is reported, not overwritten.
     session.restore().await.map_err(|e| LoginError::Failed {
         name: name.to_owned(),
         message: e.message,
     })?;
-    Ok((session, store, http))
+    Ok(session)
 }
 
 fn find<'a>(config: &'a Config, name: &str) -> Result<&'a crate::config::Server, LoginError> {
@@ -104,12 +122,13 @@ pub async fn login(
     name: &str,
     browser: Arc<dyn Browser>,
 ) -> Result<Outcome, LoginError> {
-    let (session, store, http) = session_for(config, name, browser).await?;
+    let shared = open(config).await?;
+    let session = session_for(config, name, browser, &shared).await?;
     let failed = |message: String| LoginError::Failed {
         name: name.to_owned(),
         message,
     };
-    let probed = probe(&http, find(config, name)?).await?;
+    let probed = probe(&shared.http, find(config, name)?).await?;
     if probed.status.is_success() {
         return Ok(Outcome::NotNeeded);
     }
@@ -131,7 +150,7 @@ pub async fn login(
     Ok(Outcome::LoggedIn {
         scopes,
         expires_at,
-        store,
+        store: shared.store,
     })
 }
 
@@ -139,7 +158,8 @@ pub async fn login(
 /// revoked (the record is gone either way).
 pub async fn logout(config: &Config, name: &str) -> Result<Vec<String>, LoginError> {
     let browser = Arc::new(crate::callback::TerminalBrowser { open: false });
-    let (session, _, _) = session_for(config, name, browser).await?;
+    let shared = open(config).await?;
+    let session = session_for(config, name, browser, &shared).await?;
     session.logout().await.map_err(|e| LoginError::Failed {
         name: name.to_owned(),
         message: e.message,

@@ -10,45 +10,73 @@ use serde_json::{Value, json};
 use crate::callback::TerminalBrowser;
 use crate::config::{Config, OAuth, StoreKind};
 use crate::credentials;
-use crate::login::{LoginError, probe, session_for};
+use crate::login::{LoginError, Shared, open, probe, session_for};
 
 /// One row per server: name, state, store, expiry, scopes.
 pub async fn status(config: &Config) -> Result<Value, LoginError> {
     let browser = Arc::new(TerminalBrowser { open: false });
+    // The store is opened once for all servers, and only if one of them uses OAuth.
+    let uses_oauth = config
+        .servers
+        .iter()
+        .any(|s| matches!(s.oauth, OAuth::Enabled(_)));
+    let shared = if uses_oauth {
+        Some(open(config).await.map_err(|e| e.to_string()))
+    } else {
+        None
+    };
     let mut rows = Vec::new();
     for server in &config.servers {
-        let row = match &server.oauth {
-            OAuth::Disabled => json!({
+        let row = match (&server.oauth, &shared) {
+            (OAuth::Enabled(_), Some(shared)) => {
+                oauth_row(config, &server.name, browser.clone(), shared).await
+            }
+            _ => json!({
                 "server": server.name, "state": "oauth_off", "store": null,
                 "expires_in_secs": null, "scopes": [],
             }),
-            OAuth::Enabled(_) => match session_for(config, &server.name, browser.clone()).await {
-                Ok((session, store, _)) => {
-                    let token = session.token_info();
-                    let now = SystemTime::now();
-                    let state = match &token {
-                        None => "needs_auth",
-                        Some((Some(at), _)) if *at <= now => "expired",
-                        Some(_) => "ready",
-                    };
-                    let (expires_at, scopes) = token.unwrap_or_default();
-                    json!({
-                        "server": server.name,
-                        "state": state,
-                        "store": store,
-                        "expires_in_secs": expires_at.map(|at| at.duration_since(now).map_or(0, |d| d.as_secs())),
-                        "scopes": scopes,
-                    })
-                }
-                Err(e) => json!({
-                    "server": server.name, "state": "error", "store": null,
-                    "expires_in_secs": null, "scopes": [], "error": e.to_string(),
-                }),
-            },
         };
         rows.push(row);
     }
     Ok(json!({ "servers": rows }))
+}
+
+async fn oauth_row(
+    config: &Config,
+    name: &str,
+    browser: Arc<TerminalBrowser>,
+    shared: &Result<Shared, String>,
+) -> Value {
+    let session = match shared {
+        Ok(shared) => session_for(config, name, browser, shared)
+            .await
+            .map(|session| (session, shared.store.as_str()))
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.clone()),
+    };
+    match session {
+        Ok((session, store)) => {
+            let token = session.token_info();
+            let now = SystemTime::now();
+            let state = match &token {
+                None => "needs_auth",
+                Some((Some(at), _)) if *at <= now => "expired",
+                Some(_) => "ready",
+            };
+            let (expires_at, scopes) = token.unwrap_or_default();
+            json!({
+                "server": name,
+                "state": state,
+                "store": store,
+                "expires_in_secs": expires_at.map(|at| at.duration_since(now).map_or(0, |d| d.as_secs())),
+                "scopes": scopes,
+            })
+        }
+        Err(e) => json!({
+            "server": name, "state": "error", "store": null,
+            "expires_in_secs": null, "scopes": [], "error": e,
+        }),
+    }
 }
 
 /// The status as an aligned table.
