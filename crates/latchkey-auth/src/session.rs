@@ -676,10 +676,7 @@ impl ServerAuth {
                     state.registration = None;
                     state.dirty = true;
                 }
-                Err(AuthError {
-                    retryable: e.is_retryable(),
-                    message: format!("server {:?}: {e}", self.settings.server),
-                })
+                Err(self.failed(&e, e.is_retryable()))
             }
         }
     }
@@ -759,10 +756,7 @@ impl ServerAuth {
                 if e.is_retryable() {
                     self.lock().refresh_after = Some(SystemTime::now() + REFRESH_RETRY);
                 }
-                Err(Refresh::Failed(AuthError {
-                    retryable: e.is_retryable(),
-                    message: format!("server {:?}: {e}", self.settings.server),
-                }))
+                Err(Refresh::Failed(self.failed(&e, e.is_retryable())))
             }
         }
     }
@@ -799,10 +793,7 @@ impl ServerAuth {
         };
         discovery::discover(&self.http, &self.settings.resource_url, challenge)
             .await
-            .map_err(|e| AuthError {
-                retryable: e.is_retryable(),
-                message: format!("server {:?}: {e}", self.settings.server),
-            })
+            .map_err(|e| self.failed(&e, e.is_retryable()))
     }
 
     async fn browser_flow(&self, trigger: &Trigger, granted: &[String]) -> Result<(), AuthError> {
@@ -915,10 +906,7 @@ impl ServerAuth {
         let scopes = scopes_for(trigger, found, granted);
         let resource = settings.send_resource.then_some(found.resource.as_str());
         let credentials = registration.credentials();
-        let failed = |e: TokenError| AuthError {
-            retryable: e.is_retryable(),
-            message: format!("server {:?}: {e}", settings.server),
-        };
+        let failed = |e: TokenError| self.failed(&e, e.is_retryable());
         let device = device::start(&self.http, &endpoint, &credentials, &scopes, resource)
             .await
             .map_err(failed)?;
@@ -980,10 +968,7 @@ impl ServerAuth {
                 redirect_uri,
             )
             .await
-            .map_err(|e| AuthError {
-                retryable: e.is_retryable(),
-                message: format!("server {:?}: {e}", settings.server),
-            })?,
+            .map_err(|e| self.failed(&e, e.is_retryable()))?,
             Err(e) => {
                 let message = e.to_string();
                 self.lock().status = Some(AuthStatus::NeedsClientRegistration {
@@ -996,6 +981,14 @@ impl ServerAuth {
         state.registration = Some(registration.clone());
         state.dirty = true;
         Ok(registration)
+    }
+
+    /// A failure of this server's flow, with the server named.
+    fn failed(&self, e: &dyn std::fmt::Display, retryable: bool) -> AuthError {
+        AuthError {
+            retryable,
+            message: format!("server {:?}: {e}", self.settings.server),
+        }
     }
 
     fn store(&self, tokens: TokenSet) {
