@@ -116,6 +116,27 @@ impl Daemon {
     }
 }
 
+/// Runs a client script (an official SDK client) to its end, within `limit`, and
+/// returns the JSON summary it prints as its last line. A failed run fails the test
+/// with the script's output.
+pub async fn client_summary(
+    mut command: tokio::process::Command,
+    limit: Duration,
+) -> serde_json::Value {
+    let output = tokio::time::timeout(limit, command.kill_on_drop(true).output())
+        .await
+        .expect("the client finished in time")
+        .expect("the client runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("no JSON summary ({e}): {stdout}"))
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))

@@ -480,26 +480,14 @@ async fn two_hundred_requests_over_four_processes_cost_one_refresh() {
 /// that approves at once; returns the text of the `echo` call.
 async fn sdk_call(addr: &str) -> String {
     let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-    let output = Command::new("node")
+    let mut command = Command::new("node");
+    command
         .arg(interop.join("sdk-call.mjs"))
         .arg(format!("http://{addr}/notes"))
         .arg("echo")
         .arg(r#"{"text":"through latchkey"}"#)
-        .current_dir(&interop)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(40), output)
-        .await
-        .expect("the SDK client finished")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("a JSON summary");
+        .current_dir(&interop);
+    let summary = crate::harness::client_summary(command, Duration::from_secs(40)).await;
     summary["text"].as_str().unwrap_or_default().to_owned()
 }
 

@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio_util::sync::CancellationToken;
 
+use crate::harness::client_summary;
 use crate::interop::Everything;
 
 /// A scratch directory for a config and state, removed on drop.
@@ -324,7 +325,8 @@ async fn typescript_sdk_stdio_client_to_server_everything() {
     let everything = Everything::start("streamableHttp").await;
     let scratch = Scratch::new("sdk");
     let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-    let output = Command::new("node")
+    let mut command = Command::new("node");
+    command
         .arg(interop.join("client.mjs"))
         .args([
             "--server-requests",
@@ -337,21 +339,8 @@ async fn typescript_sdk_stdio_client_to_server_everything() {
         .env("XDG_CONFIG_HOME", scratch.0.join("config"))
         .env("XDG_STATE_HOME", scratch.0.join("state"))
         .env("XDG_RUNTIME_DIR", scratch.0.join("run"))
-        .current_dir(&interop)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), output)
-        .await
-        .expect("the SDK client finished")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("summary");
+        .current_dir(&interop);
+    let summary = client_summary(command, Duration::from_secs(60)).await;
     assert_eq!(summary["ok"], true, "{summary}");
     assert!(
         summary["notifications"].as_u64().unwrap_or(0) > 0,
@@ -374,27 +363,15 @@ async fn python_sdk_stdio_client_to_server_everything() {
         "{} is missing: run scripts/test (it installs tests/interop/requirements.txt)",
         python.display()
     );
-    let output = Command::new(&python)
+    let mut command = Command::new(&python);
+    command
         .arg(interop.join("client.py"))
         .args([env!("CARGO_BIN_EXE_latchkey"), "stdio", "--url"])
         .arg(format!("http://127.0.0.1:{}/mcp", everything.port))
         .env("XDG_CONFIG_HOME", scratch.0.join("config"))
         .env("XDG_STATE_HOME", scratch.0.join("state"))
-        .env("XDG_RUNTIME_DIR", scratch.0.join("run"))
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), output)
-        .await
-        .expect("the Python client finished")
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("summary");
+        .env("XDG_RUNTIME_DIR", scratch.0.join("run"));
+    let summary = client_summary(command, Duration::from_secs(60)).await;
     assert_eq!(summary["ok"], true, "{summary}");
     assert_eq!(summary["sampling"], true, "{summary}");
     assert!(summary["subscription"].as_str().is_some(), "{summary}");
@@ -468,7 +445,8 @@ async fn typescript_sdk_by_name_and_sigterm_ends_the_session() {
     )
     .expect("config");
     let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-    let output = Command::new("node")
+    let mut command = Command::new("node");
+    command
         .arg(interop.join("sdk-call.mjs"))
         .args([
             "--stdio",
@@ -480,20 +458,9 @@ async fn typescript_sdk_by_name_and_sigterm_ends_the_session() {
             "--config",
         ])
         .arg(&config)
-        .current_dir(&interop)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(40), output)
-        .await
-        .expect("in time")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains("\"text\":\"by name\""), "{stdout}");
+        .current_dir(&interop);
+    let summary = client_summary(command, Duration::from_secs(40)).await;
+    assert_eq!(summary["text"], "by name", "{summary}");
 
     let mut bridge = Bridge::start(by_name(&scratch, &upstream.mcp_url()));
     bridge.initialize().await;
