@@ -203,8 +203,17 @@ impl Bridge {
 
     /// Sends a message from the server to the client, on one line. Returns false
     /// (and sends nothing) for a message that is not JSON: the client would choke on it.
-    async fn emit_message(&self, text: &[u8]) -> bool {
-        if text.contains(&b'\n') || text.contains(&b'\r') {
+    /// `parsed` is the message already parsed by the caller, which spares a second
+    /// parse.
+    async fn emit_message(&self, text: &[u8], parsed: Option<&Value>) -> bool {
+        let one_line = !text.contains(&b'\n') && !text.contains(&b'\r');
+        if let Some(value) = parsed {
+            if one_line {
+                self.emit(Bytes::copy_from_slice(text)).await;
+            } else {
+                self.emit_value(value).await;
+            }
+        } else if !one_line {
             // Pretty-printed JSON must become one line for stdio.
             match serde_json::from_slice::<Value>(text) {
                 Ok(value) => self.emit_value(&value).await,
@@ -401,9 +410,10 @@ impl Bridge {
     ) {
         let learn = initialize || request["method"] == "tools/list";
         let id = request.get("id");
-        if (learn || id.is_some())
-            && let Ok(value) = serde_json::from_slice::<Value>(text)
-        {
+        let parsed = (learn || id.is_some())
+            .then(|| serde_json::from_slice::<Value>(text).ok())
+            .flatten();
+        if let Some(value) = &parsed {
             let is_answer =
                 id.is_some_and(|id| value.get("id") == Some(id)) && value.get("method").is_none();
             if is_answer {
@@ -419,7 +429,7 @@ impl Bridge {
                 }
             }
         }
-        if !self.emit_message(text).await {
+        if !self.emit_message(text, parsed.as_ref()).await {
             answered.malformed = true;
         }
     }
@@ -492,7 +502,7 @@ impl Bridge {
                             if let (Some("message"), Some(data)) = (event.event, event.data)
                                 && !data.trim().is_empty()
                             {
-                                self.emit_message(data.as_bytes()).await;
+                                self.emit_message(data.as_bytes(), None).await;
                             }
                         }
                     }
