@@ -268,12 +268,17 @@ pub fn default_path() -> PathBuf {
     if let Some(path) = std::env::var_os("LATCHKEY_CONFIG").filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))
-        .unwrap_or_else(|| PathBuf::from("."));
+    let base = xdg_dir("XDG_CONFIG_HOME", ".config").unwrap_or_else(|| PathBuf::from("."));
     base.join("latchkey").join("config.toml")
+}
+
+/// An XDG base directory: `$var` when set and not empty, else `$HOME/<fallback>`;
+/// `None` when neither is set.
+pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(fallback)))
 }
 
 /// Reads and validates a config file, resolving `${VAR}` from the process environment.

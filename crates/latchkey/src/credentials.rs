@@ -26,10 +26,7 @@ pub struct Opened {
 
 /// `$XDG_STATE_HOME/latchkey`, else `~/.local/state/latchkey`.
 pub fn state_dir() -> PathBuf {
-    std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
+    crate::config::xdg_dir("XDG_STATE_HOME", ".local/state")
         .unwrap_or_else(std::env::temp_dir)
         .join("latchkey")
 }

@@ -56,10 +56,7 @@ pub fn run(action: ServiceAction) -> Result<(), ServiceError> {
 
 /// `$XDG_CONFIG_HOME/systemd/user`, else `~/.config/systemd/user`.
 pub fn unit_dir() -> Result<PathBuf, ServiceError> {
-    std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))
+    crate::config::xdg_dir("XDG_CONFIG_HOME", ".config")
         .map(|base| base.join("systemd").join("user"))
         .ok_or(ServiceError::NoConfigHome)
 }
