@@ -93,6 +93,9 @@ pub struct Server {
     /// The first path segment of the local endpoint: `http://127.0.0.1:PORT/<name>`.
     pub name: String,
     pub url: Url,
+    /// `url` as the request URI the proxy sends, parsed once here rather than per
+    /// request.
+    pub uri: http::Uri,
     pub transport: Transport,
     /// Static headers sent upstream on every request. Values are marked sensitive, so
     /// `Debug` never shows them.
@@ -101,6 +104,17 @@ pub struct Server {
     pub oauth: OAuth,
     /// The command that logs in to this server from a terminal, for error messages.
     pub login_command: String,
+}
+
+/// `url` as an HTTP request URI. User info (`user:password@`) is refused: HTTP
+/// does not send it, and a secret there would only end up in logs.
+pub fn request_uri(url: &Url) -> Result<http::Uri, String> {
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("url must not carry user info (user:password@host); send credentials as a header instead, such as headers = { Authorization = \"Basic …\" }".to_owned());
+    }
+    url.as_str()
+        .parse()
+        .map_err(|e| format!("url cannot be sent as an HTTP request URI: {e}"))
 }
 
 impl fmt::Debug for Server {
@@ -600,10 +614,12 @@ impl Checker<'_> {
                 None
             }
         };
+        let (url, uri) = url?;
         Some(Server {
             login_command: format!("latchkey login {name}"),
             name,
-            url: url?,
+            url,
+            uri,
             transport,
             headers,
             oauth,
@@ -852,7 +868,7 @@ impl Checker<'_> {
         }
     }
 
-    fn url(&mut self, name: &str, raw: &Spanned<String>) -> Option<Url> {
+    fn url(&mut self, name: &str, raw: &Spanned<String>) -> Option<(Url, http::Uri)> {
         let problem = match Url::parse(raw.get_ref()) {
             Ok(url) if !matches!(url.scheme(), "http" | "https") => {
                 format!(
@@ -864,7 +880,10 @@ impl Checker<'_> {
             Ok(url) if url.fragment().is_some() => {
                 format!("server {name:?}: url must not have a #fragment")
             }
-            Ok(url) => return Some(url),
+            Ok(url) => match request_uri(&url) {
+                Ok(uri) => return Some((url, uri)),
+                Err(problem) => format!("server {name:?}: {problem}"),
+            },
             // The text may hold a key in its query string, so it is not quoted.
             Err(e) => format!("server {name:?}: url is not a URL: {e}"),
         };

@@ -119,9 +119,13 @@ impl IntoResponse for ProxyError {
 /// A transport error as one line: the whole `source()` chain, without the URL (which
 /// may carry a query-string key) that reqwest would otherwise print.
 pub(crate) fn describe(error: reqwest::Error) -> String {
-    let error = error.without_url();
+    describe_chain(&error.without_url())
+}
+
+/// An error and its causes, each once, as one line.
+pub(crate) fn describe_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
+    let mut source = error.source();
     while let Some(cause) = source {
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {

@@ -8,7 +8,9 @@ use latchkey::config;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     latchkey::telemetry::init(&cli.log_level, cli.log_format == LogFormat::Json);
-    match run(cli.command) {
+    let result = run(cli.command);
+    latchkey::telemetry::finish();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("latchkey: {e:#}");
@@ -194,6 +196,7 @@ fn adhoc(
     Ok(config::Config::single(
         config::Server {
             name: "remote".to_owned(),
+            uri: config::request_uri(&url).map_err(|e| anyhow::anyhow!("--{e}"))?,
             url: url.clone(),
             transport: match transport {
                 TransportArg::Auto => config::Transport::Auto,
@@ -209,9 +212,17 @@ fn adhoc(
     ))
 }
 
+/// One thread runs everything but blocking work (keyring, files, locks), which goes
+/// to tokio's blocking pool. A request's work is a few header edits between two
+/// sockets; on a multi-threaded runtime the client's connection task and the
+/// upstream connection's task wake each other across threads, one futex call each
+/// way per request, which cost more latency than the work itself (BENCHMARKS.md).
+/// One core relays far more calls per second than MCP clients make.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Log lines are written in batches, when the runtime runs out of work.
+        .on_thread_park(latchkey::telemetry::flush)
         .build()
         .context("cannot start the async runtime")
 }

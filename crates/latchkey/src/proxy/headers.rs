@@ -31,37 +31,44 @@ const CLIENT_ONLY: [HeaderName; 5] = [AUTHORIZATION, COOKIE, ORIGIN, REFERER, HO
 
 /// Edits a client request's headers, in place, into the upstream request's headers.
 pub(crate) fn to_upstream(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    for name in CLIENT_ONLY {
-        headers.remove(name);
-    }
+    remove(headers, |name| CLIENT_ONLY.contains(name));
 }
 
 /// Edits an upstream response's headers, in place, into the client response's headers.
 /// `Set-Cookie` is dropped: the client's cookies are never sent upstream, so a cookie
 /// set on latchkey's origin could only leak into other local servers.
 pub(crate) fn to_client(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    headers.remove(SET_COOKIE);
+    remove(headers, |name| name == SET_COOKIE);
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the hop-by-hop headers and those `also` picks. This runs on every
+/// request and response, so it looks at each header once and removes only what is
+/// there, rather than asking the map for every name it might hold.
+fn remove(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if also(name) || is_hop_by_hop(name) {
+            doomed.push(name.clone());
+        }
+    }
     // Headers named in `Connection` are hop-by-hop too.
-    let listed: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
+    if doomed.contains(&CONNECTION) {
+        doomed.extend(
+            headers
+                .get_all(CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+        );
+    }
+    for name in doomed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! upstream request with it. The per-request work is header edits.
 
 mod bridge;
+mod client;
 mod headers;
 mod oauth;
 pub(crate) mod sse;
@@ -24,13 +25,14 @@ use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE};
-use http::{HeaderMap, Method, StatusCode};
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
-use url::Url;
 
 use crate::config::{Config, OAuth, OAuthConfig, Server, Transport};
-use crate::error::{ProxyError, describe};
+use crate::error::{ProxyError, describe_chain};
 use latchkey_auth::registration::ConfiguredClient;
 use latchkey_auth::session::Trigger;
 use latchkey_auth::session::{AuthSettings, Browser, Credentials, ServerAuth};
@@ -44,20 +46,38 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SESSION_ID: &str = "mcp-session-id";
 /// Logins (or refreshes) one request may wait for before its answer is passed on.
 const AUTH_ROUNDS: u32 = 2;
+/// Sent when the client sends no `User-Agent` of its own.
+const AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("latchkey/", env!("CARGO_PKG_VERSION")));
 /// The least time a browser login gets before its redirect listener closes.
 const FLOW_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Everything the request handlers share.
+/// Everything the request handlers share. Each request gets a handle (one
+/// reference count), not a copy of the fields.
 #[derive(Debug, Clone)]
-pub(crate) struct Proxy {
+pub(crate) struct Proxy(Arc<Shared>);
+
+impl std::ops::Deref for Proxy {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
     /// The configured servers. A reload swaps in a new table; a request costs one
     /// atomic load to find its server, and keeps that server's `Upstream` alive for
     /// as long as it runs, whatever is swapped in meanwhile.
-    servers: Arc<ArcSwap<Servers>>,
+    servers: ArcSwap<Servers>,
     /// What a reload needs to build the `Upstream` of a new or changed server.
     browser: Arc<dyn Browser>,
     credentials: Credentials,
+    /// For OAuth, the status page and the HTTP+SSE bridge.
     client: reqwest::Client,
+    /// For forwarded requests: the hot path.
+    upstream_client: client::UpstreamClient,
     legacy: LegacyEndpoints,
     bridges: Arc<bridge::Bridges>,
     /// Cancelled at shutdown: standalone SSE streams (GET) end then, so that draining
@@ -65,7 +85,7 @@ pub(crate) struct Proxy {
     shutdown: CancellationToken,
     /// The status page's anti-CSRF token: its forms carry it, and an action without
     /// it is refused.
-    pub(crate) csrf: Arc<Secret>,
+    pub(crate) csrf: Secret,
 }
 
 /// The server table: by name for requests, and in config order for listings.
@@ -181,21 +201,24 @@ impl Proxy {
         browser: Arc<dyn Browser>,
         credentials: Credentials,
     ) -> Result<Self, reqwest::Error> {
-        let mut proxy = Self {
-            servers: Arc::default(),
+        let shared = Shared {
+            servers: ArcSwap::from_pointee(Servers::default()),
             browser,
             credentials,
             client: http_client()?,
+            upstream_client: client::upstream_client(),
             legacy: LegacyEndpoints::default(),
             bridges: Arc::default(),
             shutdown,
-            csrf: Arc::new(latchkey_auth::authorize::random_secret(32)),
+            csrf: latchkey_auth::authorize::random_secret(32),
         };
-        let order = config.servers.iter().map(|s| proxy.build(s)).collect();
-        proxy.servers = Arc::new(ArcSwap::from_pointee(Servers::new(order)));
-        Ok(proxy)
+        let order = config.servers.iter().map(|s| shared.build(s)).collect();
+        shared.servers.store(Arc::new(Servers::new(order)));
+        Ok(Self(Arc::new(shared)))
     }
+}
 
+impl Shared {
     fn build(&self, server: &Server) -> Arc<Upstream> {
         let auth = match &server.oauth {
             OAuth::Disabled => None,
@@ -322,7 +345,8 @@ pub(crate) fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         // A transparent proxy hands redirects to the client; following them here
         // would also send the credentials to wherever they point.
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("latchkey/", env!("CARGO_PKG_VERSION")))
+        .user_agent(AGENT)
+        .use_preconfigured_tls(client::TLS.clone())
         .build()
 }
 
@@ -360,9 +384,9 @@ pub(crate) async fn forward(
         });
     }
     let upstream = &*upstream;
-    let url = upstream.config.url.clone();
+    let uri = upstream.config.uri.clone();
     if !upstream.may_bridge() {
-        return send(&proxy, upstream, url, request).await;
+        return send(&proxy, upstream, uri, request).await;
     }
     let session = request
         .headers()
@@ -385,7 +409,7 @@ pub(crate) async fn forward(
         None if method == Method::POST && upstream.detected.load(Ordering::Relaxed) == UNKNOWN => {
             probe(&proxy, upstream, request).await
         }
-        _ => send(&proxy, upstream, url, request).await,
+        _ => send(&proxy, upstream, uri, request).await,
     }
 }
 
@@ -417,12 +441,11 @@ async fn probe(
 ) -> Result<Response, ProxyError> {
     let (parts, body) = request.into_parts();
     let body = read_whole(Request::from_parts(parts.clone(), body)).await?;
-    let url = upstream.config.url.clone();
     let response = upstream_request(
         proxy,
         upstream,
         &parts.method,
-        url.clone(),
+        upstream.config.uri.clone(),
         parts.headers,
         Payload::Whole(body.clone()),
     )
@@ -450,7 +473,7 @@ async fn probe(
             }
         }
     }
-    Ok(relay(proxy, upstream, &parts.method, url, false, response))
+    Ok(relay(proxy, upstream, &parts.method, false, response))
 }
 
 fn is_initialize(body: &[u8]) -> bool {
@@ -490,19 +513,24 @@ pub(crate) async fn legacy_message(
         .ok_or_else(|| ProxyError::UnknownLegacyEndpoint {
             path: format!("/{name}/messages/{token}"),
         })?;
+    let uri = crate::config::request_uri(&url).map_err(|cause| ProxyError::Upstream {
+        server: name.clone(),
+        url: crate::status::redacted(&url),
+        cause,
+    })?;
     if request.method() != Method::POST {
         return Err(ProxyError::MethodNotAllowed {
             method: request.method().to_string(),
             path: format!("/{name}/messages/{token}"),
         });
     }
-    send(&proxy, &upstream, url, request).await
+    send(&proxy, &upstream, uri, request).await
 }
 
 async fn send(
     proxy: &Proxy,
     upstream: &Upstream,
-    url: Url,
+    uri: Uri,
     request: Request,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = request.into_parts();
@@ -515,13 +543,11 @@ async fn send(
         headers.remove(ACCEPT_ENCODING);
     }
     let body = Payload::read(body, upstream.auth.is_some()).await?;
-    let response =
-        upstream_request(proxy, upstream, &parts.method, url.clone(), headers, body).await?;
+    let response = upstream_request(proxy, upstream, &parts.method, uri, headers, body).await?;
     Ok(relay(
         proxy,
         upstream,
         &parts.method,
-        url,
         rewrite_endpoint,
         response,
     ))
@@ -535,17 +561,18 @@ async fn upstream_request(
     proxy: &Proxy,
     upstream: &Upstream,
     method: &Method,
-    url: Url,
+    uri: Uri,
     mut headers: HeaderMap,
     payload: Payload,
-) -> Result<reqwest::Response, ProxyError> {
+) -> Result<hyper::Response<Incoming>, ProxyError> {
     let server = &upstream.config;
     headers::to_upstream(&mut headers);
     for (name, value) in &server.headers {
         headers.insert(name.clone(), value.clone());
     }
+    headers.entry(USER_AGENT).or_insert(AGENT);
     let Some(auth) = &upstream.auth else {
-        return transmit(proxy, upstream, method, url, headers, payload.into_body()).await;
+        return transmit(proxy, upstream, method, uri, headers, payload.into_body()).await;
     };
     let mut payload = payload;
     // Round 1 may be answered by a refresh; if the refreshed token is refused too (the
@@ -580,7 +607,7 @@ async fn upstream_request(
         let (body, rest) = payload.split();
         payload = rest;
         let response =
-            transmit(proxy, upstream, method, url.clone(), attempt_headers, body).await?;
+            transmit(proxy, upstream, method, uri.clone(), attempt_headers, body).await?;
         let status = response.status();
         let challenge = BearerChallenge::from_headers(
             response
@@ -619,25 +646,22 @@ async fn transmit(
     proxy: &Proxy,
     upstream: &Upstream,
     method: &Method,
-    url: Url,
+    uri: Uri,
     headers: HeaderMap,
-    body: reqwest::Body,
-) -> Result<reqwest::Response, ProxyError> {
+    body: Body,
+) -> Result<hyper::Response<Incoming>, ProxyError> {
     let server = &upstream.config;
-    let response = proxy
-        .client
-        .request(method.clone(), url)
-        .headers(headers)
-        .body(body)
-        .send()
-        .await;
-    match response {
+    let mut request = http::Request::new(body);
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    match proxy.upstream_client.request(request).await {
         Ok(response) => {
             upstream.record(Ok(()));
             Ok(response)
         }
         Err(e) => {
-            let cause = describe(e);
+            let cause = describe_chain(&e);
             upstream.record(Err(&cause));
             Err(ProxyError::Upstream {
                 server: server.name.clone(),
@@ -653,12 +677,12 @@ fn relay(
     proxy: &Proxy,
     upstream: &Upstream,
     method: &Method,
-    url: Url,
     rewrite_endpoint: bool,
-    mut response: reqwest::Response,
+    response: hyper::Response<Incoming>,
 ) -> Response {
-    let status = response.status();
-    let mut headers = std::mem::take(response.headers_mut());
+    let (parts, incoming) = response.into_parts();
+    let status = parts.status;
+    let mut headers = parts.headers;
     headers::to_client(&mut headers);
     let is_sse = headers
         .get(CONTENT_TYPE)
@@ -668,17 +692,20 @@ fn relay(
                 .get(..17)
                 .is_some_and(|m| m.eq_ignore_ascii_case("text/event-stream"))
         });
-    let stream = response.bytes_stream();
     let body = if *method == Method::GET && is_sse {
         // Standalone streams last until a side closes them; at shutdown latchkey does.
         // A reload that removes or changes the server ends them too.
-        let stream = Box::pin(stream.take_until(upstream.streams.clone().cancelled_owned()));
+        let stream = Box::pin(
+            incoming
+                .into_data_stream()
+                .take_until(upstream.streams.clone().cancelled_owned()),
+        );
         if rewrite_endpoint && !headers.contains_key(CONTENT_ENCODING) && status == StatusCode::OK {
             // The rewritten event has another length.
             headers.remove(http::header::CONTENT_LENGTH);
             Body::from_stream(EndpointRewriter::new(
                 stream,
-                url,
+                upstream.config.url.clone(),
                 &upstream.config.name,
                 proxy.legacy.clone(),
             ))
@@ -686,7 +713,7 @@ fn relay(
             Body::from_stream(stream)
         }
     } else {
-        Body::from_stream(stream)
+        Body::new(incoming)
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;

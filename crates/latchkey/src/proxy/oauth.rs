@@ -56,7 +56,7 @@ impl UpstreamAuth {
 #[derive(Debug)]
 pub(crate) enum Payload {
     Whole(Bytes),
-    Streaming(reqwest::Body),
+    Streaming(Body),
     /// A streaming body that was sent already.
     Spent,
 }
@@ -65,9 +65,7 @@ impl Payload {
     /// Reads the body for an OAuth server (keeping it) or wraps it as a stream.
     pub(crate) async fn read(body: Body, keep: bool) -> Result<Self, ProxyError> {
         if !keep {
-            return Ok(Self::Streaming(reqwest::Body::wrap_stream(
-                body.into_data_stream(),
-            )));
+            return Ok(Self::Streaming(body));
         }
         let mut body = body;
         let mut kept: Vec<Bytes> = Vec::new();
@@ -90,21 +88,21 @@ impl Payload {
         }
         // Too big to keep: send what was read, then the rest, as one stream.
         let head = futures_util::stream::iter(kept.into_iter().map(Ok::<_, axum::Error>));
-        Ok(Self::Streaming(reqwest::Body::wrap_stream(
+        Ok(Self::Streaming(Body::from_stream(
             head.chain(body.into_data_stream()),
         )))
     }
 
     /// The body for one attempt, and what is left for the next.
-    pub(crate) fn split(self) -> (reqwest::Body, Self) {
+    pub(crate) fn split(self) -> (Body, Self) {
         match self {
-            Self::Whole(bytes) => (reqwest::Body::from(bytes.clone()), Self::Whole(bytes)),
+            Self::Whole(bytes) => (Body::from(bytes.clone()), Self::Whole(bytes)),
             Self::Streaming(body) => (body, Self::Spent),
-            Self::Spent => (reqwest::Body::from(Bytes::new()), Self::Spent),
+            Self::Spent => (Body::empty(), Self::Spent),
         }
     }
 
-    pub(crate) fn into_body(self) -> reqwest::Body {
+    pub(crate) fn into_body(self) -> Body {
         self.split().0
     }
 }

@@ -246,7 +246,7 @@ async fn sigterm_exits_zero_and_logs_carry_no_header_values() {
             && logs.contains("status=200"),
         "{logs}"
     );
-    assert!(logs.contains("duration="), "{logs}");
+    assert!(logs.contains("duration_us="), "{logs}");
     for secret in [
         "static-secret-4711",
         "client-secret-0815",

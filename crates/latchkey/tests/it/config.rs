@@ -189,6 +189,27 @@ fn no_servers_is_an_error_with_a_hint() {
 }
 
 #[test]
+fn user_info_in_a_url_is_refused_without_quoting_it() {
+    let errors = diagnostics(
+        "[servers.notes]\nurl = \"https://alice:hunter2-secret@mcp.example.com/mcp\"\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("latchkey.toml:2:7:")
+            && errors[0].contains("must not carry user info")
+            && errors[0].contains("headers = { Authorization"),
+        "{errors:?}"
+    );
+    assert!(!errors[0].contains("hunter2"), "{errors:?}");
+    let ok = parse("[servers.notes]\nurl = \"https://mcp.example.com/mcp?key=1\"\n")
+        .expect("a plain URL parses");
+    assert_eq!(
+        ok.servers[0].uri.to_string(),
+        "https://mcp.example.com/mcp?key=1"
+    );
+}
+
+#[test]
 fn oauth_key_must_be_bool_or_table() {
     let errors = diagnostics("[servers.a]\nurl = \"https://a.example.com\"\noauth = \"yes\"\n");
     assert!(
@@ -286,9 +307,9 @@ fn diagnostics_and_debug_never_show_secrets() {
         "{all}"
     );
 
-    let config = parse("[servers.a]\nurl = \"https://user:hunter2@a.example.com/mcp?api_key=QSECRET\"\nheaders = { \"X-Key\" = \"HEADERSECRET\" }\n[servers.a.oauth]\nclient_id = \"app\"\nclient_secret = \"OAUTHSECRET\"\n").expect("valid");
+    let config = parse("[servers.a]\nurl = \"https://a.example.com/mcp?api_key=QSECRET\"\nheaders = { \"X-Key\" = \"HEADERSECRET\" }\n[servers.a.oauth]\nclient_id = \"app\"\nclient_secret = \"OAUTHSECRET\"\n").expect("valid");
     let debug = format!("{config:?}");
-    for secret in ["QSECRET", "hunter2", "OAUTHSECRET", "HEADERSECRET"] {
+    for secret in ["QSECRET", "OAUTHSECRET", "HEADERSECRET"] {
         assert!(!debug.contains(secret), "{secret} in {debug}");
     }
     assert!(debug.contains("a.example.com/mcp"), "{debug}");
