@@ -13,6 +13,7 @@ mod io;
 mod mirror;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -74,7 +75,8 @@ pub async fn run(
     )?;
     proxy.restore().await;
     let (out, lines) = mpsc::channel::<Bytes>(256);
-    let writer = tokio::spawn(write_stdout(io::Output::stdout(), lines));
+    let posting = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_stdout(io::Output::stdout(), lines, posting.clone()));
     let bridge = Arc::new(Bridge {
         uri: format!("/{server}")
             .parse()
@@ -82,6 +84,7 @@ pub async fn run(
         proxy,
         server,
         out,
+        posting,
         session: Mutex::new(Session::default()),
         stop: stop.clone(),
     });
@@ -162,13 +165,21 @@ fn trim_line(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-async fn write_stdout(mut stdout: io::Output, mut lines: mpsc::Receiver<Bytes>) {
+async fn write_stdout(
+    mut stdout: io::Output,
+    mut lines: mpsc::Receiver<Bytes>,
+    posting: Arc<AtomicUsize>,
+) {
     let mut batch = Vec::new();
     while let Some(line) = lines.recv().await {
         batch.clear();
         batch.extend_from_slice(&line);
         batch.push(b'\n');
-        // Whatever else is queued goes out in the same write.
+        // With other requests in flight, their replies may be one poll away: they get
+        // their turn first and join this write. A lone request's reply goes at once.
+        if posting.load(Ordering::Relaxed) > 1 {
+            tokio::task::yield_now().await;
+        }
         while batch.len() < READ_SIZE
             && let Ok(line) = lines.try_recv()
         {
@@ -204,6 +215,8 @@ struct Bridge {
     uri: http::Uri,
     server: String,
     out: mpsc::Sender<Bytes>,
+    /// How many posted messages are waiting for their answer.
+    posting: Arc<AtomicUsize>,
     session: Mutex<Session>,
     stop: CancellationToken,
 }
@@ -247,7 +260,11 @@ impl Bridge {
         let body = line.slice_ref(text);
         let opens_stream = message["method"] == "notifications/initialized";
         let task = self.clone();
-        inflight.spawn(async move { task.post(body, &message, true).await });
+        self.posting.fetch_add(1, Ordering::Relaxed);
+        inflight.spawn(async move {
+            task.post(body, &message, true).await;
+            task.posting.fetch_sub(1, Ordering::Relaxed);
+        });
         if opens_stream {
             let task = self.clone();
             tokio::spawn(async move { task.listen().await });
