@@ -9,20 +9,22 @@
 //!
 //! Nothing but protocol goes to stdout; logs go to stderr.
 
+mod io;
 mod mirror;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse as _;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,11 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// The GET stream's reconnection delay when the server names none (SSE spec leaves
 /// it to the client).
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
+/// stdin is read in chunks of this size (a burst of messages in one syscall), and
+/// stdout written in batches of about as much.
+const READ_SIZE: usize = 64 * 1024;
+/// Below this much room, the read buffer grows before the next read.
+const READ_MIN: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StdioError {
@@ -68,70 +75,88 @@ pub async fn run(
     )?;
     proxy.restore().await;
     let (out, lines) = mpsc::channel::<Bytes>(256);
-    let writer = tokio::spawn(write_stdout(lines));
+    let posting = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_stdout(io::Output::stdout(), lines, posting.clone()));
     let bridge = Arc::new(Bridge {
+        uri: format!("/{server}")
+            .parse()
+            .unwrap_or_else(|_| http::Uri::from_static("/")),
         proxy,
         server,
         out,
+        posting,
         session: Mutex::new(Session::default()),
         stop: stop.clone(),
     });
-
-    let mut stdin = BufReader::with_capacity(64 * 1024, tokio::io::stdin());
-    let mut inflight = JoinSet::new();
-    let mut line = Vec::new();
+    // The reading runs on a worker, not on this (the runtime's main) thread, so that
+    // the tasks it starts are queued where they run, without waking another thread.
+    let stop_reading = CancellationToken::new();
+    let mut serving = tokio::spawn(serve(
+        bridge.clone(),
+        io::Input::stdin(),
+        stop_reading.clone(),
+    ));
     tokio::pin!(shutdown);
-    loop {
-        line.clear();
+    let served = tokio::select! {
+        served = &mut serving => served,
+        () = &mut shutdown => {
+            stop_reading.cancel();
+            serving.await
+        }
+    };
+    bridge.close().await;
+    stop.cancel();
+    drop(bridge);
+    drop(writer.await);
+    served.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// Reads stdin line by line and posts each message, until stdin ends or `stop`;
+/// then lets running requests finish, briefly.
+async fn serve(
+    bridge: Arc<Bridge>,
+    mut stdin: io::Input,
+    stop: CancellationToken,
+) -> Result<(), StdioError> {
+    let mut inflight = JoinSet::new();
+    let mut buffer = BytesMut::new();
+    // How much of `buffer` is known to hold no line end, so a long line is scanned once.
+    let mut scanned = 0;
+    let read = loop {
+        if let Some(end) = buffer[scanned..].iter().position(|&b| b == b'\n') {
+            let line = buffer.split_to(scanned + end + 1).freeze();
+            scanned = 0;
+            bridge.accept(line, &mut inflight).await;
+            continue;
+        }
+        scanned = buffer.len();
+        if buffer.capacity() - buffer.len() < READ_MIN {
+            buffer.reserve(READ_SIZE);
+        }
         let read = tokio::select! {
-            read = stdin.read_until(b'\n', &mut line) => read.map_err(StdioError::Stdin)?,
-            () = &mut shutdown => break,
+            read = stdin.read_buf(&mut buffer) => read,
+            () = stop.cancelled() => break Ok(()),
         };
-        if read == 0 {
-            break;
-        }
-        let text = trim_line(&line);
-        if text.is_empty() {
-            continue;
-        }
-        let message: Value = match serde_json::from_slice(text) {
-            Ok(message) => message,
-            Err(e) => {
-                bridge
-                    .emit_value(&error(Value::Null, -32700, &format!("parse error: {e}")))
-                    .await;
-                continue;
+        match read {
+            Ok(0) => {
+                // The last line may have no line end.
+                if !buffer.is_empty() {
+                    bridge.accept(buffer.split().freeze(), &mut inflight).await;
+                }
+                break Ok(());
             }
-        };
-        let body = Bytes::copy_from_slice(text);
-        // The session starts with initialize: everything after it needs its session
-        // id, so it is answered before the next line is read.
-        if message["method"] == "initialize" {
-            bridge.initialize(body, &message).await;
-            continue;
+            Ok(_) => {}
+            Err(e) => break Err(StdioError::Stdin(e)),
         }
-        let opens_stream = message["method"] == "notifications/initialized";
-        let task = bridge.clone();
-        inflight.spawn(async move { task.post(body, &message, true).await });
-        if opens_stream {
-            let task = bridge.clone();
-            tokio::spawn(async move { task.listen().await });
-        }
-        // Reap finished tasks so the set does not grow with the session.
-        while inflight.try_join_next().is_some() {}
-    }
-    // Stdin ended (or a signal came): let running requests finish, briefly.
+    };
+    stdin.release();
     drop(
         tokio::time::timeout(DRAIN, async {
             while inflight.join_next().await.is_some() {}
         })
         .await,
     );
-    bridge.close().await;
-    stop.cancel();
-    drop(bridge);
-    drop(writer.await);
-    Ok(())
+    read
 }
 
 /// The line without its line ending.
@@ -140,20 +165,33 @@ fn trim_line(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-async fn write_stdout(mut lines: mpsc::Receiver<Bytes>) {
-    let mut stdout = tokio::io::stdout();
+async fn write_stdout(
+    mut stdout: io::Output,
+    mut lines: mpsc::Receiver<Bytes>,
+    posting: Arc<AtomicUsize>,
+) {
+    let mut batch = Vec::new();
     while let Some(line) = lines.recv().await {
-        let mut failed = stdout.write_all(&line).await.is_err();
-        failed |= stdout.write_all(b"\n").await.is_err();
-        // Flush once the queue is empty: a burst of events costs one flush.
-        if lines.is_empty() {
-            failed |= stdout.flush().await.is_err();
+        batch.clear();
+        batch.extend_from_slice(&line);
+        batch.push(b'\n');
+        // With other requests in flight, their replies may be one poll away: they get
+        // their turn first and join this write. A lone request's reply goes at once.
+        if posting.load(Ordering::Relaxed) > 1 {
+            tokio::task::yield_now().await;
         }
-        if failed {
+        while batch.len() < READ_SIZE
+            && let Ok(line) = lines.try_recv()
+        {
+            batch.extend_from_slice(&line);
+            batch.push(b'\n');
+        }
+        if stdout.write_all(&batch).await.is_err() || stdout.flush().await.is_err() {
             // The client is gone; nobody is left to answer.
             return;
         }
     }
+    stdout.release();
 }
 
 fn error(id: Value, code: i64, message: &str) -> Value {
@@ -173,8 +211,12 @@ struct Session {
 
 struct Bridge {
     proxy: Proxy,
+    /// The path every request goes to (`/<server>`).
+    uri: http::Uri,
     server: String,
     out: mpsc::Sender<Bytes>,
+    /// How many posted messages are waiting for their answer.
+    posting: Arc<AtomicUsize>,
     session: Mutex<Session>,
     stop: CancellationToken,
 }
@@ -191,6 +233,44 @@ struct Answered {
 impl Bridge {
     fn session(&self) -> std::sync::MutexGuard<'_, Session> {
         self.session.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One line from stdin. The session starts with initialize: everything after it
+    /// needs its session id, so it is answered before the next line is read. Any
+    /// other message is posted by a task of its own.
+    async fn accept(self: &Arc<Self>, line: Bytes, inflight: &mut JoinSet<()>) {
+        let text = trim_line(&line);
+        if text.is_empty() {
+            return;
+        }
+        let message: Value = match serde_json::from_slice(text) {
+            Ok(message) => message,
+            Err(e) => {
+                self.emit_value(&error(Value::Null, -32700, &format!("parse error: {e}")))
+                    .await;
+                return;
+            }
+        };
+        if message["method"] == "initialize" {
+            // Kept for the session: a copy, not a view that would hold the read buffer.
+            self.initialize(Bytes::copy_from_slice(text), &message)
+                .await;
+            return;
+        }
+        let body = line.slice_ref(text);
+        let opens_stream = message["method"] == "notifications/initialized";
+        let task = self.clone();
+        self.posting.fetch_add(1, Ordering::Relaxed);
+        inflight.spawn(async move {
+            task.post(body, &message, true).await;
+            task.posting.fetch_sub(1, Ordering::Relaxed);
+        });
+        if opens_stream {
+            let task = self.clone();
+            tokio::spawn(async move { task.listen().await });
+        }
+        // Reap finished tasks so the set does not grow with the session.
+        while inflight.try_join_next().is_some() {}
     }
 
     async fn emit(&self, line: Bytes) {
@@ -266,9 +346,7 @@ impl Bridge {
         }
         let mut request = Request::new(body);
         *request.method_mut() = method;
-        *request.uri_mut() = format!("/{}", self.server)
-            .parse()
-            .unwrap_or_else(|_| http::Uri::from_static("/"));
+        *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = headers;
         request
     }
