@@ -32,9 +32,11 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{any, get};
-use axum::serve::ListenerExt as _;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -135,18 +137,9 @@ pub async fn run_service(
     tracing::info!(%local, servers = config.servers.len(), store, "latchkey listening");
     notifier.ready(&serving(local, config.servers.len()));
 
-    // TCP_NODELAY: an SSE reply goes out in several small writes (the event, then the
-    // final chunk); with Nagle's algorithm the last one waits for the client's
-    // delayed ACK, 40 ms per call.
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
     // In a task of its own, so that connections are still accepted while a reload
     // loads credentials.
-    let mut server = tokio::spawn(server.into_future());
+    let mut server = tokio::spawn(serve(listener, app, stop.clone()));
     tokio::pin!(shutdown);
     let mut config = config;
     loop {
@@ -176,13 +169,71 @@ pub async fn run_service(
     Ok(())
 }
 
-fn served(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), DaemonError> {
-    match result {
-        Ok(result) => result.map_err(DaemonError::Serve),
-        Err(e) => Err(DaemonError::Serve(std::io::Error::other(format!(
+fn served(result: Result<(), tokio::task::JoinError>) -> Result<(), DaemonError> {
+    result.map_err(|e| {
+        DaemonError::Serve(std::io::Error::other(format!(
             "the HTTP server task ended abnormally: {e}"
-        )))),
+        )))
+    })
+}
+
+/// Serves HTTP/1.1 connections until `stop`, then waits for each connection's
+/// requests in flight (idle keep-alive connections close at once).
+///
+/// Not `axum::serve`: that serves each connection through hyper's HTTP/1-or-2
+/// detection and tracks connections in a map for its graceful shutdown, which with
+/// 1,000 open SSE streams was several KB per stream (BENCHMARKS.md). The local
+/// endpoint speaks HTTP/1.1 only (MCP clients do), and hyper's watch-based
+/// `GracefulShutdown` costs no per-connection table.
+async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Needed for the header read timeout, which closes connections that never
+    // finish sending their headers.
+    http.timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(&e).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        // An SSE reply goes out in several small writes (the event, then the final
+        // chunk); with Nagle's algorithm the last one waits for the client's delayed
+        // ACK, 40 ms per call.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
     }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// A failed `accept`: a connection that was reset before it was accepted is not
+/// worth a line; running out of file descriptors is, and gets a pause so that the
+/// loop does not spin while it lasts.
+async fn accept_failed(e: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "cannot accept a connection; retrying in 1 s (too many open files? raise LimitNOFILE or ulimit -n)");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
 }
 
 /// The status line `systemctl status` shows.
