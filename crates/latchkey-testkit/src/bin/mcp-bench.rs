@@ -46,6 +46,9 @@ const DIRECT_TOKEN: &str = "bench-direct-token";
 const TOKEN_LIFETIME: u64 = 4;
 /// Linux's USER_HZ: the unit of utime and stime in /proc/<pid>/stat.
 const TICKS_PER_SEC: f64 = 100.0;
+/// An HTTP client idle this long reconnects before its next turn (below Node's 5 s
+/// keep-alive timeout, so that server-everything never closes it under a request).
+const RECONNECT_AFTER_IDLE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -337,6 +340,7 @@ struct HttpSession {
     send: SendRequest<Full<Bytes>>,
     session: Option<HeaderValue>,
     bearer: Option<HeaderValue>,
+    last_used: Instant,
 }
 
 impl HttpSession {
@@ -351,11 +355,16 @@ impl HttpSession {
         Ok(s)
     }
 
-    async fn connect(target: &HttpTarget) -> Res<Self> {
-        let stream = TcpStream::connect(target.addr).await?;
+    async fn dial(addr: SocketAddr) -> Res<SendRequest<Full<Bytes>>> {
+        let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
+        Ok(send)
+    }
+
+    async fn connect(target: &HttpTarget) -> Res<Self> {
+        let send = Self::dial(target.addr).await?;
         Ok(Self {
             host: HeaderValue::from_str(&target.addr.to_string())?,
             bearer: target
@@ -366,7 +375,20 @@ impl HttpSession {
             target: target.clone(),
             send,
             session: None,
+            last_used: Instant::now(),
         })
+    }
+
+    /// A new connection (same MCP session) if the server has closed this one, or if it
+    /// has idled long enough that the server may be closing it as we send (Node's
+    /// keep-alive timeout is 5 s): the paths take turns, so a client can wait seconds
+    /// between calls.
+    async fn keep_fresh(&mut self) -> Res<()> {
+        if self.send.is_closed() || self.last_used.elapsed() > RECONNECT_AFTER_IDLE {
+            self.send = Self::dial(self.target.addr).await?;
+            self.last_used = Instant::now();
+        }
+        Ok(())
     }
 
     fn request(&self, body: &str) -> Res<Request<Full<Bytes>>> {
@@ -391,6 +413,7 @@ impl HttpSession {
         let resp = self.send.send_request(req).await?;
         let status = resp.status();
         resp.into_body().collect().await?;
+        self.last_used = Instant::now();
         if !status.is_success() {
             return Err(err(format!("notification answered {status}")));
         }
@@ -410,6 +433,7 @@ impl HttpSession {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let bytes = resp.into_body().collect().await?.to_bytes();
+        self.last_used = Instant::now();
         if !status.is_success() {
             return Err(err(format!(
                 "{status}: {}",
@@ -553,6 +577,14 @@ impl Client {
             Route::Http(t) => Client::Http(Box::new(HttpSession::open(t).await?), 1),
             Route::Stdio(c) => Client::Stdio(c.clone()),
         })
+    }
+
+    /// Before a turn: see `HttpSession::keep_fresh`.
+    async fn keep_fresh(&mut self) -> Res<()> {
+        match self {
+            Client::Http(s, _) => s.keep_fresh().await,
+            Client::Stdio(_) => Ok(()),
+        }
     }
 
     async fn echo(&mut self) -> Res<()> {
@@ -708,7 +740,11 @@ async fn interleaved_latency(lanes: &mut [Lane], plan: &Plan) -> Res<()> {
             let Some(client) = &mut clients[i] else {
                 continue;
             };
-            match timed_calls(client, plan.round_warmup, plan.calls_per_round).await {
+            let turn = async {
+                client.keep_fresh().await?;
+                timed_calls(client, plan.round_warmup, plan.calls_per_round).await
+            };
+            match turn.await {
                 Ok(mut s) => {
                     samples[i].extend_from_slice(&s);
                     s.sort_by(f64::total_cmp);
@@ -737,6 +773,13 @@ async fn open_clients(route: &Route, n: usize) -> Res<Vec<Client>> {
         clients.push(Client::open(route).await?);
     }
     Ok(clients)
+}
+
+async fn keep_fresh(clients: &mut [Client]) -> Res<()> {
+    for client in clients {
+        client.keep_fresh().await?;
+    }
+    Ok(())
 }
 
 /// What the clients of one lane did in one throughput slice; the clients come back.
@@ -803,9 +846,13 @@ async fn interleaved_throughput(lanes: &mut [Lane], plan: &Plan) -> Res<()> {
         let mut rates = vec![Vec::new(); lanes.len()];
         for slice in 0..plan.slices {
             for i in turn_order(lanes.len(), level * plan.slices + slice) {
-                let Some(clients) = pools[i].take() else {
+                let Some(mut clients) = pools[i].take() else {
                     continue;
                 };
+                if let Err(e) = keep_fresh(&mut clients).await {
+                    lanes[i].fail(e)?;
+                    continue;
+                }
                 let cpu0 = lanes[i].cpu_pid.map(cpu_secs);
                 let s = run_slice(clients, plan.slice_secs).await?;
                 if let (Some(pid), Some(c0)) = (lanes[i].cpu_pid, cpu0) {
