@@ -1,10 +1,13 @@
 //! The load generator and driver behind `scripts/bench`: runs one workload through
-//! every path (direct to the upstream, latchkey's daemon endpoint, `latchkey stdio`,
-//! mcp-remote, mcp-proxy) in one run and prints the figures as Markdown tables, with
-//! ratios against the direct connection. It measures; it asserts nothing about time.
+//! every path (direct to the upstream, a bare TCP relay as a reference, latchkey's
+//! daemon endpoint, `latchkey stdio`, mcp-remote, mcp-proxy) in one run and prints the
+//! figures as Markdown tables, with ratios against the direct connection. The paths to
+//! one upstream are measured interleaved (see "Measurements"). It measures; it asserts
+//! nothing about time.
 //!
 //! Usage: mcp-bench --latchkey BIN --fast BIN --browser SCRIPT [--smoke]
-//!        [--everything ENTRY.js] [--mcp-remote ENTRY.js] [--mcp-proxy BIN] [--out FILE]
+//!        [--everything ENTRY.js] [--mcp-remote ENTRY.js] [--mcp-proxy BIN]
+//!        [--relay TCP-RELAY-BIN] [--out FILE]
 //!        mcp-bench load URL CLIENTS SECS   (only the load, for profiling)
 //!
 //! Every process it starts is killed before it returns (and on a panic, by
@@ -43,6 +46,9 @@ const DIRECT_TOKEN: &str = "bench-direct-token";
 const TOKEN_LIFETIME: u64 = 4;
 /// Linux's USER_HZ: the unit of utime and stime in /proc/<pid>/stat.
 const TICKS_PER_SEC: f64 = 100.0;
+/// An HTTP client idle this long reconnects before its next turn (below Node's 5 s
+/// keep-alive timeout, so that server-everything never closes it under a request).
+const RECONNECT_AFTER_IDLE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -53,14 +59,22 @@ struct Args {
     everything: Option<PathBuf>,
     mcp_remote: Option<PathBuf>,
     mcp_proxy: Option<PathBuf>,
+    relay: Option<PathBuf>,
     out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Plan {
+    /// Untimed calls on each path before the first latency round.
     warmup: usize,
-    calls: usize,
-    secs: f64,
+    /// Latency rounds; in each, every path makes `calls_per_round` timed calls.
+    rounds: usize,
+    calls_per_round: usize,
+    /// Untimed calls at the start of each path's turn in a round.
+    round_warmup: usize,
+    /// Throughput slices per client count; in each, every path runs `slice_secs`.
+    slices: usize,
+    slice_secs: f64,
     cold_runs: usize,
     streams: usize,
     big_bytes: u64,
@@ -75,6 +89,7 @@ fn parse_args() -> Res<Args> {
         everything: None,
         mcp_remote: None,
         mcp_proxy: None,
+        relay: None,
         out: None,
     };
     let mut args = std::env::args().skip(1);
@@ -91,6 +106,7 @@ fn parse_args() -> Res<Args> {
             "--everything" => a.everything = Some(value()?),
             "--mcp-remote" => a.mcp_remote = Some(value()?),
             "--mcp-proxy" => a.mcp_proxy = Some(value()?),
+            "--relay" => a.relay = Some(value()?),
             "--out" => a.out = Some(value()?),
             "--smoke" => a.smoke = true,
             other => return Err(err(format!("unknown argument {other:?}"))),
@@ -101,7 +117,7 @@ fn parse_args() -> Res<Args> {
         || a.browser.as_os_str().is_empty()
     {
         return Err(err(
-            "usage: mcp-bench --latchkey BIN --fast BIN --browser SCRIPT [--smoke] [--everything ENTRY.js] [--mcp-remote ENTRY.js] [--mcp-proxy BIN] [--out FILE]",
+            "usage: mcp-bench --latchkey BIN --fast BIN --browser SCRIPT [--smoke] [--everything ENTRY.js] [--mcp-remote ENTRY.js] [--mcp-proxy BIN] [--relay BIN] [--out FILE]",
         ));
     }
     Ok(a)
@@ -324,6 +340,7 @@ struct HttpSession {
     send: SendRequest<Full<Bytes>>,
     session: Option<HeaderValue>,
     bearer: Option<HeaderValue>,
+    last_used: Instant,
 }
 
 impl HttpSession {
@@ -338,11 +355,16 @@ impl HttpSession {
         Ok(s)
     }
 
-    async fn connect(target: &HttpTarget) -> Res<Self> {
-        let stream = TcpStream::connect(target.addr).await?;
+    async fn dial(addr: SocketAddr) -> Res<SendRequest<Full<Bytes>>> {
+        let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
+        Ok(send)
+    }
+
+    async fn connect(target: &HttpTarget) -> Res<Self> {
+        let send = Self::dial(target.addr).await?;
         Ok(Self {
             host: HeaderValue::from_str(&target.addr.to_string())?,
             bearer: target
@@ -353,7 +375,20 @@ impl HttpSession {
             target: target.clone(),
             send,
             session: None,
+            last_used: Instant::now(),
         })
+    }
+
+    /// A new connection (same MCP session) if the server has closed this one, or if it
+    /// has idled long enough that the server may be closing it as we send (Node's
+    /// keep-alive timeout is 5 s): the paths take turns, so a client can wait seconds
+    /// between calls.
+    async fn keep_fresh(&mut self) -> Res<()> {
+        if self.send.is_closed() || self.last_used.elapsed() > RECONNECT_AFTER_IDLE {
+            self.send = Self::dial(self.target.addr).await?;
+            self.last_used = Instant::now();
+        }
+        Ok(())
     }
 
     fn request(&self, body: &str) -> Res<Request<Full<Bytes>>> {
@@ -378,6 +413,7 @@ impl HttpSession {
         let resp = self.send.send_request(req).await?;
         let status = resp.status();
         resp.into_body().collect().await?;
+        self.last_used = Instant::now();
         if !status.is_success() {
             return Err(err(format!("notification answered {status}")));
         }
@@ -397,6 +433,7 @@ impl HttpSession {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let bytes = resp.into_body().collect().await?.to_bytes();
+        self.last_used = Instant::now();
         if !status.is_success() {
             return Err(err(format!(
                 "{status}: {}",
@@ -542,6 +579,14 @@ impl Client {
         })
     }
 
+    /// Before a turn: see `HttpSession::keep_fresh`.
+    async fn keep_fresh(&mut self) -> Res<()> {
+        match self {
+            Client::Http(s, _) => s.keep_fresh().await,
+            Client::Stdio(_) => Ok(()),
+        }
+    }
+
     async fn echo(&mut self) -> Res<()> {
         let reply = match self {
             Client::Http(s, id) => {
@@ -559,6 +604,12 @@ impl Client {
 
 // ---------------------------------------------------------------------------------
 // Measurements
+//
+// The paths to one upstream are measured side by side, interleaved: in each round of
+// the latency figure and each slice of the throughput figure, every path takes its turn
+// (in an order shuffled per round), with its connections and processes kept from one
+// turn to the next. The machine's load drifts over minutes; interleaving makes the
+// drift hit every path alike, so that the differences against `direct` hold still.
 
 #[derive(Debug, Default, Clone)]
 struct Row {
@@ -567,6 +618,8 @@ struct Row {
     note: String,
     p50_us: f64,
     p99_us: f64,
+    /// The p50 of each latency round, in round order.
+    round_p50_us: Vec<f64>,
     rps: [f64; 3],
     cpu_ms_per_10k: Option<f64>,
     cold_ms: Option<f64>,
@@ -575,73 +628,250 @@ struct Row {
     failed: Option<String>,
 }
 
+impl Row {
+    fn new(up: &Upstream, path: &str, note: &str) -> Self {
+        Self {
+            upstream: up.name.into(),
+            path: path.into(),
+            note: note.into(),
+            ..Self::default()
+        }
+    }
+}
+
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 
-async fn latency(path: &Route, plan: &Plan) -> Res<(f64, f64)> {
-    let mut client = Client::open(path).await?;
-    for _ in 0..plan.warmup {
+/// One path to an upstream under measurement: its row in the table, how a client
+/// reaches it (none once it has failed), and the process its CPU time is charged to.
+struct Lane {
+    row: Row,
+    route: Option<Route>,
+    cpu_pid: Option<u32>,
+    /// A bridge's failure is recorded in its row; any other ends the run.
+    may_fail: bool,
+}
+
+impl Lane {
+    fn new(row: Row, route: Route, cpu_pid: Option<u32>) -> Self {
+        Self {
+            row,
+            route: Some(route),
+            cpu_pid,
+            may_fail: false,
+        }
+    }
+
+    /// Takes the lane out of the run, or ends the run if it may not fail.
+    fn fail(&mut self, e: BoxErr) -> Res<()> {
+        progress(&format!(
+            "{}: {} failed: {e}",
+            self.row.upstream, self.row.path
+        ));
+        if !self.may_fail {
+            return Err(e);
+        }
+        self.row.failed = Some(e.to_string());
+        self.route = None;
+        Ok(())
+    }
+}
+
+/// The order in which the lanes take their turns in round `round`: a different
+/// (deterministic) shuffle each round, so that no lane always follows the same one
+/// (and inherits, say, a node peer's garbage collection after its turn).
+fn turn_order(lanes: usize, round: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..lanes).collect();
+    let mut x = (round as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for i in (1..lanes).rev() {
+        // splitmix64's finaliser.
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// The `q` quantile of sorted samples.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { quantile(&v, 0.5) }
+}
+
+/// `warmup` calls, then `calls` calls timed one by one (µs).
+async fn timed_calls(client: &mut Client, warmup: usize, calls: usize) -> Res<Vec<f64>> {
+    for _ in 0..warmup {
         client.echo().await?;
     }
-    let mut samples = Vec::with_capacity(plan.calls);
-    for _ in 0..plan.calls {
+    let mut samples = Vec::with_capacity(calls);
+    for _ in 0..calls {
         let t = Instant::now();
         client.echo().await?;
         samples.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    Ok((at(0.50), at(0.99)))
+    Ok(samples)
 }
 
-/// Calls per second with `clients` clients calling back to back for `secs`; and errors.
-async fn throughput(path: &Route, clients: usize, secs: f64) -> Res<(f64, u64, u64)> {
-    let mut opened = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        opened.push(Client::open(path).await?);
+/// Latency of sequential calls: one client per lane, warmed up, then `plan.rounds`
+/// rounds in which each lane in turn makes `plan.calls_per_round` timed calls (after a
+/// few untimed ones). p50 and p99 are over all of a lane's samples.
+async fn interleaved_latency(lanes: &mut [Lane], plan: &Plan) -> Res<()> {
+    let mut clients = Vec::with_capacity(lanes.len());
+    for lane in lanes.iter_mut() {
+        let opened = match &lane.route {
+            Some(route) => async {
+                let mut client = Client::open(route).await?;
+                timed_calls(&mut client, plan.warmup, 0).await?;
+                Ok(client)
+            }
+            .await
+            .map(Some),
+            None => Ok(None),
+        };
+        clients.push(opened.or_else(|e| lane.fail(e).map(|()| None))?);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for mut client in opened {
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0u64, 0u64);
-            while !stop.load(Ordering::Relaxed) {
-                match client.echo().await {
-                    Ok(()) => ok += 1,
-                    Err(_) => failed += 1,
+    let mut samples = vec![Vec::new(); lanes.len()];
+    for round in 0..plan.rounds {
+        for i in turn_order(lanes.len(), round) {
+            let Some(client) = &mut clients[i] else {
+                continue;
+            };
+            let turn = async {
+                client.keep_fresh().await?;
+                timed_calls(client, plan.round_warmup, plan.calls_per_round).await
+            };
+            match turn.await {
+                Ok(mut s) => {
+                    samples[i].extend_from_slice(&s);
+                    s.sort_by(f64::total_cmp);
+                    lanes[i].row.round_p50_us.push(quantile(&s, 0.5));
+                }
+                Err(e) => {
+                    clients[i] = None;
+                    lanes[i].fail(e)?;
                 }
             }
-            (ok, failed)
-        }));
+        }
     }
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, 0);
-    for t in tasks {
-        let (o, f) = t.await?;
-        ok += o;
-        failed += f;
+    for (lane, mut s) in lanes.iter_mut().zip(samples) {
+        if lane.route.is_some() && !s.is_empty() {
+            s.sort_by(f64::total_cmp);
+            lane.row.p50_us = quantile(&s, 0.50);
+            lane.row.p99_us = quantile(&s, 0.99);
+        }
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    Ok((ok as f64 / elapsed, ok, failed))
+    Ok(())
 }
 
-/// Latency, throughput and (for `cpu_pid`) CPU per 10,000 calls through one path.
-async fn measure(path: &Route, cpu_pid: Option<u32>, plan: &Plan, row: &mut Row) -> Res<()> {
-    let (p50, p99) = latency(path, plan).await?;
-    row.p50_us = p50;
-    row.p99_us = p99;
-    let cpu0 = cpu_pid.map(cpu_secs);
-    let mut total = 0;
-    for (i, &c) in CONCURRENCY.iter().enumerate() {
-        let (rps, ok, failed) = throughput(path, c, plan.secs).await?;
-        row.rps[i] = rps;
-        row.errors += failed;
-        total += ok;
+async fn open_clients(route: &Route, n: usize) -> Res<Vec<Client>> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        clients.push(Client::open(route).await?);
     }
-    if let (Some(pid), Some(c0)) = (cpu_pid, cpu0) {
-        row.cpu_ms_per_10k = Some((cpu_secs(pid) - c0) * 1000.0 * 10_000.0 / total.max(1) as f64);
+    Ok(clients)
+}
+
+async fn keep_fresh(clients: &mut [Client]) -> Res<()> {
+    for client in clients {
+        client.keep_fresh().await?;
+    }
+    Ok(())
+}
+
+/// What the clients of one lane did in one throughput slice; the clients come back.
+struct Slice {
+    clients: Vec<Client>,
+    rps: f64,
+    ok: u64,
+    failed: u64,
+}
+
+/// `clients` calling back to back for `secs`; then waits for the calls in flight.
+async fn run_slice(clients: Vec<Client>, secs: f64) -> Res<Slice> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    match client.echo().await {
+                        Ok(()) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                (client, ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut slice = Slice {
+        clients: Vec::with_capacity(tasks.len()),
+        rps: 0.0,
+        ok: 0,
+        failed: 0,
+    };
+    for t in tasks {
+        let (client, ok, failed) = t.await?;
+        slice.clients.push(client);
+        slice.ok += ok;
+        slice.failed += failed;
+    }
+    slice.rps = slice.ok as f64 / start.elapsed().as_secs_f64();
+    Ok(slice)
+}
+
+/// Throughput at each client count: each lane opens its clients once per count, then
+/// `plan.slices` slices in which each lane in turn runs for `plan.slice_secs`; the
+/// figure is the median slice. CPU per 10,000 calls is the lane's process's CPU time
+/// during the lane's own slices, over the calls answered in them.
+async fn interleaved_throughput(lanes: &mut [Lane], plan: &Plan) -> Res<()> {
+    let mut cpu = vec![(0.0, 0u64); lanes.len()];
+    for (level, &n) in CONCURRENCY.iter().enumerate() {
+        let mut pools = Vec::with_capacity(lanes.len());
+        for lane in lanes.iter_mut() {
+            let opened = match &lane.route {
+                Some(route) => open_clients(route, n).await.map(Some),
+                None => Ok(None),
+            };
+            pools.push(opened.or_else(|e| lane.fail(e).map(|()| None))?);
+        }
+        let mut rates = vec![Vec::new(); lanes.len()];
+        for slice in 0..plan.slices {
+            for i in turn_order(lanes.len(), level * plan.slices + slice) {
+                let Some(mut clients) = pools[i].take() else {
+                    continue;
+                };
+                if let Err(e) = keep_fresh(&mut clients).await {
+                    lanes[i].fail(e)?;
+                    continue;
+                }
+                let cpu0 = lanes[i].cpu_pid.map(cpu_secs);
+                let s = run_slice(clients, plan.slice_secs).await?;
+                if let (Some(pid), Some(c0)) = (lanes[i].cpu_pid, cpu0) {
+                    cpu[i].0 += cpu_secs(pid) - c0;
+                    cpu[i].1 += s.ok;
+                }
+                rates[i].push(s.rps);
+                lanes[i].row.errors += s.failed;
+                pools[i] = Some(s.clients);
+            }
+        }
+        for (lane, r) in lanes.iter_mut().zip(rates) {
+            lane.row.rps[level] = median(r);
+        }
+    }
+    for (lane, (secs, calls)) in lanes.iter_mut().zip(cpu) {
+        if lane.cpu_pid.is_some() && lane.route.is_some() {
+            lane.row.cpu_ms_per_10k = Some(secs * 1000.0 * 10_000.0 / calls.max(1) as f64);
+        }
     }
     Ok(())
 }
@@ -849,9 +1079,9 @@ async fn load_only(mut argv: impl Iterator<Item = String>) -> Res<()> {
         .next()
         .ok_or_else(|| err("load URL CLIENTS SECS"))?
         .parse()?;
-    let path = Route::Http(HttpTarget::from_url(&url, None)?);
-    let (rps, ok, failed) = throughput(&path, clients, secs).await?;
-    println!("{rps:.0} calls/s ({ok} calls, {failed} failed)");
+    let route = Route::Http(HttpTarget::from_url(&url, None)?);
+    let s = run_slice(open_clients(&route, clients).await?, secs).await?;
+    println!("{:.0} calls/s ({} calls, {} failed)", s.rps, s.ok, s.failed);
     Ok(())
 }
 
@@ -899,8 +1129,11 @@ async fn run(args: &Args, procs: &Procs) -> Res<String> {
     let plan = if args.smoke {
         Plan {
             warmup: 20,
-            calls: 300,
-            secs: 0.2,
+            rounds: 3,
+            calls_per_round: 100,
+            round_warmup: 5,
+            slices: 2,
+            slice_secs: 0.1,
             cold_runs: 1,
             streams: 50,
             big_bytes: 4 << 20,
@@ -908,8 +1141,11 @@ async fn run(args: &Args, procs: &Procs) -> Res<String> {
     } else {
         Plan {
             warmup: 500,
-            calls: 3000,
-            secs: 3.0,
+            rounds: 10,
+            calls_per_round: 300,
+            round_warmup: 20,
+            slices: 6,
+            slice_secs: 0.5,
             cold_runs: 5,
             streams: 1000,
             big_bytes: 200 << 20,
@@ -933,8 +1169,76 @@ async fn run(args: &Args, procs: &Procs) -> Res<String> {
     result
 }
 
-/// A stdio bridge: its name, a note for the table, and how to start it.
-type Bridge = (&'static str, String, Box<dyn Fn() -> Command>);
+/// A stdio bridge between the client and the upstream.
+#[derive(Debug, Clone, Copy)]
+enum Bridge<'a> {
+    LatchkeyStdio,
+    /// mcp-remote's entry script.
+    McpRemote(&'a Path),
+    /// mcp-proxy's executable.
+    McpProxy(&'a Path),
+}
+
+impl Bridge<'_> {
+    /// The bridges this run has.
+    fn all(args: &Args, has_stdio: bool) -> Vec<Bridge<'_>> {
+        let mut bridges = Vec::new();
+        if has_stdio {
+            bridges.push(Bridge::LatchkeyStdio);
+        }
+        bridges.extend(args.mcp_remote.as_deref().map(Bridge::McpRemote));
+        bridges.extend(args.mcp_proxy.as_deref().map(Bridge::McpProxy));
+        bridges
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Bridge::LatchkeyStdio => "latchkey stdio",
+            Bridge::McpRemote(_) => "mcp-remote",
+            Bridge::McpProxy(_) => "mcp-proxy",
+        }
+    }
+
+    fn note(self, up: &Upstream) -> &'static str {
+        match self {
+            Bridge::McpRemote(_) | Bridge::McpProxy(_) if up.bearer.is_some() => {
+                "static bearer header, no OAuth"
+            }
+            _ => "",
+        }
+    }
+
+    /// The command that starts this bridge to `up`.
+    fn command(self, env: &Env, up: &Upstream, config: &Path) -> Command {
+        let bearer = up.bearer.as_ref().map(|b| format!("Bearer {b}"));
+        match self {
+            Bridge::LatchkeyStdio => {
+                let mut c = env.command(&env.args.latchkey);
+                c.arg("stdio").arg(up.server).arg("--config").arg(config);
+                c
+            }
+            Bridge::McpRemote(entry) => {
+                let mut c = env.command(Path::new("node"));
+                c.arg(entry)
+                    .arg(&up.url)
+                    .args(["--transport", "http-only", "--allow-http"]);
+                if let Some(b) = bearer {
+                    c.arg("--header").arg(format!("Authorization: {b}"));
+                }
+                c
+            }
+            Bridge::McpProxy(bin) => {
+                let mut c = env.command(bin);
+                c.args(["--transport", "streamablehttp", "--log-level", "WARNING"])
+                    .arg(&up.url);
+                if let Some(b) = bearer {
+                    c.args(["-H", "Authorization"]).arg(b);
+                }
+                c
+            }
+        }
+    }
+}
 
 struct Upstream {
     name: &'static str,
@@ -944,6 +1248,153 @@ struct Upstream {
     /// The server's name in latchkey's config.
     server: &'static str,
     pid: Option<u32>,
+    /// Whether it gets the `tcp relay` reference row.
+    relayed: bool,
+}
+
+/// What every upstream's lanes share: latchkey's config and daemon.
+struct Latchkey {
+    config: PathBuf,
+    daemon_addr: SocketAddr,
+    daemon_pid: u32,
+    has_stdio: bool,
+}
+
+const RELAY_PATH: &str = "tcp relay (reference)";
+const RELAY_NOTE: &str = "reference: a bare byte relay, one extra loopback hop";
+
+/// Starts `tcp-relay` in front of `target`; returns its address and pid.
+async fn start_relay(bin: &Path, target: SocketAddr, procs: &Procs) -> Res<(SocketAddr, u32)> {
+    let mut child = Command::new(bin)
+        .arg(target.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().ok_or_else(|| err("tcp-relay has no pid"))?;
+    let stdout = child.stdout.take().ok_or_else(|| err("piped stdout"))?;
+    let line = BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await?
+        .ok_or_else(|| err("tcp-relay printed nothing"))?;
+    procs.keep(child);
+    Ok((line.trim().parse()?, pid))
+}
+
+/// A bridge's lane: its cold start (fresh processes), then one process kept for the
+/// measurement. A bridge that does not start gives a failed row.
+async fn bridge_lane(
+    env: &Env,
+    up: &Upstream,
+    lk: &Latchkey,
+    bridge: Bridge<'_>,
+    plan: &Plan,
+    procs: &Procs,
+) -> Res<Lane> {
+    let log = env.dir.join(format!(
+        "{}-{}.log",
+        up.server,
+        bridge.name().replace(' ', "-")
+    ));
+    let make = || bridge.command(env, up, &lk.config);
+    let started: Res<(f64, u64, Arc<StdioConn>)> = async {
+        let (cold, rss) = cold_stdio(&make, plan.cold_runs, &log).await?;
+        let conn = StdioConn::spawn(make(), procs, &log).await?;
+        conn.handshake().await?;
+        Ok((cold, rss, conn))
+    }
+    .await;
+    let mut lane = Lane {
+        row: Row::new(up, bridge.name(), bridge.note(up)),
+        route: None,
+        cpu_pid: None,
+        may_fail: true,
+    };
+    match started {
+        Ok((cold, rss, conn)) => {
+            lane.row.cold_ms = Some(cold);
+            lane.row.rss_kb = Some(rss);
+            lane.cpu_pid = Some(conn.pid);
+            lane.route = Some(Route::Stdio(conn));
+        }
+        Err(e) => lane.fail(e)?,
+    }
+    Ok(lane)
+}
+
+/// Every path to `up`, started and ready: direct (with the upstream's own cold start),
+/// the reference relay, the daemon, and each bridge (with its cold start and RSS).
+async fn start_lanes(
+    env: &Env,
+    up: &Upstream,
+    lk: &Latchkey,
+    plan: &Plan,
+    procs: &Procs,
+) -> Res<Vec<Lane>> {
+    let direct = HttpTarget::from_url(&up.url, up.bearer.clone())?;
+    let mut lanes = Vec::new();
+    let mut lane = Lane::new(
+        Row::new(up, "direct", "upstream's own CPU"),
+        Route::Http(direct.clone()),
+        up.pid,
+    );
+    lane.row.cold_ms = Some(cold_http(&direct, plan.cold_runs.max(3)).await?);
+    lanes.push(lane);
+    if let Some(bin) = env.args.relay.as_deref().filter(|_| up.relayed) {
+        let (addr, pid) = start_relay(bin, direct.addr, procs).await?;
+        let via = HttpTarget {
+            addr,
+            ..direct.clone()
+        };
+        lanes.push(Lane::new(
+            Row::new(up, RELAY_PATH, RELAY_NOTE),
+            Route::Http(via),
+            Some(pid),
+        ));
+    }
+    let via = HttpTarget {
+        addr: lk.daemon_addr,
+        path: format!("/{}", up.server),
+        bearer: None,
+    };
+    lanes.push(Lane::new(
+        Row::new(up, "latchkey daemon", ""),
+        Route::Http(via),
+        Some(lk.daemon_pid),
+    ));
+    for bridge in Bridge::all(&env.args, lk.has_stdio) {
+        lanes.push(bridge_lane(env, up, lk, bridge, plan, procs).await?);
+    }
+    Ok(lanes)
+}
+
+/// All the paths to one upstream, measured side by side; their rows.
+async fn measure_upstream(env: &Env, up: &Upstream, lk: &Latchkey, plan: &Plan) -> Res<Vec<Row>> {
+    let procs = Procs::default();
+    let result = async {
+        progress(&format!(
+            "{}: starting the paths (and their cold starts)",
+            up.name
+        ));
+        let mut lanes = start_lanes(env, up, lk, plan, &procs).await?;
+        progress(&format!(
+            "{}: latency, {} paths interleaved",
+            up.name,
+            lanes.len()
+        ));
+        interleaved_latency(&mut lanes, plan).await?;
+        progress(&format!(
+            "{}: throughput, {} paths interleaved",
+            up.name,
+            lanes.len()
+        ));
+        interleaved_throughput(&mut lanes, plan).await?;
+        Ok(lanes.into_iter().map(|l| l.row).collect())
+    }
+    .await;
+    procs.kill_all().await;
+    result
 }
 
 async fn run_in(env: &Env, procs: &Procs, plan: &Plan) -> Res<String> {
@@ -957,6 +1408,7 @@ async fn run_in(env: &Env, procs: &Procs, plan: &Plan) -> Res<String> {
             bearer: None,
             server: "fast",
             pid: Some(fast_pid),
+            relayed: true,
         },
         Upstream {
             name: "fast + OAuth",
@@ -964,6 +1416,7 @@ async fn run_in(env: &Env, procs: &Procs, plan: &Plan) -> Res<String> {
             bearer: Some(DIRECT_TOKEN.into()),
             server: "fast-oauth",
             pid: Some(oauth_pid),
+            relayed: true,
         },
     ];
     if let Some(entry) = &args.everything {
@@ -975,6 +1428,7 @@ async fn run_in(env: &Env, procs: &Procs, plan: &Plan) -> Res<String> {
             bearer: None,
             server: "everything",
             pid: None,
+            relayed: false,
         });
     }
     let servers: Vec<(String, String)> = upstreams
@@ -1012,136 +1466,16 @@ async fn run_in(env: &Env, procs: &Procs, plan: &Plan) -> Res<String> {
         .status()
         .await
         .is_ok_and(|s| s.success());
+    let lk = Latchkey {
+        config,
+        daemon_addr,
+        daemon_pid,
+        has_stdio,
+    };
 
     let mut rows = Vec::new();
-    let mut direct_cold = HashMap::new();
     for up in &upstreams {
-        let direct = HttpTarget::from_url(&up.url, up.bearer.clone())?;
-        direct_cold.insert(up.name, cold_http(&direct, plan.cold_runs.max(3)).await?);
-        let mut bridges: Vec<Bridge> = Vec::new();
-        if has_stdio {
-            let (latchkey, config, server) = (args.latchkey.clone(), config.clone(), up.server);
-            let envc = Env {
-                dir: env.dir.clone(),
-                args: args.clone(),
-            };
-            bridges.push((
-                "latchkey stdio",
-                String::new(),
-                Box::new(move || {
-                    let mut c = envc.command(&latchkey);
-                    c.arg("stdio").arg(server).arg("--config").arg(&config);
-                    c
-                }),
-            ));
-        }
-        if let Some(entry) = &args.mcp_remote {
-            let (entry, url, bearer) = (entry.clone(), up.url.clone(), up.bearer.clone());
-            let envc = Env {
-                dir: env.dir.clone(),
-                args: args.clone(),
-            };
-            let note = if bearer.is_some() {
-                "static bearer header, no OAuth"
-            } else {
-                ""
-            };
-            bridges.push((
-                "mcp-remote",
-                note.into(),
-                Box::new(move || {
-                    let mut c = envc.command(Path::new("node"));
-                    c.arg(&entry)
-                        .arg(&url)
-                        .args(["--transport", "http-only", "--allow-http"]);
-                    if let Some(b) = &bearer {
-                        c.args(["--header", &format!("Authorization: Bearer {b}")]);
-                    }
-                    c
-                }),
-            ));
-        }
-        if let Some(bin) = &args.mcp_proxy {
-            let (bin, url, bearer) = (bin.clone(), up.url.clone(), up.bearer.clone());
-            let envc = Env {
-                dir: env.dir.clone(),
-                args: args.clone(),
-            };
-            let note = if bearer.is_some() {
-                "static bearer header, no OAuth"
-            } else {
-                ""
-            };
-            bridges.push((
-                "mcp-proxy",
-                note.into(),
-                Box::new(move || {
-                    let mut c = envc.command(&bin);
-                    c.args(["--transport", "streamablehttp", "--log-level", "WARNING"])
-                        .arg(&url);
-                    if let Some(b) = &bearer {
-                        c.args(["-H", "Authorization", &format!("Bearer {b}")]);
-                    }
-                    c
-                }),
-            ));
-        }
-
-        progress(&format!("{}: direct", up.name));
-        let mut row = Row {
-            upstream: up.name.into(),
-            path: "direct".into(),
-            note: "upstream's own CPU".into(),
-            ..Row::default()
-        };
-        row.cold_ms = direct_cold.get(up.name).copied();
-        measure(&Route::Http(direct), up.pid, plan, &mut row).await?;
-        rows.push(row);
-
-        progress(&format!("{}: latchkey daemon", up.name));
-        let mut row = Row {
-            upstream: up.name.into(),
-            path: "latchkey daemon".into(),
-            ..Row::default()
-        };
-        let via = HttpTarget {
-            addr: daemon_addr,
-            path: format!("/{}", up.server),
-            bearer: None,
-        };
-        measure(&Route::Http(via), Some(daemon_pid), plan, &mut row).await?;
-        rows.push(row);
-
-        for (name, note, make) in &bridges {
-            progress(&format!("{}: {name}", up.name));
-            let mut row = Row {
-                upstream: up.name.into(),
-                path: (*name).into(),
-                note: note.clone(),
-                ..Row::default()
-            };
-            let log = env
-                .dir
-                .join(format!("{}-{}.log", up.server, name.replace(' ', "-")));
-            let outcome: Res<()> = async {
-                let (cold, rss) = cold_stdio(make.as_ref(), plan.cold_runs, &log).await?;
-                row.cold_ms = Some(cold);
-                row.rss_kb = Some(rss);
-                let local = Procs::default();
-                let conn = StdioConn::spawn(make(), &local, &log).await?;
-                conn.handshake().await?;
-                let pid = conn.pid;
-                let r = measure(&Route::Stdio(conn), Some(pid), plan, &mut row).await;
-                local.kill_all().await;
-                r
-            }
-            .await;
-            if let Err(e) = outcome {
-                progress(&format!("{}: {name} failed: {e}", up.name));
-                row.failed = Some(e.to_string());
-            }
-            rows.push(row);
-        }
+        rows.extend(measure_upstream(env, up, &lk, plan).await?);
     }
     let grants_after = grants(&oauth_url).await?;
     progress("memory");
@@ -1194,6 +1528,42 @@ fn ratio(x: f64, base: f64) -> String {
     }
 }
 
+/// For each upstream, the added p50 of each path round by round (against `direct` in
+/// the same round): min / median / max, the spread within this run.
+fn round_spread(rows: &[Row]) -> String {
+    let mut out = String::new();
+    for direct in rows.iter().filter(|r| r.path == "direct") {
+        let paths: Vec<String> = rows
+            .iter()
+            .filter(|r| r.upstream == direct.upstream && r.path != "direct" && r.failed.is_none())
+            .map(|r| {
+                let mut added: Vec<f64> = r
+                    .round_p50_us
+                    .iter()
+                    .zip(&direct.round_p50_us)
+                    .map(|(p, d)| p - d)
+                    .collect();
+                added.sort_by(f64::total_cmp);
+                match (added.first(), added.last()) {
+                    (Some(lo), Some(hi)) => format!(
+                        "{} {lo:+.0} / {:+.0} / {hi:+.0}",
+                        r.path,
+                        quantile(&added, 0.5)
+                    ),
+                    _ => format!("{} –", r.path),
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "- {}: {}", direct.upstream, paths.join("; "));
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!(
+        "\nAdded p50 round by round (each round's p50 minus direct's in the same round; min / median / max over the rounds, µs):\n\n{out}"
+    )
+}
+
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("–".into(), |v| format!("{v:.digits$}"))
 }
@@ -1212,8 +1582,14 @@ fn report(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Latency: {} sequential `tools/call echo` after {} warm-up calls. Throughput: clients calling back to back for {} s at each of 1, 16, 64 clients (HTTP: one connection and session each; stdio: calls in flight on the one pipe). Ratios are against `direct` to the same upstream.\n",
-        plan.calls, plan.warmup, plan.secs
+        "Latency: sequential `tools/call echo`, {} rounds of {} timed calls per path ({} per path) after {} warm-up calls. In each round every path to the upstream takes its turn (in an order shuffled per round; {} untimed calls open each turn), its connection or process kept from round to round, so that the machine's drift hits all paths alike; p50 and p99 are over all of a path's calls. Throughput: at each of 1, 16, 64 clients (HTTP: one connection and session each; stdio: calls in flight on the one pipe), {} slices of {} s per path, interleaved the same way; the figure is the median slice, and CPU per 10k calls is the path's process during its own slices. Ratios are against `direct` to the same upstream. `{RELAY_PATH}` is not a competitor: a bare byte relay (the testkit's `tcp-relay`: tokio `copy_bidirectional`, `TCP_NODELAY`, one thread) between the client and the upstream, showing what one extra loopback hop costs on this machine, the floor under any proxy.\n",
+        plan.rounds,
+        plan.calls_per_round,
+        plan.rounds * plan.calls_per_round,
+        plan.warmup,
+        plan.round_warmup,
+        plan.slices,
+        plan.slice_secs
     );
     let _ = writeln!(
         out,
@@ -1268,6 +1644,7 @@ fn report(
             note.trim()
         );
     }
+    let _ = write!(out, "{}", round_spread(rows));
     if !has_stdio {
         let _ = writeln!(
             out,
