@@ -15,6 +15,9 @@ use std::cell::RefCell;
 use std::io::{IsTerminal as _, Write};
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::MakeExt as _;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format;
 
 /// The runtime's thread writes its kept lines once they reach this many bytes.
 const BATCH: usize = 16 * 1024;
@@ -81,18 +84,35 @@ impl Write for Stderr {
 /// Installs the global subscriber. `level` is used when `RUST_LOG` is unset.
 pub fn init(level: &str, json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colour codes only for a terminal: not in files, pipes or the journal.
+    let colour = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| Stderr)
-        // Colour codes only for a terminal: not in files, pipes or the journal.
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(colour);
     if json {
         builder.json().init();
-    } else if stderr_is_journal() {
-        builder.without_time().init();
-    } else {
+    } else if colour {
         builder.init();
+    } else if stderr_is_journal() {
+        builder.fmt_fields(plain_fields()).without_time().init();
+    } else {
+        builder.fmt_fields(plain_fields()).init();
     }
+}
+
+/// `name=value` fields, as the default format writes them without colour, but
+/// without its styling calls, which it makes even with colours off and which were a
+/// third of the cost of a request's log line.
+fn plain_fields() -> impl for<'w> FormatFields<'w> {
+    format::debug_fn(|writer, field, value| {
+        if field.name() == "message" {
+            write!(writer, "{value:?}")
+        } else {
+            write!(writer, "{field}={value:?}")
+        }
+    })
+    .delimited(" ")
 }
 
 /// Whether stderr is connected to the journal: systemd sets `JOURNAL_STREAM` to

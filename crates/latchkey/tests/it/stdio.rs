@@ -248,6 +248,19 @@ async fn upstream_faults_become_answers_never_hangs() {
     );
 
     // The server forgets the session (404): a new one is started and the call retried.
+    // First the `initialized` notification must have arrived: the bridge sends each
+    // message on its own, and one that lands after the forgetting would start a
+    // session of its own.
+    for _ in 0..500 {
+        let notified = upstream
+            .requests()
+            .iter()
+            .any(|r| header(r, "mcp-method") == Some("notifications/initialized"));
+        if notified {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     upstream.forget_sessions();
     let echoed = bridge
         .call(
