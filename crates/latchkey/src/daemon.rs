@@ -29,16 +29,20 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::middleware::{self, Next};
+use axum::extract::{Path, State};
+use axum::response::IntoResponse as _;
 use axum::response::Response;
 use axum::routing::{any, get};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+use std::convert::Infallible;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
 use crate::callback::SystemBrowser;
 use crate::config::{Config, ConfigError};
@@ -133,7 +137,11 @@ pub async fn run_service(
     // record that cannot be read leaves its server in `error` and the rest running.
     proxy.restore().await;
     let guard = Guard::new(local, &config);
-    let app = router(proxy.clone(), guard.clone());
+    let app = Front {
+        router: router(proxy.clone()),
+        proxy: proxy.clone(),
+        guard: guard.clone(),
+    };
     tracing::info!(%local, servers = config.servers.len(), store, "latchkey listening");
     notifier.ready(&serving(local, config.servers.len()));
 
@@ -185,7 +193,7 @@ fn served(result: Result<(), tokio::task::JoinError>) -> Result<(), DaemonError>
 /// 1,000 open SSE streams was several KB per stream (BENCHMARKS.md). The local
 /// endpoint speaks HTTP/1.1 only (MCP clients do), and hyper's watch-based
 /// `GracefulShutdown` costs no per-connection table.
-async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
+async fn serve(listener: TcpListener, app: Front, stop: CancellationToken) {
     let mut http = hyper::server::conn::http1::Builder::new();
     // Needed for the header read timeout, which closes connections that never
     // finish sending their headers.
@@ -208,8 +216,12 @@ async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let app = app.clone();
+        let service = service_fn(move |request: http::Request<Incoming>| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.handle(request.map(Body::new)).await) }
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -294,7 +306,7 @@ async fn apply(
     };
 }
 
-fn router(proxy: Proxy, guard: Guard) -> Router {
+fn router(proxy: Proxy) -> Router {
     Router::new()
         .route("/", get(status::page))
         .route(
@@ -304,13 +316,69 @@ fn router(proxy: Proxy, guard: Guard) -> Router {
         .route("/{server}", any(proxy::forward))
         .route("/{server}/messages/{token}", any(proxy::legacy_message))
         .with_state(proxy)
-        .layer(middleware::from_fn_with_state(guard, crate::guard::check))
-        .layer(middleware::from_fn(log_request))
+}
+
+/// What every connection serves: each request is logged, then checked by the
+/// guard, then proxied or routed.
+///
+/// `POST|GET|DELETE /<server>`, nearly every request, goes straight to
+/// `proxy::forward`: through axum's router and two `from_fn` layers it cost about
+/// 13k instructions per call (a sixth of the daemon's work; BENCHMARKS.md). The
+/// router has every other path, and `/<server>` too when the name needs decoding.
+#[derive(Clone)]
+struct Front {
+    router: Router,
+    proxy: Proxy,
+    guard: Guard,
+}
+
+impl Front {
+    async fn handle(self, request: Request) -> Response {
+        let Self {
+            router,
+            proxy,
+            guard,
+        } = self;
+        log_request(request, |request| async move {
+            crate::guard::check(&guard, request, |request| dispatch(router, proxy, request)).await
+        })
+        .await
+    }
+}
+
+async fn dispatch(router: Router, proxy: Proxy, request: Request) -> Response {
+    match server_path(request.uri().path()) {
+        Some(name) => {
+            let name = name.to_owned();
+            proxy::forward(State(proxy), Path(name), request)
+                .await
+                .into_response()
+        }
+        None => match router.oneshot(request).await {
+            Ok(response) => response,
+            Err(infallible) => match infallible {},
+        },
+    }
+}
+
+/// The server name of a `/<server>` path whose name is taken as written: the
+/// characters a server name may have (`config.rs`), so nothing is percent-encoded.
+fn server_path(path: &str) -> Option<&str> {
+    let name = path.strip_prefix('/')?;
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    plain.then_some(name)
 }
 
 /// One log line per request, written when the response body ends (so a stream's
 /// duration is the stream's), with no header values.
-async fn log_request(request: Request, next: Next) -> Response {
+async fn log_request<F, Fut>(request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let start = Instant::now();
     let method = request.method().clone();
     let server = request
@@ -321,7 +389,7 @@ async fn log_request(request: Request, next: Next) -> Response {
         .next()
         .unwrap_or("")
         .to_owned();
-    let response = next.run(request).await;
+    let response = next(request).await;
     let status = response.status().as_u16();
     let content_length = response
         .headers()
@@ -412,6 +480,20 @@ impl Drop for LoggedBody {
         // Dropped before its end: the client went away, or an upstream stream broke.
         if let Some(line) = self.line.take() {
             line.emit(self.remaining == Some(0) || self.inner.is_end_stream());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_path;
+
+    #[test]
+    fn only_plain_single_segment_paths_skip_the_router() {
+        assert_eq!(server_path("/notes"), Some("notes"));
+        assert_eq!(server_path("/my-server_2.v1"), Some("my-server_2.v1"));
+        for routed in ["/", "", "/notes/", "/notes/messages/t", "/n%6ftes", "/a b"] {
+            assert_eq!(server_path(routed), None, "{routed:?}");
         }
     }
 }

@@ -9,8 +9,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use std::future::Future;
+
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -129,18 +130,24 @@ impl Lists {
     }
 }
 
-pub(crate) async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+/// Refuses a request from elsewhere, answers CORS preflights for allowed browser
+/// origins, and otherwise hands the request to `next`.
+pub(crate) async fn check<F, Fut>(guard: &Guard, request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     if let Err(e) = guard.check(&request) {
         return e.into_response();
     }
     // An allowed browser origin (a web-based MCP client) needs CORS to read replies.
     let Some(origin) = request.headers().get(ORIGIN).cloned() else {
-        return next.run(request).await;
+        return next(request).await;
     };
     if request.method() == Method::OPTIONS {
         return preflight(&request, origin);
     }
-    let mut response = next.run(request).await;
+    let mut response = next(request).await;
     let headers = response.headers_mut();
     headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     headers.insert(
