@@ -219,7 +219,9 @@ async fn serve(listener: TcpListener, app: Front, stop: CancellationToken) {
         let app = app.clone();
         let service = service_fn(move |request: http::Request<Incoming>| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(request.map(Body::new)).await) }
+            // Boxed: hyper keeps a slot the size of this future for as long as the
+            // connection lives, and an SSE stream keeps its connection open.
+            Box::pin(async move { Ok::<_, Infallible>(app.handle(request.map(Body::new)).await) })
         });
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
