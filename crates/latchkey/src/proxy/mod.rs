@@ -27,12 +27,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OAuth, OAuthConfig, Server, Transport};
-use crate::error::{ProxyError, describe_chain};
+use crate::error::{ProxyError, describe, describe_chain};
 use latchkey_auth::registration::ConfiguredClient;
 use latchkey_auth::session::Trigger;
 use latchkey_auth::session::{AuthSettings, Browser, Credentials, ServerAuth};
@@ -130,6 +128,8 @@ pub(crate) struct Upstream {
     detected: AtomicU8,
     /// `None` for `oauth = false`.
     pub(crate) auth: Option<UpstreamAuth>,
+    /// The environment sends this server's requests through a proxy.
+    proxied: bool,
 }
 
 const UNKNOWN: u8 = 0;
@@ -239,6 +239,7 @@ impl Shared {
             last_error: Mutex::new(None),
             detected: AtomicU8::new(UNKNOWN),
             auth,
+            proxied: client::system_proxy(&server.uri),
         })
     }
 
@@ -346,7 +347,7 @@ pub(crate) fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         // would also send the credentials to wherever they point.
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(AGENT)
-        .use_preconfigured_tls(client::TLS.clone())
+        .use_preconfigured_tls(client::reqwest_tls())
         .build()
 }
 
@@ -564,7 +565,7 @@ async fn upstream_request(
     uri: Uri,
     mut headers: HeaderMap,
     payload: Payload,
-) -> Result<hyper::Response<Incoming>, ProxyError> {
+) -> Result<http::Response<Body>, ProxyError> {
     let server = &upstream.config;
     headers::to_upstream(&mut headers);
     for (name, value) in &server.headers {
@@ -649,19 +650,26 @@ async fn transmit(
     uri: Uri,
     headers: HeaderMap,
     body: Body,
-) -> Result<hyper::Response<Incoming>, ProxyError> {
+) -> Result<http::Response<Body>, ProxyError> {
     let server = &upstream.config;
-    let mut request = http::Request::new(body);
-    *request.method_mut() = method.clone();
-    *request.uri_mut() = uri;
-    *request.headers_mut() = headers;
-    match proxy.upstream_client.request(request).await {
+    let response = if upstream.proxied {
+        via_reqwest(proxy, method, &uri, headers, body).await
+    } else {
+        let mut request = http::Request::new(body);
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        match proxy.upstream_client.request(request).await {
+            Ok(response) => Ok(response.map(Body::new)),
+            Err(e) => Err(describe_chain(&e)),
+        }
+    };
+    match response {
         Ok(response) => {
             upstream.record(Ok(()));
             Ok(response)
         }
-        Err(e) => {
-            let cause = describe_chain(&e);
+        Err(cause) => {
             upstream.record(Err(&cause));
             Err(ProxyError::Upstream {
                 server: server.name.clone(),
@@ -672,15 +680,36 @@ async fn transmit(
     }
 }
 
+/// The request through reqwest, for a server behind the system's proxy (which
+/// the hot path's client does not speak to; see `client.rs`).
+async fn via_reqwest(
+    proxy: &Proxy,
+    method: &Method,
+    uri: &Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<http::Response<Body>, String> {
+    let url = url::Url::parse(&uri.to_string()).map_err(|e| e.to_string())?;
+    proxy
+        .client
+        .request(method.clone(), url)
+        .headers(headers)
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()))
+        .send()
+        .await
+        .map(|response| http::Response::from(response).map(Body::new))
+        .map_err(describe)
+}
+
 /// Turns the upstream's response into the client's, streaming the body.
 fn relay(
     proxy: &Proxy,
     upstream: &Upstream,
     method: &Method,
     rewrite_endpoint: bool,
-    response: hyper::Response<Incoming>,
+    response: http::Response<Body>,
 ) -> Response {
-    let (parts, incoming) = response.into_parts();
+    let (parts, upstream_body) = response.into_parts();
     let status = parts.status;
     let mut headers = parts.headers;
     headers::to_client(&mut headers);
@@ -696,7 +725,7 @@ fn relay(
         // Standalone streams last until a side closes them; at shutdown latchkey does.
         // A reload that removes or changes the server ends them too.
         let stream = Box::pin(
-            incoming
+            upstream_body
                 .into_data_stream()
                 .take_until(upstream.streams.clone().cancelled_owned()),
         );
@@ -713,7 +742,7 @@ fn relay(
             Body::from_stream(stream)
         }
     } else {
-        Body::new(incoming)
+        upstream_body
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;

@@ -311,3 +311,123 @@ async fn a_full_login_leaves_no_secret_in_a_debug_log() {
         );
     }
 }
+
+/// A forward HTTP proxy that records each request line and relays the bytes to the
+/// host the absolute-form URI names.
+async fn forward_proxy() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::AsyncReadExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let lines = lines.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n") {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let line = String::from_utf8_lossy(&head).trim_end().to_owned();
+                let target = line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|uri| uri.strip_prefix("http://"))
+                    .and_then(|rest| rest.split('/').next())
+                    .unwrap_or_default()
+                    .to_owned();
+                lines.lock().expect("lines").push(line);
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                if upstream.write_all(&head).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_requests_go_through_the_proxy_the_environment_names() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let (proxy, seen) = forward_proxy().await;
+    let dir = tempdir::Dir::new("http-proxy");
+    let path = write_config(
+        &dir,
+        &format!("[servers.notes]\nurl = {:?}\n", upstream.mcp_url()),
+    );
+    let proxy_url = format!("http://{proxy}");
+    let serve = serve_with(
+        &path,
+        "info",
+        &[
+            ("HTTP_PROXY", &proxy_url),
+            ("http_proxy", &proxy_url),
+            ("NO_PROXY", ""),
+            ("no_proxy", ""),
+        ],
+    );
+    let response = client()
+        .post(format!("http://{}/notes", serve.addr))
+        .json(&initialize())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    response.bytes().await.expect("body");
+    let (code, logs) = terminate(serve, "-TERM");
+    assert_eq!(code, Some(0), "{logs}");
+    let seen = seen.lock().expect("lines").clone();
+    assert!(
+        seen.iter()
+            .any(|line| line.starts_with(&format!("POST {} HTTP/1.1", upstream.mcp_url()))),
+        "the proxy saw {seen:?}"
+    );
+    assert!(!upstream.requests().is_empty(), "the upstream was reached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stalls_its_tls_handshake_gets_a_502_naming_it() {
+    // Accepts TCP connections and never answers the TLS handshake.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let stalled = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let dir = tempdir::Dir::new("tls-stall");
+    let path = write_config(
+        &dir,
+        &format!("[servers.slow]\nurl = \"https://{stalled}/mcp\"\noauth = false\n"),
+    );
+    let serve = serve(&path, "info");
+    let started = std::time::Instant::now();
+    let response = client()
+        .post(format!("http://{}/slow", serve.addr))
+        .json(&initialize())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(response.status(), 502);
+    let body = response.text().await.expect("body");
+    assert!(body.contains("no connection within 10 s"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    terminate(serve, "-TERM");
+}
