@@ -431,3 +431,68 @@ async fn an_upstream_that_stalls_its_tls_handshake_gets_a_502_naming_it() {
     assert!(started.elapsed() < Duration::from_secs(20));
     terminate(serve, "-TERM");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stderr_nobody_reads_never_stops_the_proxy() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let dir = tempdir::Dir::new("stderr-full");
+    let path = write_config(
+        &dir,
+        &format!("[servers.notes]\nurl = {:?}\n", upstream.mcp_url()),
+    );
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    // stderr is a pipe that is never read: it fills after 64 KiB of log.
+    let mut child = latchkey()
+        .args([
+            "--log-level",
+            "debug",
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--config",
+        ])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let client = client();
+    let url = format!("http://{addr}/notes");
+    for _ in 0..200 {
+        if client.get(format!("http://{addr}/")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Far more log than the pipe holds; every request must still be answered.
+    for _ in 0..3000 {
+        let response = client
+            .post(&url)
+            .json(&initialize())
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("answered while stderr is full");
+        assert_eq!(response.status(), 200);
+        response.bytes().await.expect("body");
+    }
+    // Reading again lets the backlog out; the lines after it say what was dropped.
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut logs = String::new();
+        let _ = stderr.read_to_string(&mut logs);
+        logs
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+    let logs = reader.join().expect("reader");
+    let tail = &logs[logs.len().saturating_sub(2000)..];
+    assert!(logs.contains("log write(s) dropped"), "{tail}");
+    assert!(logs.contains("stopped"), "{tail}");
+}
