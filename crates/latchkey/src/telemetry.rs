@@ -4,140 +4,205 @@
 //! Under systemd, stderr is the journal, which stamps every line itself: text lines
 //! then go without their own timestamp (and without colour).
 //!
-//! The daemon logs a line per request, and a `write` per line would sit between the
-//! proxy's last body frame and its reply on the wire. So the runtime's thread keeps
-//! its lines and hands them on together when it is about to sleep ([`flush`], from
-//! the runtime's park hook): once per burst instead of once per request, and after
-//! the replies of that burst have gone out, or once the batch reaches [`BATCH`].
+//! The daemon logs a line per request, on the hot path of every tool call, so a line
+//! costs neither a syscall nor a wake-up of its own:
+//! - a request's line is formatted when the runtime's thread is about to sleep
+//!   ([`later`], run by [`flush`] from the runtime's park hook), not between the
+//!   proxy's last body frame and the write of it;
+//! - a thread of its own does the writing, so that a stderr nobody reads (a full
+//!   pipe, a stalled journal) never stops the runtime. Lines wait for it in a
+//!   bounded backlog; what does not fit is dropped and counted in a line written
+//!   once stderr moves again;
+//! - that thread is woken only when it is idle, and after each write it lets lines
+//!   gather for [`GATHER`] before the next one: a burst of requests costs one wake-up
+//!   and one `write` per few milliseconds, not one per request, and an idle daemon
+//!   none at all.
 //!
-//! A thread of its own does the writing, so that a stderr nobody reads (a full pipe,
-//! a stalled journal) never stops the runtime: the queue to it is bounded, and what
-//! does not fit is dropped and counted in a line written once stderr moves again.
 //! [`finish`] (at exit, and from the panic hook) waits until everything handed on is
 //! written, so that nothing logged before an error or a panic message comes after it.
 
 use std::cell::RefCell;
 use std::io::{IsTerminal as _, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{LazyLock, mpsc};
-use std::time::Duration;
+use std::sync::{Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::MakeExt as _;
 use tracing_subscriber::fmt::FormatFields;
-use tracing_subscriber::fmt::format;
+use tracing_subscriber::fmt::format::{self, Writer};
+use tracing_subscriber::fmt::time::FormatTime;
 
-/// The runtime's thread hands its kept lines on once they reach this many bytes.
-const BATCH: usize = 16 * 1024;
-/// Batches (or single lines) waiting for the writer; more are dropped.
-const QUEUE: usize = 256;
+/// Log bytes waiting for the writer (some 2,000 request lines); lines that would go
+/// past it are dropped.
+const BACKLOG: usize = 256 * 1024;
+/// How long the writer lets lines gather after a write.
+const GATHER: Duration = Duration::from_millis(10);
 /// How long [`finish`] waits for the writer.
 const FINISH_WAIT: Duration = Duration::from_secs(2);
+/// Deferred lines a thread keeps before it formats them anyway (a runtime that
+/// never runs out of work never parks).
+const LATER_MAX: usize = 64;
+
+type Deferred = Box<dyn FnOnce()>;
 
 thread_local! {
-    /// Lines the runtime's thread has not handed on yet; `None` on threads that hand
-    /// on each line at once (all of them, until their first park).
-    static KEPT: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    /// Lines to log when this thread next parks; `None` on threads that log at once
+    /// (all of them, until their first park).
+    static LATER: RefCell<Option<Vec<Deferred>>> = const { RefCell::new(None) };
 }
 
-enum Message {
-    Lines(Vec<u8>),
-    /// Everything before it is written.
-    Written(mpsc::Sender<()>),
+/// The lines between the threads that log and the writer.
+struct Backlog {
+    state: Mutex<State>,
+    /// The writer waits here, for lines or for [`finish`].
+    work: Condvar,
+    /// [`finish`] waits here, for the writer.
+    written: Condvar,
 }
 
-struct Writer {
-    queue: SyncSender<Message>,
-    dropped: AtomicUsize,
+#[derive(Default)]
+struct State {
+    lines: Vec<u8>,
+    /// Lines handed on, and lines written (or given up on), ever.
+    handed: u64,
+    written: u64,
+    /// Lines dropped since the writer last said so.
+    dropped: u64,
+    /// The writer waits for lines: a thread that hands some on wakes it.
+    idle: bool,
+    /// [`finish`] is waiting: no gathering.
+    hurry: bool,
 }
 
-static WRITER: LazyLock<Writer> = LazyLock::new(|| {
-    let (queue, received) = mpsc::sync_channel(QUEUE);
+static BACKLOG_: LazyLock<Backlog> = LazyLock::new(|| {
     // Without the thread, lines go nowhere; there is no better place to say so.
     let _ = std::thread::Builder::new()
         .name("latchkey-log".into())
-        .spawn(move || write_all(&received));
-    Writer {
-        queue,
-        dropped: AtomicUsize::new(0),
+        .spawn(write_all);
+    Backlog {
+        state: Mutex::new(State::default()),
+        work: Condvar::new(),
+        written: Condvar::new(),
     }
 });
 
-fn write_all(received: &Receiver<Message>) {
-    for message in received {
-        match message {
-            Message::Lines(lines) => {
-                let mut stderr = std::io::stderr().lock();
-                let dropped = WRITER.dropped.swap(0, Ordering::Relaxed);
-                if dropped > 0 {
-                    let _ = writeln!(
-                        stderr,
-                        "latchkey: {dropped} log write(s) dropped: stderr was not being read"
-                    );
-                }
-                // Nowhere to report a failed write of the log itself.
-                let _ = stderr.write_all(&lines);
-            }
-            Message::Written(done) => {
-                let _ = done.send(());
-            }
+fn state() -> MutexGuard<'static, State> {
+    BACKLOG_
+        .state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write_all() {
+    let backlog = &*BACKLOG_;
+    let mut state = state();
+    loop {
+        while state.lines.is_empty() && !state.hurry {
+            state.idle = true;
+            state = backlog
+                .work
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
+        state.idle = false;
+        state.hurry = false;
+        let lines = std::mem::take(&mut state.lines);
+        let upto = state.handed;
+        let dropped = std::mem::take(&mut state.dropped);
+        drop(state);
+        let mut stderr = std::io::stderr().lock();
+        // Nowhere to report a failed write of the log itself.
+        if dropped > 0 {
+            let _ = writeln!(
+                stderr,
+                "latchkey: {dropped} log write(s) dropped: stderr was not being read"
+            );
+        }
+        let _ = stderr.write_all(&lines);
+        drop(stderr);
+        state = self::state();
+        state.written = upto;
+        backlog.written.notify_all();
+        state = backlog
+            .work
+            .wait_timeout_while(state, GATHER, |state| !state.hurry)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
     }
 }
 
-/// Hands `lines` to the writer, or drops them if it is that far behind.
-fn hand_on(lines: Vec<u8>) {
-    if let Err(TrySendError::Full(_)) = WRITER.queue.try_send(Message::Lines(lines)) {
-        WRITER.dropped.fetch_add(1, Ordering::Relaxed);
+/// Adds `line` to the backlog, or drops it if the writer is that far behind.
+fn hand_on(line: &[u8]) {
+    let mut state = state();
+    if state.lines.len() + line.len() > BACKLOG {
+        state.dropped += 1;
+        return;
+    }
+    state.lines.extend_from_slice(line);
+    state.handed += 1;
+    if state.idle {
+        state.idle = false;
+        BACKLOG_.work.notify_one();
     }
 }
 
-/// Hands on the calling thread's kept lines, and keeps its later lines until the
+/// Logs with `log` when the calling thread is next about to sleep (see [`flush`]),
+/// or at once on a thread that has no park hook.
+pub fn later(log: impl FnOnce() + 'static) {
+    let now = LATER.with_borrow_mut(|later| match later {
+        Some(lines) if lines.len() < LATER_MAX => {
+            lines.push(Box::new(log));
+            None
+        }
+        Some(lines) => Some(std::mem::take(lines)),
+        None => Some(vec![Box::new(log) as Deferred]),
+    });
+    for log in now.into_iter().flatten() {
+        log();
+    }
+}
+
+/// Logs the calling thread's deferred lines, and defers its later ones until the
 /// next call: the runtime's `on_thread_park` hook.
 pub fn flush() {
-    KEPT.with_borrow_mut(|kept| match kept {
-        Some(lines) if !lines.is_empty() => {
-            hand_on(std::mem::replace(lines, Vec::with_capacity(BATCH)));
+    let deferred = LATER.with_borrow_mut(|later| match later {
+        Some(lines) => std::mem::take(lines),
+        None => {
+            *later = Some(Vec::new());
+            Vec::new()
         }
-        Some(_) => {}
-        None => *kept = Some(Vec::with_capacity(BATCH)),
     });
+    for log in deferred {
+        log();
+    }
 }
 
-/// Hands on the calling thread's kept lines, stops keeping them, and waits (a
-/// little) until every line handed on is written: for the thread that ran the
-/// runtime once it returns, and for a panic, before its message.
+/// Logs the calling thread's deferred lines, stops deferring, and waits (a little)
+/// until every line handed on is written: for the thread that ran the runtime once
+/// it returns, and for a panic, before its message.
 pub fn finish() {
-    // `try_borrow_mut`: a panic while this thread was adding a line must not turn
+    // `try_borrow_mut`: a panic while this thread was deferring a line must not turn
     // into a second one here.
-    let kept = KEPT.with(|kept| kept.try_borrow_mut().ok().and_then(|mut kept| kept.take()));
-    if let Some(lines) = kept
-        && !lines.is_empty()
-    {
-        hand_on(lines);
+    let deferred = LATER.with(|later| later.try_borrow_mut().ok().and_then(|mut l| l.take()));
+    for log in deferred.into_iter().flatten() {
+        log();
     }
-    let (done, written) = mpsc::channel();
-    if WRITER.queue.try_send(Message::Written(done)).is_ok() {
-        let _ = written.recv_timeout(FINISH_WAIT);
-    }
+    let backlog = &*BACKLOG_;
+    let mut state = state();
+    let target = state.handed;
+    state.hurry = true;
+    backlog.work.notify_one();
+    let _ = backlog
+        .written
+        .wait_timeout_while(state, FINISH_WAIT, |state| state.written < target);
 }
 
-/// stderr, through the writer thread, and through the calling thread's batch when
-/// it has one.
+/// stderr, through the backlog and its writer thread.
 struct Stderr;
 
 impl Write for Stderr {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        KEPT.with_borrow_mut(|kept| match kept {
-            Some(lines) => {
-                lines.extend_from_slice(line);
-                if lines.len() >= BATCH {
-                    hand_on(std::mem::replace(lines, Vec::with_capacity(BATCH)));
-                }
-            }
-            None => hand_on(line.to_vec()),
-        });
+        hand_on(line);
         Ok(line.len())
     }
 
@@ -160,6 +225,7 @@ pub fn init(level: &str, json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| Stderr)
+        .with_timer(Timestamp)
         .with_ansi(colour);
     if json {
         builder.json().init();
@@ -211,4 +277,72 @@ pub fn stderr_is_journal() -> bool {
 #[cfg(not(unix))]
 pub fn stderr_is_journal() -> bool {
     false
+}
+
+/// RFC 3339 timestamps in UTC with microseconds, as tracing-subscriber's default
+/// writes them, with the date and time of day formatted once per second: the
+/// default formats every component with `write!`, about a third of a request line.
+struct Timestamp;
+
+thread_local! {
+    /// The second last formatted, and its `YYYY-MM-DDTHH:MM:SS.`.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+impl FormatTime for Timestamp {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        let since = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let secs = since.as_secs();
+        SECOND.with_borrow_mut(|(second, text)| {
+            if *second != secs {
+                *second = secs;
+                *text = date_time(secs);
+            }
+            w.write_str(text)
+        })?;
+        let mut micros = since.subsec_micros();
+        let mut digits = *b"000000Z";
+        for digit in digits[..6].iter_mut().rev() {
+            *digit = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        w.write_str(std::str::from_utf8(&digits).unwrap_or_default())
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` for seconds since the epoch (UTC), by Howard Hinnant's
+/// `civil_from_days`.
+fn date_time(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let of_day = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.",
+        of_day / 3_600,
+        of_day / 60 % 60,
+        of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::date_time;
+
+    #[test]
+    fn dates_are_proleptic_gregorian_utc() {
+        assert_eq!(date_time(0), "1970-01-01T00:00:00.");
+        assert_eq!(date_time(951_825_599), "2000-02-29T11:59:59.");
+        assert_eq!(date_time(4_107_542_400), "2100-03-01T00:00:00.");
+        assert_eq!(date_time(1_796_147_999), "2026-12-01T17:59:59.");
+    }
 }

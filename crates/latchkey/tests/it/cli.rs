@@ -465,8 +465,9 @@ async fn a_stderr_nobody_reads_never_stops_the_proxy() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Far more log than the pipe holds; every request must still be answered.
-    for _ in 0..3000 {
+    // Far more log than the pipe and latchkey's backlog hold (some 500 KB); every
+    // request must still be answered.
+    for _ in 0..4000 {
         let response = client
             .post(&url)
             .json(&initialize())

@@ -41,6 +41,19 @@ impl Scratch {
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.0.join("stderr.log")).unwrap_or_default()
     }
+
+    /// The log once it has every one of `needles` (it is written by a thread of its
+    /// own, a few milliseconds behind), or as it is after 5 s.
+    pub(crate) async fn log_with(&self, needles: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            if needles.iter().all(|n| log.contains(n)) || tokio::time::Instant::now() > deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl Drop for Scratch {
@@ -360,12 +373,12 @@ async fn sighup_reload_adds_removes_and_changes_servers_with_streams_open() {
         server_names(&status_json(addr).await),
         ["kept", "changed", "added"]
     );
-    let log = scratch.log();
-    assert!(
-        log.contains("config reload failed; the previous config stays in force")
-            && log.contains("server \"broken\": url is not a URL"),
-        "{log}"
-    );
+    let failed = [
+        "config reload failed; the previous config stays in force",
+        "server \"broken\": url is not a URL",
+    ];
+    let log = scratch.log_with(&failed).await;
+    assert!(failed.iter().all(|f| log.contains(f)), "{log}");
     assert!(first.notify(
         &kept_session,
         json!({"jsonrpc": "2.0", "method": "notifications/again"})
@@ -377,11 +390,8 @@ async fn sighup_reload_adds_removes_and_changes_servers_with_streams_open() {
     signal(&child, "HUP");
     assert!(notify.next().await.contains("RELOADING=1"));
     assert_eq!(notify.ready().await, addr);
-    assert!(
-        scratch.log().contains("that needs a restart"),
-        "{}",
-        scratch.log()
-    );
+    let log = scratch.log_with(&["that needs a restart"]).await;
+    assert!(log.contains("that needs a restart"), "{log}");
     assert_eq!(server_names(&status_json(addr).await), ["placeholder"]);
 
     signal(&child, "TERM");
@@ -437,11 +447,8 @@ async fn socket_activation_serves_on_the_passed_socket() {
     assert_eq!(notify.ready().await, addr);
     assert_eq!(server_names(&status_json(addr).await), ["notes"]);
     open_session(addr, "notes").await;
-    assert!(
-        scratch.log().contains("socket activation"),
-        "{}",
-        scratch.log()
-    );
+    let log = scratch.log_with(&["socket activation"]).await;
+    assert!(log.contains("socket activation"), "{log}");
     signal(&child, "TERM");
     exits_cleanly(child, &scratch).await;
 }
