@@ -195,9 +195,17 @@ fn served(result: Result<(), tokio::task::JoinError>) -> Result<(), DaemonError>
 /// `GracefulShutdown` costs no per-connection table.
 async fn serve(listener: TcpListener, app: Front, stop: CancellationToken) {
     let mut http = hyper::server::conn::http1::Builder::new();
-    // Needed for the header read timeout, which closes connections that never
-    // finish sending their headers.
-    http.timer(TokioTimer::new());
+    // On a non-loopback address (`allow_non_loopback`), connections that never finish
+    // sending their headers are closed after hyper's header read timeout. Not on
+    // loopback, where only local processes connect (and could hold idle connections
+    // open anyway): the timeout arms a boxed timer for every request, and arming it
+    // wakes the runtime's driver, one more syscall per request.
+    if listener
+        .local_addr()
+        .is_ok_and(|local| !local.ip().is_loopback())
+    {
+        http.timer(TokioTimer::new());
+    }
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {
@@ -356,7 +364,8 @@ async fn dispatch(router: Router, proxy: Proxy, request: Request) -> Response {
                 .await
                 .into_response()
         }
-        None => match router.oneshot(request).await {
+        // Boxed: the router's future is large, and every path it serves is rare.
+        None => match Box::pin(router.oneshot(request)).await {
             Ok(response) => response,
             Err(infallible) => match infallible {},
         },
@@ -420,17 +429,28 @@ struct LogLine {
 }
 
 impl LogLine {
+    /// Formatted once the runtime is about to sleep, not before the response's
+    /// last bytes go out.
     fn emit(self, complete: bool) {
-        tracing::info!(
-            server = %self.server,
-            method = %self.method,
-            status = self.status,
-            // Whole microseconds: formatting a `Duration` with `?` costs more than
-            // the rest of the line.
-            duration_us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
-            complete,
-            "request"
-        );
+        let Self {
+            server,
+            method,
+            status,
+            start,
+        } = self;
+        // Whole microseconds: formatting a `Duration` with `?` costs more than the
+        // rest of the line.
+        let duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        crate::telemetry::later(move || {
+            tracing::info!(
+                server = %server,
+                method = %method,
+                status,
+                duration_us,
+                complete,
+                "request"
+            );
+        });
     }
 }
 

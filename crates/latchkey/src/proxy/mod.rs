@@ -74,8 +74,8 @@ pub(crate) struct Shared {
     credentials: Credentials,
     /// For OAuth, the status page and the HTTP+SSE bridge.
     client: reqwest::Client,
-    /// For forwarded requests: the hot path.
-    upstream_client: client::UpstreamClient,
+    /// Opens the connections of each server's pool (the hot path).
+    connector: client::Connector,
     legacy: LegacyEndpoints,
     bridges: Arc<bridge::Bridges>,
     /// Cancelled at shutdown: standalone SSE streams (GET) end then, so that draining
@@ -130,6 +130,8 @@ pub(crate) struct Upstream {
     pub(crate) auth: Option<UpstreamAuth>,
     /// The environment sends this server's requests through a proxy.
     proxied: bool,
+    /// Connections to the server, for forwarded requests (unless `proxied`).
+    pool: client::Pool,
 }
 
 const UNKNOWN: u8 = 0;
@@ -206,7 +208,7 @@ impl Proxy {
             browser,
             credentials,
             client: http_client()?,
-            upstream_client: client::upstream_client(),
+            connector: client::Connector::new(),
             legacy: LegacyEndpoints::default(),
             bridges: Arc::default(),
             shutdown,
@@ -240,6 +242,7 @@ impl Shared {
             detected: AtomicU8::new(UNKNOWN),
             auth,
             proxied: client::system_proxy(&server.uri),
+            pool: client::Pool::new(&self.connector, &server.uri),
         })
     }
 
@@ -377,40 +380,55 @@ pub(crate) async fn forward(
     request: Request,
 ) -> Result<Response, ProxyError> {
     let upstream = proxy.upstream(&name)?;
-    let method = request.method().clone();
-    if !matches!(method, Method::POST | Method::GET | Method::DELETE) {
+    let method = request.method();
+    if !matches!(*method, Method::POST | Method::GET | Method::DELETE) {
         return Err(ProxyError::MethodNotAllowed {
             method: method.to_string(),
             path: format!("/{name}"),
         });
     }
-    let upstream = &*upstream;
     let uri = upstream.config.uri.clone();
     if !upstream.may_bridge() {
-        return send(&proxy, upstream, uri, request).await;
+        return send(&proxy, &upstream, uri, request).await;
     }
+    // Boxed, as every path below that is not `send` is taken only by legacy servers
+    // and before `auto` has detected the transport: the future of each request is
+    // as large as its largest path, and it is moved at least once.
+    Box::pin(bridging(&proxy, &upstream, &name, uri, request)).await
+}
+
+/// [`forward`] for a server that may speak HTTP+SSE: `sse`, or `auto` before it is
+/// known.
+async fn bridging(
+    proxy: &Proxy,
+    upstream: &Upstream,
+    name: &str,
+    uri: Uri,
+    request: Request,
+) -> Result<Response, ProxyError> {
+    let method = request.method().clone();
     let session = request
         .headers()
         .get(SESSION_ID)
-        .map(|id| id.to_str().ok().and_then(|id| proxy.bridges.get(&name, id)));
+        .map(|id| id.to_str().ok().and_then(|id| proxy.bridges.get(name, id)));
     match session {
         Some(Some(session)) => match method {
             Method::POST => {
                 let body = read_whole(request).await?;
-                bridge::post(&proxy, upstream, &session, body).await
+                bridge::post(proxy, upstream, &session, body).await
             }
             Method::GET => bridge::get(&session, upstream.streams.clone()),
-            _ => Ok(bridge::delete(&proxy, &session)),
+            _ => Ok(bridge::delete(proxy, &session)),
         },
         Some(None) if upstream.bridged() => Err(ProxyError::UnknownSession),
         None if method == Method::POST && upstream.bridged() => {
             let body = read_whole(request).await?;
-            open_bridge(&proxy, upstream, body).await
+            open_bridge(proxy, upstream, body).await
         }
         None if method == Method::POST && upstream.detected.load(Ordering::Relaxed) == UNKNOWN => {
-            probe(&proxy, upstream, request).await
+            probe(proxy, upstream, request).await
         }
-        _ => send(&proxy, upstream, uri, request).await,
+        _ => send(proxy, upstream, uri, request).await,
     }
 }
 
@@ -582,15 +600,15 @@ async fn upstream_request(
     loop {
         if auth.session.needs_refresh() {
             let seen = auth.session.bearer().1;
-            let refreshed = auth
-                .wait(
-                    upstream,
-                    Trigger {
-                        seen,
-                        ..Trigger::default()
-                    },
-                )
-                .await;
+            // Waits are boxed here and below: rare, and their futures are large.
+            let refreshed = Box::pin(auth.wait(
+                upstream,
+                Trigger {
+                    seen,
+                    ..Trigger::default()
+                },
+            ))
+            .await;
             // An early refresh is best effort: the current token is still good for a
             // while, so a failed refresh only matters once it has expired.
             if let Err(e) = refreshed {
@@ -625,7 +643,7 @@ async fn upstream_request(
             return Ok(response);
         }
         round += 1;
-        auth.wait(
+        Box::pin(auth.wait(
             upstream,
             Trigger {
                 seen,
@@ -633,7 +651,7 @@ async fn upstream_request(
                 step_up,
                 full_login: round > 1,
             },
-        )
+        ))
         .await?;
         if matches!(payload, Payload::Spent) {
             return Err(ProxyError::SendAgain {
@@ -659,10 +677,11 @@ async fn transmit(
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        match proxy.upstream_client.request(request).await {
-            Ok(response) => Ok(response.map(Body::new)),
-            Err(e) => Err(describe_chain(&e)),
-        }
+        upstream
+            .pool
+            .send(request)
+            .await
+            .map_err(|e| describe_chain(&*e))
     };
     match response {
         Ok(response) => {

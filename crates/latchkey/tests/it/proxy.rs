@@ -973,3 +973,131 @@ async fn duplicate_host_or_origin_and_absolute_form_targets_are_refused() {
 fn daemon_addr(port: u16) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }
+
+/// A bare HTTP/1.1 upstream that answers every request with a small JSON reply on a
+/// keep-alive connection, counting the connections it accepts. With `close_after`,
+/// it closes each connection that long after its reply (as a server whose
+/// keep-alive timeout has run out would).
+async fn counting_upstream(
+    close_after: Option<std::time::Duration>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: its head, then `content-length` bytes of body.
+                    let head_end = loop {
+                        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buffer.len() < head_end + length {
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buffer.drain(..head_end + length);
+                    let body = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if socket.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if let Some(delay) = close_after {
+                        tokio::time::sleep(delay).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+async fn post_ok(daemon: &Daemon, client: &reqwest::Client) {
+    let response = client
+        .post(daemon.url("/raw"))
+        .json(&rpc(1, "ping", json!({})))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["id"], 1);
+}
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_per_server() {
+    use std::sync::atomic::Ordering;
+    let (url, accepted) = counting_upstream(None).await;
+    let daemon = Daemon::builder()
+        .server("raw", &url, &["transport = \"streamable-http\""])
+        .start()
+        .await;
+    let client = client();
+    for _ in 0..20 {
+        post_ok(&daemon, &client).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "20 calls in a row share one connection"
+    );
+    // Calls in flight together each need a connection; afterwards they are all reused.
+    for _ in 0..3 {
+        let clients: Vec<reqwest::Client> = (0..4).map(|_| crate::harness::client()).collect();
+        let calls = clients.iter().map(|c| post_ok(&daemon, c));
+        futures_util::future::join_all(calls).await;
+    }
+    let after = accepted.load(Ordering::SeqCst);
+    assert!(
+        after <= 5,
+        "{after} connections for 3 rounds of 4 calls at a time"
+    );
+    daemon.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_server_closed_is_replaced() {
+    use std::sync::atomic::Ordering;
+    let (url, accepted) = counting_upstream(Some(std::time::Duration::from_millis(20))).await;
+    let daemon = Daemon::builder()
+        .server("raw", &url, &["transport = \"streamable-http\""])
+        .start()
+        .await;
+    let client = client();
+    for _ in 0..5 {
+        post_ok(&daemon, &client).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        5,
+        "each call after a close gets a new connection"
+    );
+    daemon.shutdown().await.expect("clean shutdown");
+}
