@@ -497,3 +497,109 @@ async fn a_stderr_nobody_reads_never_stops_the_proxy() {
     assert!(logs.contains("log write(s) dropped"), "{tail}");
     assert!(logs.contains("stopped"), "{tail}");
 }
+
+/// An HTTPS upstream that speaks only HTTP/2 (ALPN `h2`), with the certificate in
+/// `tests/it/tls` for 127.0.0.1. Returns its URL, the connections it accepted and the
+/// HTTP version of every request it answered.
+async fn h2_upstream() -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::Mutex<Vec<http::Version>>>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/tls");
+    let certs = CertificateDer::pem_file_iter(format!("{tls}/server.pem"))
+        .expect("server.pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(format!("{tls}/server.key")).expect("server.key");
+    let mut config = rustls::ServerConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("certificate and key");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("https://{}/mcp", listener.local_addr().expect("addr"));
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let versions = Arc::new(Mutex::new(Vec::new()));
+    let (accepted, seen) = (connections.clone(), versions.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request: http::Request<_>| {
+                    seen.lock().expect("versions").push(request.version());
+                    async {
+                        let body = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+                        http::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                body.as_bytes(),
+                            )))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (url, connections, versions)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_that_offers_http2_gets_one_shared_connection() {
+    use std::sync::atomic::Ordering;
+    let (url, connections, versions) = h2_upstream().await;
+    let dir = tempdir::Dir::new("h2");
+    let path = write_config(
+        &dir,
+        &format!("[servers.h2]\nurl = {url:?}\ntransport = \"streamable-http\"\noauth = false\n"),
+    );
+    // The test CA is trusted the way a user's own CA would be.
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/tls/ca.pem");
+    let serve = serve_with(&path, "info", &[("SSL_CERT_FILE", ca)]);
+    let call = |client: reqwest::Client| {
+        let url = format!("http://{}/h2", serve.addr);
+        async move {
+            let response = client
+                .post(url)
+                .json(&initialize())
+                .send()
+                .await
+                .expect("request");
+            let status = response.status();
+            let body = response.text().await.expect("body");
+            assert_eq!(status, 200, "{body}");
+            assert!(body.contains(r#""result":{}"#), "{body}");
+        }
+    };
+    for _ in 0..3 {
+        call(client()).await;
+    }
+    futures_util::future::join_all((0..8).map(|_| call(client()))).await;
+    let (code, logs) = terminate(serve, "-TERM");
+    assert_eq!(code, Some(0), "{logs}");
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "{logs}");
+    let versions = versions.lock().expect("versions").clone();
+    assert_eq!(versions.len(), 11);
+    assert!(
+        versions.iter().all(|v| *v == http::Version::HTTP_2),
+        "{versions:?}"
+    );
+}
