@@ -154,7 +154,11 @@ pub fn later(log: impl FnOnce() + 'static) {
             lines.push(Box::new(log));
             None
         }
-        Some(lines) => Some(std::mem::take(lines)),
+        Some(lines) => {
+            let mut all = std::mem::take(lines);
+            all.push(Box::new(log));
+            Some(all)
+        }
         None => Some(vec![Box::new(log) as Deferred]),
     });
     for log in now.into_iter().flatten() {
@@ -336,7 +340,25 @@ fn date_time(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::date_time;
+    use super::{LATER_MAX, date_time, flush, later};
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    #[test]
+    fn every_deferred_line_is_logged_once() {
+        let logged = Rc::new(Cell::new(0));
+        // The first park makes the thread defer.
+        flush();
+        let count = LATER_MAX * 2 + 3;
+        for _ in 0..count {
+            let logged = logged.clone();
+            later(move || logged.set(logged.get() + 1));
+        }
+        // Past `LATER_MAX`, lines are logged without waiting for the park.
+        assert!(logged.get() >= LATER_MAX, "{}", logged.get());
+        flush();
+        assert_eq!(logged.get(), count);
+    }
 
     #[test]
     fn dates_are_proleptic_gregorian_utc() {

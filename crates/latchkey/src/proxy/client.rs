@@ -181,10 +181,18 @@ impl Pool {
             return Some(Sender::H2(h2));
         }
         loop {
-            let (since, mut h1) = lock(&self.0.idle).pop()?;
-            // Its response body has ended, but the connection may still be reading
-            // the end of it: ready at once, or closed.
-            if since.elapsed() < POOL_IDLE && h1.ready().await.is_ok() {
+            let (since, h1) = lock(&self.0.idle).pop()?;
+            if since.elapsed() >= POOL_IDLE || h1.is_closed() {
+                continue;
+            }
+            // Its response body has ended, but its connection may not have run since
+            // it read that end: it gets one turn.
+            if !h1.is_ready() {
+                tokio::task::yield_now().await;
+            }
+            // Not ready even then, it is still writing a request body that the
+            // server answered early (and may never read): not worth waiting for.
+            if h1.is_ready() {
                 return Some(Sender::H1(h1));
             }
         }

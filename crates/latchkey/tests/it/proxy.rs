@@ -977,7 +977,8 @@ fn daemon_addr(port: u16) -> std::net::SocketAddr {
 /// A bare HTTP/1.1 upstream that answers every request with a small JSON reply on a
 /// keep-alive connection, counting the connections it accepts. With `close_after`,
 /// it closes each connection that long after its reply (as a server whose
-/// keep-alive timeout has run out would).
+/// keep-alive timeout has run out would). A request with a body over 1 MiB is
+/// answered 413 at once, and the connection is then held without reading more.
 async fn counting_upstream(
     close_after: Option<std::time::Duration>,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
@@ -1012,6 +1013,12 @@ async fn counting_upstream(
                         .find_map(|l| l.strip_prefix("content-length:"))
                         .and_then(|v| v.trim().parse().ok())
                         .unwrap_or(0);
+                    if length > 1 << 20 {
+                        let refusal = "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n";
+                        let _ = socket.write_all(refusal.as_bytes()).await;
+                        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                        return;
+                    }
                     while buffer.len() < head_end + length {
                         match socket.read(&mut chunk).await {
                             Ok(0) | Err(_) => return,
@@ -1099,5 +1106,36 @@ async fn a_pooled_connection_the_server_closed_is_replaced() {
         5,
         "each call after a close gets a new connection"
     );
+    daemon.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_connection_still_sending_a_body_the_server_refused_is_not_reused() {
+    let (url, accepted) = counting_upstream(None).await;
+    let daemon = Daemon::builder()
+        .server("raw", &url, &["transport = \"streamable-http\""])
+        .start()
+        .await;
+    // 8 MiB the upstream refuses after the headers and never reads: its connection
+    // stays busy writing them.
+    let big = vec![b' '; 8 << 20];
+    let refused = client()
+        .post(daemon.url("/raw"))
+        .header("content-type", "application/json")
+        .body(big)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await;
+    if let Ok(response) = refused {
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    // The next call gets another connection instead of waiting behind that body.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        post_ok(&daemon, &client()),
+    )
+    .await
+    .expect("the next call is answered");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     daemon.shutdown().await.expect("clean shutdown");
 }
