@@ -803,7 +803,12 @@ async fn run_slice(clients: Vec<Client>, secs: f64) -> Res<Slice> {
                 while !stop.load(Ordering::Relaxed) {
                     match client.echo().await {
                         Ok(()) => ok += 1,
-                        Err(_) => failed += 1,
+                        Err(_) => {
+                            failed += 1;
+                            // A dead connection fails at once, without a pending
+                            // await: yield, so that the slice's timer still fires.
+                            tokio::task::yield_now().await;
+                        }
                     }
                 }
                 (client, ok, failed)
