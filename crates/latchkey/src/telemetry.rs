@@ -34,7 +34,7 @@ use tracing_subscriber::fmt::time::FormatTime;
 
 /// Log bytes waiting for the writer (some 2,000 request lines); lines that would go
 /// past it are dropped.
-const BACKLOG: usize = 256 * 1024;
+const BACKLOG_BYTES: usize = 256 * 1024;
 /// How long the writer lets lines gather after a write.
 const GATHER: Duration = Duration::from_millis(10);
 /// How long [`finish`] waits for the writer.
@@ -74,7 +74,7 @@ struct State {
     hurry: bool,
 }
 
-static BACKLOG_: LazyLock<Backlog> = LazyLock::new(|| {
+static BACKLOG: LazyLock<Backlog> = LazyLock::new(|| {
     // Without the thread, lines go nowhere; there is no better place to say so.
     let _ = std::thread::Builder::new()
         .name("latchkey-log".into())
@@ -87,14 +87,11 @@ static BACKLOG_: LazyLock<Backlog> = LazyLock::new(|| {
 });
 
 fn state() -> MutexGuard<'static, State> {
-    BACKLOG_
-        .state
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    BACKLOG.state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn write_all() {
-    let backlog = &*BACKLOG_;
+    let backlog = &*BACKLOG;
     let mut state = state();
     loop {
         while state.lines.is_empty() && !state.hurry {
@@ -134,7 +131,7 @@ fn write_all() {
 /// Adds `line` to the backlog, or drops it if the writer is that far behind.
 fn hand_on(line: &[u8]) {
     let mut state = state();
-    if state.lines.len() + line.len() > BACKLOG {
+    if state.lines.len() + line.len() > BACKLOG_BYTES {
         state.dropped += 1;
         return;
     }
@@ -142,7 +139,7 @@ fn hand_on(line: &[u8]) {
     state.handed += 1;
     if state.idle {
         state.idle = false;
-        BACKLOG_.work.notify_one();
+        BACKLOG.work.notify_one();
     }
 }
 
@@ -191,7 +188,7 @@ pub fn finish() {
     for log in deferred.into_iter().flatten() {
         log();
     }
-    let backlog = &*BACKLOG_;
+    let backlog = &*BACKLOG;
     let mut state = state();
     let target = state.handed;
     state.hurry = true;

@@ -128,7 +128,12 @@ impl Pool {
         // A pooled connection that closed before the request could be written gives
         // the request back; it goes once more, on a new connection.
         for fresh in [false, true] {
-            let sender = match self.idle_sender(fresh).await {
+            let idle = if fresh {
+                None
+            } else {
+                self.idle_sender().await
+            };
+            let sender = match idle {
                 Some(sender) => sender,
                 // Boxed: the connect and handshake futures are large, and a request
                 // that finds an idle connection should not carry (and move) them.
@@ -144,8 +149,8 @@ impl Pool {
                     if let Some(host) = &self.0.host {
                         parts.headers.entry(HOST).or_insert_with(|| host.clone());
                     }
-                    let absolute = std::mem::replace(&mut parts.uri, Uri::from_static("/"));
-                    parts.uri = origin_form(&absolute);
+                    let origin = origin_form(&parts.uri);
+                    let absolute = std::mem::replace(&mut parts.uri, origin);
                     match h1.try_send_request(Request::from_parts(parts, body)).await {
                         Ok(response) => Ok((response, Some(h1))),
                         Err(mut e) => {
@@ -168,11 +173,8 @@ impl Pool {
     }
 
     /// The shared HTTP/2 connection, or the most recently used idle HTTP/1.1 one that
-    /// is still open; none when `fresh`.
-    async fn idle_sender(&self, fresh: bool) -> Option<Sender> {
-        if fresh {
-            return None;
-        }
+    /// is still open and ready.
+    async fn idle_sender(&self) -> Option<Sender> {
         let h2 = lock(&self.0.h2)
             .as_ref()
             .filter(|h2| !h2.is_closed())
