@@ -29,6 +29,7 @@ fn main() {
                 scopes: (0..1 + i % 200).map(|s| format!("scope:{s:04}")).collect(),
             }),
             registration: None,
+            ..Record::default()
         };
         if let Err(e) = store.save(&resource, &record) {
             eprintln!("store_writer: {e}");

@@ -101,6 +101,9 @@ pub fn start(
         for (key, value) in params.extra {
             query.append_pair(key, value);
         }
+        if wants_consent_prompt(server, params) {
+            query.append_pair("prompt", "consent");
+        }
     }
     Ok(PendingAuthorization {
         url,
@@ -110,6 +113,23 @@ pub fn start(
         issuer: server.issuer.clone(),
         iss_supported: server.authorization_response_iss_parameter_supported,
     })
+}
+
+/// Whether to send `prompt=consent`. An OpenID provider drops `offline_access`, and
+/// so issues no refresh token, unless the request asks for consent (OpenID Connect
+/// Core 1.0 §11): without it every expiry would cost a browser login. A server is
+/// taken for an OpenID provider when its metadata has what OpenID Connect Discovery
+/// requires of one (`id_token_signing_alg_values_supported`) or lists `consent` in
+/// `prompt_values_supported`. A `prompt` from the config's `authorize_params` wins.
+fn wants_consent_prompt(server: &ServerMetadata, params: &AuthorizationParams<'_>) -> bool {
+    let openid = server.id_token_signing_alg_values_supported.is_some()
+        || server
+            .prompt_values_supported
+            .as_ref()
+            .is_some_and(|p| p.iter().any(|p| p == "consent"));
+    openid
+        && params.scopes.iter().any(|s| s == "offline_access")
+        && !params.extra.iter().any(|(key, _)| key == "prompt")
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -214,6 +234,67 @@ mod tests {
             },
         )
         .expect("valid endpoint")
+    }
+
+    /// The query parameters an authorization request to `server` carries.
+    fn query_of(
+        server: &ServerMetadata,
+        scopes: &[&str],
+        extra: &[(&str, &str)],
+    ) -> Vec<(String, String)> {
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        let extra: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let pending = start(
+            server,
+            &AuthorizationParams {
+                client_id: "client-1",
+                redirect_uri: "http://127.0.0.1:4711/callback",
+                scopes: &scopes,
+                resource: None,
+                extra: &extra,
+            },
+        )
+        .expect("valid endpoint");
+        pending.url.query_pairs().into_owned().collect()
+    }
+
+    #[test]
+    fn an_openid_provider_is_asked_for_consent_when_offline_access_is_wanted() {
+        let prompts = |server: &ServerMetadata, scopes: &[&str], extra: &[(&str, &str)]| {
+            query_of(server, scopes, extra)
+                .into_iter()
+                .filter(|(k, _)| k == "prompt")
+                .map(|(_, v)| v)
+                .collect::<Vec<_>>()
+        };
+        let plain = server(false);
+        let openid = ServerMetadata {
+            id_token_signing_alg_values_supported: Some(vec!["RS256".into()]),
+            ..server(false)
+        };
+        let prompt_values = ServerMetadata {
+            prompt_values_supported: Some(vec!["none".into(), "login".into(), "consent".into()]),
+            ..server(false)
+        };
+        let offline = ["read", "offline_access"];
+        assert_eq!(prompts(&openid, &offline, &[]), ["consent"]);
+        assert_eq!(prompts(&prompt_values, &offline, &[]), ["consent"]);
+        assert!(
+            prompts(&plain, &offline, &[]).is_empty(),
+            "not an OpenID provider"
+        );
+        assert!(
+            prompts(&openid, &["read"], &[]).is_empty(),
+            "no offline_access wanted"
+        );
+        assert_eq!(
+            prompts(&openid, &offline, &[("prompt", "login consent")]),
+            ["login consent"],
+            "the config's prompt wins and is sent once"
+        );
     }
 
     fn redirect(query: &str) -> Url {

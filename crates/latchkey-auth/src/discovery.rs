@@ -55,6 +55,12 @@ pub struct ServerMetadata {
     /// RFC 9207 §3.
     #[serde(default)]
     pub authorization_response_iss_parameter_supported: bool,
+    /// OpenID Connect Discovery 1.0 §3: required of an OpenID provider, so its
+    /// presence says the server is one (and drops `offline_access` without
+    /// `prompt=consent`).
+    pub id_token_signing_alg_values_supported: Option<Vec<String>>,
+    /// OpenID Connect Prompt Create 1.0 §4.
+    pub prompt_values_supported: Option<Vec<String>>,
 }
 
 /// Everything the authorization flow needs to start.
@@ -136,10 +142,14 @@ impl DiscoveryError {
 pub fn canonical_resource(server: &Url) -> String {
     let mut url = server.clone();
     url.set_fragment(None);
+    // RFC 8707 §2: the indicator SHOULD NOT have a query; a server URL's query is
+    // often an API key, which must not travel to the authorization server or stand
+    // in the store's keys.
+    url.set_query(None);
     let text = url.to_string();
     match text.strip_suffix('/') {
-        Some(stripped) if url.query().is_none() => stripped.to_owned(),
-        _ => text,
+        Some(stripped) => stripped.to_owned(),
+        None => text,
     }
 }
 
@@ -271,6 +281,17 @@ pub fn server_metadata_urls(issuer: &Url) -> Vec<Url> {
             appended,
         ]
     }
+}
+
+/// An authorization server's metadata, fetched from its issuer and checked: for a
+/// refresh or revocation at the issuer that issued a record's tokens.
+pub async fn authorization_server(
+    http: &reqwest::Client,
+    issuer: &str,
+) -> Result<ServerMetadata, DiscoveryError> {
+    let (_, metadata) = server_metadata(http, issuer).await?;
+    validate(&metadata)?;
+    Ok(metadata)
 }
 
 async fn server_metadata(

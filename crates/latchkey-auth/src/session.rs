@@ -32,7 +32,7 @@ use crate::challenge::BearerChallenge;
 use crate::device::{self, DeviceAuthorization};
 use crate::discovery::{self, Discovered};
 use crate::registration::{self, ConfiguredClient, Plan, Registration};
-use crate::store::{self, Record, Store};
+use crate::store::{self, Record, Revision, Store};
 use crate::token::{self, CodeGrant, TokenError, TokenSet};
 
 /// Tokens this close to expiry (or past half their lifetime, for short-lived ones) are
@@ -46,6 +46,11 @@ const MAX_STEP_UPS: u32 = 3;
 const STEP_UP_WINDOW: Duration = Duration::from_secs(600);
 /// After a failed early refresh, how long the current token is used before trying again.
 const REFRESH_RETRY: Duration = Duration::from_secs(10);
+/// How often a running process looks at the store's revision marker for a logout or
+/// another process's refresh.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// What `status` says of a server whose tokens `latchkey logout` removed.
+const SIGNED_OUT: &str = "signed out (latchkey logout); the next request starts a new login";
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -106,6 +111,9 @@ pub struct AuthSettings {
     pub authorize_params: Vec<(String, String)>,
     /// How long the browser flow may take.
     pub flow_timeout: Duration,
+    /// `issuer` from the config: the only authorization server this server's
+    /// credentials (and a configured secret or key) may go to.
+    pub issuer: Option<String>,
 }
 
 /// Where a server stands, for `GET /` and `status`.
@@ -219,6 +227,47 @@ struct State {
     step_up_window: Option<std::time::Instant>,
     /// The tokens or registration changed since the store last saw them.
     dirty: bool,
+    /// The authorization server that issued `tokens`: where they are refreshed and
+    /// revoked, and nowhere else.
+    bound: Option<Bound>,
+    /// The issuer a configured client secret or key was first used with.
+    configured_client_issuer: Option<String>,
+    /// The store held `tokens` when last read or written: if they vanish from it, a
+    /// `latchkey logout` removed them.
+    stored: bool,
+    /// The revision marker's value when this process last read or wrote the store.
+    revision: Option<String>,
+}
+
+/// The authorization server a record's tokens belong to, and its endpoints for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Bound {
+    issuer: String,
+    token_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
+}
+
+impl Bound {
+    fn of(server: &discovery::ServerMetadata) -> Self {
+        Self {
+            issuer: server.issuer.clone(),
+            token_endpoint: Some(server.token_endpoint.clone()),
+            revocation_endpoint: server.revocation_endpoint.clone(),
+        }
+    }
+}
+
+/// What reading the store again did to this process's tokens.
+#[derive(Debug, PartialEq, Eq)]
+enum Synced {
+    Unchanged,
+    /// The record lost its tokens: someone ran `latchkey logout`.
+    SignedOut,
+    /// Another process stored other tokens; `renewed` when their access token is not
+    /// the one just refused and is still live (so no refresh of our own is needed).
+    Adopted {
+        renewed: bool,
+    },
 }
 
 impl ServerAuth {
@@ -247,9 +296,12 @@ impl ServerAuth {
     /// Loads this server's record from the store, if there is one. A record that
     /// cannot be read puts the server in `error`, naming where the record is.
     pub async fn restore(&self) -> Result<(), AuthError> {
-        match self.load().await {
+        let revision = self.revision();
+        let loaded = self.load().await;
+        self.lock().revision = revision.and_then(|r| r.read());
+        match loaded {
             Ok(Some(record)) => {
-                self.adopt(record);
+                Self::adopt(&mut self.lock(), record);
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -275,23 +327,122 @@ impl ServerAuth {
             .map_err(|e| AuthError::fatal(e.to_string()))
     }
 
+    fn revision(&self) -> Option<Revision> {
+        let dir = self.credentials.lock_dir.as_deref()?;
+        Some(Revision::new(dir, &self.key))
+    }
+
     /// Takes a stored record's tokens and registration as the current ones.
-    fn adopt(&self, record: Record) {
-        let mut state = self.lock();
+    fn adopt(state: &mut State, record: Record) {
         if let Some(registration) = record.registration {
             state.registration = Some(registration);
         }
         if record.resource_metadata_url.is_some() {
             state.known_metadata_url = record.resource_metadata_url;
         }
-        match record.tokens {
-            Some(tokens) => Self::set_tokens(&mut state, tokens),
-            None => {
-                state.tokens = None;
-                state.bearer = None;
-                state.generation += 1;
-            }
+        if record.configured_client_issuer.is_some() {
+            state.configured_client_issuer = record.configured_client_issuer;
         }
+        state.bound = match (&record.tokens, record.issuer) {
+            (Some(_), Some(issuer)) => Some(Bound {
+                issuer,
+                token_endpoint: record.token_endpoint,
+                revocation_endpoint: record.revocation_endpoint,
+            }),
+            _ => None,
+        };
+        state.stored = record.tokens.is_some();
+        match record.tokens {
+            Some(tokens) => Self::set_tokens(state, tokens),
+            None => Self::clear_tokens(state),
+        }
+    }
+
+    fn clear_tokens(state: &mut State) {
+        state.tokens = None;
+        state.bearer = None;
+        state.bound = None;
+        state.generation += 1;
+    }
+
+    /// Brings this process in line with the record just read. A record that lost the
+    /// tokens this process had stored or read is a logout: they are dropped from
+    /// memory and never written back. Unsaved tokens of our own are newer than any
+    /// other record and are kept.
+    fn sync(&self, state: &mut State, record: Option<Record>) -> Synced {
+        let Some(record) = record.filter(|r| r.tokens.is_some()) else {
+            if state.tokens.is_none() || !state.stored {
+                return Synced::Unchanged;
+            }
+            tracing::info!(server = %self.settings.server, "signed out by `latchkey logout`; the tokens are dropped");
+            Self::clear_tokens(state);
+            state.registration = None;
+            state.stored = false;
+            state.dirty = false;
+            state.status = Some(AuthStatus::NeedsAuth {
+                reason: SIGNED_OUT.into(),
+            });
+            return Synced::SignedOut;
+        };
+        if state.dirty || record.tokens == state.tokens {
+            return Synced::Unchanged;
+        }
+        // Tokens compared, not expiry times: a store may keep those coarser.
+        let renewed = record.tokens.as_ref().is_some_and(|theirs| {
+            state
+                .tokens
+                .as_ref()
+                .is_none_or(|ours| ours.access_token != theirs.access_token)
+                && store::is_live(theirs, SystemTime::now())
+        });
+        tracing::debug!(server = %self.settings.server, "using credentials another latchkey process stored");
+        Self::adopt(state, record);
+        if renewed && matches!(state.status, Some(AuthStatus::NeedsAuth { .. })) {
+            state.status = Some(AuthStatus::Ready);
+        }
+        Synced::Adopted { renewed }
+    }
+
+    /// Watches the store's revision marker (every [`WATCH_INTERVAL`], until this
+    /// session is dropped), so that a logout or another process's new tokens are
+    /// taken up at once. For the daemon and `latchkey stdio`; a no-op for a store
+    /// private to this process.
+    pub fn watch(self: &Arc<Self>) {
+        let Some(revision) = self.revision() else {
+            return;
+        };
+        let session = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(WATCH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(this) = session.upgrade() else {
+                    return;
+                };
+                let now = revision.read();
+                let (generation, changed) = {
+                    let state = this.lock();
+                    (
+                        state.generation,
+                        state.revision != now && !state.flow_running,
+                    )
+                };
+                if !changed {
+                    continue;
+                }
+                let Ok(record) = this.load().await else {
+                    continue;
+                };
+                let mut state = this.lock();
+                // A flow that started meanwhile reads the store itself, under the lock.
+                if state.flow_running || state.generation != generation {
+                    continue;
+                }
+                state.revision = now;
+                this.sync(&mut state, record);
+            }
+        });
     }
 
     /// Saves the current tokens and registration, if they changed. A failed save
@@ -303,18 +454,24 @@ impl ServerAuth {
                 return;
             }
             state.dirty = false;
+            let bound = state.bound.clone().filter(|_| state.tokens.is_some());
             Record {
+                token_endpoint: bound.as_ref().and_then(|b| b.token_endpoint.clone()),
+                revocation_endpoint: bound.as_ref().and_then(|b| b.revocation_endpoint.clone()),
+                configured_client_issuer: state.configured_client_issuer.clone(),
                 resource_metadata_url: state
                     .discovered
                     .as_ref()
                     .and_then(|d| d.resource_metadata_url.as_ref())
                     .map(ToString::to_string)
                     .or_else(|| state.known_metadata_url.clone()),
-                issuer: state
-                    .registration
-                    .as_ref()
-                    .map(|r| r.issuer.clone())
-                    .or_else(|| state.discovered.as_ref().map(|d| d.server.issuer.clone())),
+                issuer: bound.map(|b| b.issuer).or_else(|| {
+                    state
+                        .registration
+                        .as_ref()
+                        .map(|r| r.issuer.clone())
+                        .or_else(|| state.discovered.as_ref().map(|d| d.server.issuer.clone()))
+                }),
                 tokens: state.tokens.clone(),
                 // A client from the config stays in the config.
                 registration: state
@@ -323,15 +480,32 @@ impl ServerAuth {
                     .filter(|_| self.settings.client.is_none()),
             }
         };
+        let has_tokens = record.tokens.is_some();
         let (store, key) = (self.credentials.store.clone(), self.key.clone());
         let saved = tokio::task::spawn_blocking(move || store.save(&key, &record)).await;
         let error = match saved {
-            Ok(Ok(())) => return,
+            Ok(Ok(())) => {
+                let revision = self.bump_revision();
+                let mut state = self.lock();
+                state.stored = has_tokens;
+                state.revision = revision;
+                return;
+            }
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
         tracing::error!(server = %self.settings.server, %error, "cannot save credentials; they are kept in memory");
         self.lock().dirty = true;
+    }
+
+    /// Tells the other processes that the record changed. Best effort: without the
+    /// marker they still see the change on their next flow.
+    fn bump_revision(&self) -> Option<String> {
+        let revision = self.revision()?;
+        revision
+            .bump()
+            .inspect_err(|e| tracing::debug!(server = %self.settings.server, error = %e, "cannot write the revision marker"))
+            .ok()
     }
 
     /// Holds the machine-wide lock for this server's flows, so that one process at a
@@ -348,67 +522,50 @@ impl ServerAuth {
             .map_err(AuthError::fatal)
     }
 
-    /// Revokes the stored tokens where the server offers revocation (RFC 7009) and
-    /// deletes the record. Returns what could not be revoked; the record is deleted
-    /// either way, because that is what the person asked for.
+    /// Revokes the stored tokens at the authorization server that issued them, where
+    /// it offers revocation (RFC 7009), and deletes the record. Returns what could not
+    /// be revoked; the record is deleted either way, because that is what the person
+    /// asked for. Every other running latchkey process drops the tokens from memory
+    /// within a second (the revision marker) and never writes them back.
     pub async fn logout(&self) -> Result<Vec<String>, AuthError> {
         let _held = self.flow_lock().await?;
         if let Some(record) = self.load().await? {
-            self.adopt(record);
+            Self::adopt(&mut self.lock(), record);
         }
-        let (tokens, registration) = {
+        let (tokens, registration, bound) = {
             let state = self.lock();
-            (state.tokens.clone(), state.registration.clone())
+            (
+                state.tokens.clone(),
+                state.registration.clone(),
+                state.bound.clone(),
+            )
         };
         let mut problems = Vec::new();
         if let Some(tokens) = tokens {
-            match self.discover(None).await {
-                Ok(found) => match &found.server.revocation_endpoint {
-                    Some(endpoint) => {
-                        let client = registration
-                            .filter(|r| r.issuer == found.server.issuer)
-                            .or_else(|| {
-                                match registration::plan(
-                                    &self.settings.server,
-                                    &found.server,
-                                    self.settings.client.as_ref(),
-                                    None,
-                                    "",
-                                ) {
-                                    Ok(Plan::Ready(r)) => Some(r),
-                                    _ => None,
-                                }
-                            });
-                        match client {
-                            Some(client) => {
-                                let credentials = client.credentials();
-                                // The refresh token first: revoking it usually ends the
-                                // access tokens issued from it too.
-                                let revocations = tokens
-                                    .refresh_token
-                                    .iter()
-                                    .map(|t| (t, "refresh_token"))
-                                    .chain([(&tokens.access_token, "access_token")]);
-                                for (token, hint) in revocations {
-                                    if let Err(e) =
-                                        token::revoke(&self.http, endpoint, &credentials, token, hint)
-                                            .await
-                                    {
-                                        problems.push(format!("{hint} not revoked: {e}"));
-                                    }
-                                }
-                            }
-                            None => problems.push(
-                                "no client registration to revoke with; the tokens expire on their own".into(),
-                            ),
-                        }
-                    }
-                    None => problems.push(format!(
-                        "{} offers no revocation endpoint; the tokens expire on their own",
-                        found.server.issuer
-                    )),
-                },
-                Err(e) => problems.push(format!("not revoked: {}", e.message)),
+            let issuer = bound
+                .as_ref()
+                .map(|b| b.issuer.clone())
+                .or_else(|| registration.as_ref().map(|r| r.issuer.clone()));
+            match issuer {
+                Some(issuer) => {
+                    let configured = self.configured_for(&issuer);
+                    problems = revoke(
+                        self.http.clone(),
+                        self.settings.server.clone(),
+                        configured,
+                        bound.unwrap_or(Bound {
+                            issuer,
+                            token_endpoint: None,
+                            revocation_endpoint: None,
+                        }),
+                        tokens,
+                        registration,
+                    )
+                    .await;
+                }
+                None => problems.push(
+                    "the record does not say which authorization server issued the tokens; they expire on their own".into(),
+                ),
             }
         }
         let (store, key) = (self.credentials.store.clone(), self.key.clone());
@@ -416,13 +573,59 @@ impl ServerAuth {
             .await
             .map_err(|e| AuthError::fatal(e.to_string()))?
             .map_err(|e| AuthError::fatal(e.to_string()))?;
+        let revision = self.bump_revision();
         let mut state = self.lock();
-        state.tokens = None;
-        state.bearer = None;
+        Self::clear_tokens(&mut state);
         state.registration = None;
-        state.generation += 1;
         state.dirty = false;
+        state.stored = false;
+        state.revision = revision;
+        state.status = Some(AuthStatus::NeedsAuth {
+            reason: SIGNED_OUT.into(),
+        });
         Ok(problems)
+    }
+
+    /// The configured client, if it may be used at `issuer`: always without a secret
+    /// or key; with one, only at the pinned issuer, else the one it was first used with.
+    fn configured_for(&self, issuer: &str) -> Option<ConfiguredClient> {
+        let client = self.settings.client.clone()?;
+        let bound = self
+            .settings
+            .issuer
+            .clone()
+            .or_else(|| self.lock().configured_client_issuer.clone());
+        let confidential = client.client_secret.is_some() || client.private_key.is_some();
+        (!confidential || bound.is_none_or(|b| b == issuer)).then_some(client)
+    }
+
+    /// Refuses to send a configured secret or key to any authorization server but
+    /// its own; the first one it is used with becomes its own, without a pin.
+    fn may_send_configured(&self, issuer: &str) -> Result<(), AuthError> {
+        let Some(client) = &self.settings.client else {
+            return Ok(());
+        };
+        if client.client_secret.is_none() && client.private_key.is_none() {
+            return Ok(());
+        }
+        let mut state = self.lock();
+        let server = &self.settings.server;
+        match self
+            .settings
+            .issuer
+            .as_ref()
+            .or(state.configured_client_issuer.as_ref())
+        {
+            Some(own) if own != issuer => Err(AuthError::fatal(format!(
+                "server {server:?}: the configured client secret or key belongs to the authorization server {own}, but the server now names {issuer}; latchkey does not send it there. If the move is real, register a client at {issuer} and set it, with issuer = {issuer:?}, under [servers.{server}.oauth]"
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                state.configured_client_issuer = Some(issuer.to_owned());
+                state.dirty = true;
+                Ok(())
+            }
+        }
     }
 
     pub fn status(&self) -> AuthStatus {
@@ -561,22 +764,14 @@ impl ServerAuth {
     }
 
     /// With the lock held: first whatever another process stored meanwhile, then a
-    /// flow of our own only if that is not enough.
+    /// flow of our own only if that is not enough. Adopted tokens count as renewed
+    /// only if their access token is not the one just refused.
     async fn locked_flow(&self, trigger: &Trigger) -> Result<(), AuthError> {
-        // Unsaved tokens in memory are newer than anything stored: keep them.
-        if self.credentials.lock_dir.is_some() && !self.lock().dirty {
+        if self.credentials.lock_dir.is_some() {
             let record = self.load().await?;
-            let held = self.lock().tokens.clone();
-            if let Some(record) = record.filter(|r| r.tokens != held && r.tokens.is_some()) {
-                let live = record
-                    .tokens
-                    .as_ref()
-                    .is_some_and(|t| store::is_live(t, SystemTime::now()));
-                tracing::debug!(server = %self.settings.server, "using credentials another latchkey process stored");
-                self.adopt(record);
-                if live && !trigger.step_up {
-                    return Ok(());
-                }
+            let synced = self.sync(&mut self.lock(), record);
+            if synced == (Synced::Adopted { renewed: true }) && !trigger.step_up {
+                return Ok(());
             }
         }
         self.flow(trigger).await
@@ -612,7 +807,7 @@ impl ServerAuth {
         if let (Some(refresh_token), false) =
             (&refresh_token, trigger.step_up || trigger.full_login)
         {
-            match self.refresh(refresh_token, &granted).await {
+            match self.refresh(trigger, refresh_token, &granted).await {
                 Ok(()) => return Ok(()),
                 Err(Refresh::Dead) => {}
                 Err(Refresh::Failed(e)) => return Err(e),
@@ -659,15 +854,19 @@ impl ServerAuth {
             resource,
         )
         .await;
-        self.finish_grant(tokens)
+        self.finish_grant(&found, tokens)
     }
 
     /// Stores what a grant returned, or reports why it failed; an `invalid_client`
     /// forgets the registration so the next login registers again.
-    fn finish_grant(&self, tokens: Result<TokenSet, TokenError>) -> Result<(), AuthError> {
+    fn finish_grant(
+        &self,
+        found: &Discovered,
+        tokens: Result<TokenSet, TokenError>,
+    ) -> Result<(), AuthError> {
         match tokens {
             Ok(tokens) => {
-                self.store(tokens);
+                self.store(tokens, &found.server);
                 Ok(())
             }
             Err(e) => {
@@ -681,18 +880,39 @@ impl ServerAuth {
         }
     }
 
-    async fn refresh(&self, refresh_token: &Secret, granted: &[String]) -> Result<(), Refresh> {
-        // After a restart nothing is discovered yet: find the token endpoint again
-        // (a failure keeps every credential and is retryable).
-        let known = self.lock().discovered.clone();
-        let found = match known {
-            Some(found) => found,
-            None => {
-                let found = self.discover(None).await.map_err(Refresh::Failed)?;
-                self.lock().discovered = Some(found.clone());
-                found
-            }
+    async fn refresh(
+        &self,
+        trigger: &Trigger,
+        refresh_token: &Secret,
+        granted: &[String],
+    ) -> Result<(), Refresh> {
+        let bound = self.lock().bound.clone();
+        let known = self
+            .lock()
+            .discovered
+            .clone()
+            .filter(|d| bound.as_ref().is_none_or(|b| b.issuer == d.server.issuer));
+        // A 401 may mean that the server moved to another authorization server (or
+        // that someone changed its metadata): look again before any credential is
+        // sent. An early refresh uses what the last login found; after a restart
+        // nothing is known yet. A failure keeps every credential and is retryable.
+        let found = match (trigger.challenge.is_some(), known) {
+            (false, Some(found)) => found,
+            (_, known) => match self.discover(trigger.challenge.as_ref()).await {
+                Ok(found) => {
+                    self.lock().discovered = Some(found.clone());
+                    found
+                }
+                Err(e) => match known {
+                    Some(found) if e.retryable => found,
+                    _ => return Err(Refresh::Failed(e)),
+                },
+            },
         };
+        // discover() revoked and dropped the tokens of another issuer.
+        if bound.is_some_and(|b| b.issuer != found.server.issuer) {
+            return Err(Refresh::Dead);
+        }
         let stored = self
             .lock()
             .registration
@@ -700,16 +920,20 @@ impl ServerAuth {
             .filter(|r| r.issuer == found.server.issuer);
         let registration = match (stored, &self.settings.client) {
             (Some(registration), _) => registration,
-            (None, Some(_)) => match registration::plan(
-                &self.settings.server,
-                &found.server,
-                self.settings.client.as_ref(),
-                None,
-                "",
-            ) {
-                Ok(Plan::Ready(registration)) => registration,
-                _ => return Err(Refresh::Dead),
-            },
+            (None, Some(_)) => {
+                self.may_send_configured(&found.server.issuer)
+                    .map_err(Refresh::Failed)?;
+                match registration::plan(
+                    &self.settings.server,
+                    &found.server,
+                    self.settings.client.as_ref(),
+                    None,
+                    "",
+                ) {
+                    Ok(Plan::Ready(registration)) => registration,
+                    _ => return Err(Refresh::Dead),
+                }
+            }
             (None, None) => return Err(Refresh::Dead),
         };
         let resource = self
@@ -727,15 +951,13 @@ impl ServerAuth {
         .await
         {
             Ok(tokens) => {
-                self.store(tokens);
+                self.store(tokens, &found.server);
                 Ok(())
             }
             Err(TokenError::InvalidGrant { .. }) => {
                 // The grant is dead: drop the tokens, keep the registration.
                 let mut state = self.lock();
-                state.tokens = None;
-                state.bearer = None;
-                state.generation += 1;
+                Self::clear_tokens(&mut state);
                 state.dirty = true;
                 Err(Refresh::Dead)
             }
@@ -791,9 +1013,57 @@ impl ServerAuth {
                 None => challenge,
             },
         };
-        discovery::discover(&self.http, &self.settings.resource_url, challenge)
+        let found = discovery::discover(&self.http, &self.settings.resource_url, challenge)
             .await
-            .map_err(|e| self.failed(&e, e.is_retryable()))
+            .map_err(|e| self.failed(&e, e.is_retryable()))?;
+        let (server, issuer) = (&self.settings.server, &found.server.issuer);
+        if let Some(pin) = self.settings.issuer.as_ref().filter(|pin| *pin != issuer) {
+            return Err(AuthError::fatal(format!(
+                "server {server:?}: its metadata names the authorization server {issuer}, but the config pins issuer = {pin:?}; latchkey sends nothing there. If the server really moved, change issuer under [servers.{server}.oauth]"
+            )));
+        }
+        self.rebind(issuer);
+        Ok(found)
+    }
+
+    /// When discovery names another authorization server than the one that issued
+    /// the tokens held (MCP 2026-07-28, authorization server binding): the tokens and
+    /// that issuer's registration are dropped, never sent to the new one, and revoked
+    /// at the old one in the background (best effort); a new registration and login
+    /// follow.
+    fn rebind(&self, issuer: &str) {
+        let moved = {
+            let mut state = self.lock();
+            match state.bound.clone() {
+                Some(old) if old.issuer != issuer && state.tokens.is_some() => {
+                    let tokens = state.tokens.take();
+                    let registration = state.registration.take_if(|r| r.issuer == old.issuer);
+                    Self::clear_tokens(&mut state);
+                    state.discovered = None;
+                    state.dirty = true;
+                    tokens.map(|tokens| (old, tokens, registration))
+                }
+                _ => None,
+            }
+        };
+        let Some((old, tokens, registration)) = moved else {
+            return;
+        };
+        let server = self.settings.server.clone();
+        tracing::warn!(
+            server = %server,
+            old_issuer = %old.issuer,
+            new_issuer = %issuer,
+            "the server now names another authorization server; its tokens are revoked at the old one, and a new registration and login follow"
+        );
+        let configured = self.configured_for(&old.issuer);
+        let http = self.http.clone();
+        tokio::spawn(async move {
+            for problem in revoke(http, server.clone(), configured, old, tokens, registration).await
+            {
+                tracing::warn!(server = %server, "{problem}");
+            }
+        });
     }
 
     async fn browser_flow(&self, trigger: &Trigger, granted: &[String]) -> Result<(), AuthError> {
@@ -874,7 +1144,7 @@ impl ServerAuth {
             },
         )
         .await;
-        self.finish_grant(tokens)
+        self.finish_grant(&found, tokens)
     }
 
     /// The device authorization grant: the person approves somewhere else while this
@@ -926,7 +1196,7 @@ impl ServerAuth {
             &scopes,
         );
         match tokio::time::timeout(settings.flow_timeout, polled).await {
-            Ok(tokens) => self.finish_grant(tokens),
+            Ok(tokens) => self.finish_grant(found, tokens),
             Err(_) => Err(AuthError::fatal(format!(
                 "server {:?}: the code was not entered within {} s",
                 settings.server,
@@ -951,6 +1221,7 @@ impl ServerAuth {
             redirect_uri.clone_into(&mut registration.redirect_uri);
             return Ok(registration);
         }
+        self.may_send_configured(&found.server.issuer)?;
         let plan = registration::plan(
             &settings.server,
             &found.server,
@@ -991,9 +1262,10 @@ impl ServerAuth {
         }
     }
 
-    fn store(&self, tokens: TokenSet) {
+    fn store(&self, tokens: TokenSet, issuer: &discovery::ServerMetadata) {
         let mut state = self.lock();
         Self::set_tokens(&mut state, tokens);
+        state.bound = Some(Bound::of(issuer));
         state.dirty = true;
     }
 
@@ -1032,4 +1304,58 @@ enum Refresh {
     /// The refresh token (or client) is no longer accepted: authorize again.
     Dead,
     Failed(AuthError),
+}
+
+/// Revokes `tokens` at the authorization server that issued them (RFC 7009), the
+/// refresh token first: revoking it usually ends the access tokens issued from it too.
+/// Returns what could not be revoked.
+async fn revoke(
+    http: reqwest::Client,
+    server: String,
+    configured: Option<ConfiguredClient>,
+    issuer: Bound,
+    tokens: TokenSet,
+    registration: Option<Registration>,
+) -> Vec<String> {
+    let registration = registration.filter(|r| r.issuer == issuer.issuer);
+    // The issuer's metadata as it says now; else the endpoint stored with the tokens.
+    let (endpoint, client) = match discovery::authorization_server(&http, &issuer.issuer).await {
+        Ok(metadata) => {
+            let client = registration.or_else(|| {
+                match registration::plan(&server, &metadata, configured.as_ref(), None, "") {
+                    Ok(Plan::Ready(r)) => Some(r),
+                    _ => None,
+                }
+            });
+            (metadata.revocation_endpoint, client)
+        }
+        Err(e) if registration.is_none() || issuer.revocation_endpoint.is_none() => {
+            return vec![format!("not revoked: {e}")];
+        }
+        Err(_) => (issuer.revocation_endpoint, registration),
+    };
+    let Some(endpoint) = endpoint else {
+        return vec![format!(
+            "{} offers no revocation endpoint; the tokens expire on their own",
+            issuer.issuer
+        )];
+    };
+    let Some(client) = client else {
+        return vec![
+            "no client registration to revoke with; the tokens expire on their own".into(),
+        ];
+    };
+    let credentials = client.credentials();
+    let mut problems = Vec::new();
+    let revocations = tokens
+        .refresh_token
+        .iter()
+        .map(|t| (t, "refresh_token"))
+        .chain([(&tokens.access_token, "access_token")]);
+    for (token, hint) in revocations {
+        if let Err(e) = token::revoke(&http, &endpoint, &credentials, token, hint).await {
+            problems.push(format!("{hint} not revoked: {e}"));
+        }
+    }
+    problems
 }

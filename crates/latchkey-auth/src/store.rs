@@ -33,6 +33,14 @@ const RECORD_VERSION: u32 = 1;
 pub struct Record {
     /// The authorization server the tokens and registration belong to.
     pub issuer: Option<String>,
+    /// That issuer's token and revocation endpoints, as its metadata named them when
+    /// the tokens were issued: a refresh or a revocation of these tokens goes there
+    /// and nowhere else (MCP 2026-07-28, authorization server binding).
+    pub token_endpoint: Option<String>,
+    pub revocation_endpoint: Option<String>,
+    /// The issuer a client secret or key from the config was first used with: without
+    /// an `issuer` pin in the config, it is never sent to another one.
+    pub configured_client_issuer: Option<String>,
     /// Where the server's protected resource metadata was found (RFC 9728): where
     /// discovery starts after a restart, when no 401 has named it yet.
     pub resource_metadata_url: Option<String>,
@@ -354,6 +362,12 @@ struct Stored {
     resource: String,
     #[serde(default)]
     issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revocation_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    configured_client_issuer: Option<String>,
     #[serde(default)]
     resource_metadata_url: Option<String>,
     #[serde(default)]
@@ -422,6 +436,9 @@ fn encode(resource: &str, record: &Record) -> Vec<u8> {
         version: RECORD_VERSION,
         resource: resource.to_owned(),
         issuer: record.issuer.clone(),
+        token_endpoint: record.token_endpoint.clone(),
+        revocation_endpoint: record.revocation_endpoint.clone(),
+        configured_client_issuer: record.configured_client_issuer.clone(),
         resource_metadata_url: record.resource_metadata_url.clone(),
         tokens,
         client,
@@ -478,6 +495,9 @@ fn decode(bytes: &[u8], resource: &str) -> Result<Record, String> {
     };
     Ok(Record {
         issuer: stored.issuer,
+        token_endpoint: stored.token_endpoint,
+        revocation_endpoint: stored.revocation_endpoint,
+        configured_client_issuer: stored.configured_client_issuer,
         resource_metadata_url: stored.resource_metadata_url,
         tokens,
         registration,
@@ -516,6 +536,52 @@ impl FlowLock {
     }
 }
 
+/// A per-server marker beside the lock file, rewritten (with a fresh random value)
+/// whenever a process saves or deletes that server's record. Other processes read it
+/// every second: a changed value sends them back to the store, so a logout or another
+/// process's refresh is seen without a request failing first, and without polling
+/// the keyring itself.
+#[derive(Debug, Clone)]
+pub struct Revision {
+    path: PathBuf,
+}
+
+impl Revision {
+    pub fn new(dir: &Path, resource: &str) -> Self {
+        let store = FileStore {
+            dir: dir.to_owned(),
+        };
+        Self {
+            path: store.path(resource).with_extension("rev"),
+        }
+    }
+
+    /// The current value; `None` when no process has written one yet.
+    pub fn read(&self) -> Option<String> {
+        fs::read_to_string(&self.path).ok()
+    }
+
+    /// Writes a fresh value and returns it. Replaced atomically (a temporary file,
+    /// then a rename, which replaces a planted link rather than following it).
+    pub fn bump(&self) -> std::io::Result<String> {
+        let value = random_suffix();
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let temp = dir.join(format!(".{}.{}.rev", std::process::id(), random_suffix()));
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let written = options
+            .open(&temp)
+            .and_then(|mut file| file.write_all(value.as_bytes()))
+            .and_then(|()| fs::rename(&temp, &self.path));
+        if written.is_err() {
+            drop(fs::remove_file(&temp));
+        }
+        written.map(|()| value)
+    }
+}
+
 /// Whether a record's access token is still good at `now`.
 pub fn is_live(tokens: &TokenSet, now: SystemTime) -> bool {
     tokens.expires_at.is_none_or(|at| at > now)
@@ -528,6 +594,9 @@ mod tests {
     fn sample() -> Record {
         Record {
             issuer: Some("https://auth.example.com".into()),
+            token_endpoint: Some("https://auth.example.com/token".into()),
+            revocation_endpoint: None,
+            configured_client_issuer: None,
             resource_metadata_url: Some(
                 "https://mcp.example.com/.well-known/oauth-protected-resource/mcp".into(),
             ),

@@ -8,7 +8,7 @@
 //! need `private_key_jwt`, which that crate does not support.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -203,22 +203,44 @@ impl TokenResponse {
             Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
             _ => None,
         };
-        TokenSet {
-            access_token: Secret::new(self.access_token),
-            refresh_token: self
-                .refresh_token
+        TokenSet::issued(
+            Secret::new(self.access_token),
+            self.refresh_token
                 .map(Secret::new)
                 .or_else(|| old_refresh.cloned()),
-            // An absurd lifetime must not overflow: it counts as none given.
-            expires_at: lifetime
-                .and_then(|secs| SystemTime::now().checked_add(Duration::from_secs(secs))),
+            lifetime,
             // RFC 6749 §5.1: no `scope` means the scope requested.
-            scopes: match self.scope {
+            match self.scope {
                 Some(scope) => scope.split_ascii_whitespace().map(str::to_owned).collect(),
                 None => requested.to_vec(),
             },
+        )
+    }
+}
+
+impl TokenSet {
+    /// Tokens issued now that live `expires_in` seconds.
+    pub fn issued(
+        access_token: Secret,
+        refresh_token: Option<Secret>,
+        expires_in: Option<u64>,
+        scopes: Vec<String>,
+    ) -> Self {
+        Self {
+            access_token,
+            refresh_token,
+            expires_at: expires_in.and_then(expiry_after),
+            scopes,
         }
     }
+}
+
+/// When a token that lives `secs` from now expires, in whole seconds: the precision
+/// every store keeps, so that a record read back compares equal to the tokens it was
+/// made from. An absurd lifetime must not overflow: it counts as none given.
+fn expiry_after(secs: u64) -> Option<SystemTime> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+    UNIX_EPOCH.checked_add(Duration::from_secs(now.checked_add(secs)?))
 }
 
 #[derive(Deserialize)]

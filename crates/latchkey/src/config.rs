@@ -155,6 +155,8 @@ impl Transport {
 
 /// The `oauth` key: `false`, or settings for the OAuth flow tried on a 401.
 #[derive(Debug, Clone, PartialEq)]
+// One per server, made once at load: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum OAuth {
     Enabled(OAuthConfig),
     Disabled,
@@ -182,6 +184,8 @@ pub struct OAuthConfig {
     pub authorize_params: Vec<(String, String)>,
     /// How long requests wait for a login before they fail.
     pub auth_timeout: Duration,
+    /// The only authorization server this server's credentials may go to.
+    pub issuer: Option<String>,
 }
 
 impl Default for OAuthConfig {
@@ -196,6 +200,7 @@ impl Default for OAuthConfig {
             send_resource: true,
             authorize_params: Vec::new(),
             auth_timeout: DEFAULT_AUTH_TIMEOUT,
+            issuer: None,
         }
     }
 }
@@ -217,6 +222,7 @@ const OAUTH_KEYS: &[&str] = &[
     "send_resource",
     "authorize_params",
     "auth_timeout_secs",
+    "issuer",
 ];
 
 /// A problem found in a config file, with where it is and how to fix it.
@@ -792,6 +798,19 @@ impl Checker<'_> {
             "a whole number of seconds, such as auth_timeout_secs = 120",
         ) {
             oauth.auth_timeout = Duration::from_secs(secs.into_inner());
+        }
+        let issuer_hint = "the authorization server's issuer exactly as its metadata gives it, such as issuer = \"https://auth.example.com\"";
+        if let Some(issuer) = self.field::<String>(&mut table, "issuer", issuer_hint) {
+            match Url::parse(issuer.get_ref()) {
+                Ok(url) if latchkey_auth::discovery::is_secure(&url) && url.query().is_none() => {
+                    oauth.issuer = Some(issuer.into_inner());
+                }
+                _ => self.error(
+                    issuer.span(),
+                    "issuer must be an https URL (http only on loopback) without a query",
+                    Some(issuer_hint),
+                ),
+            }
         }
         OAuth::Enabled(oauth)
     }

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use latchkey_auth::Secret;
@@ -15,6 +16,9 @@ use latchkey_auth::token::{ClientAuth, TokenSet};
 fn record(tag: &str, scopes: usize) -> Record {
     Record {
         issuer: Some("https://auth.example.com".into()),
+        token_endpoint: Some("https://auth.example.com/token".into()),
+        revocation_endpoint: Some("https://auth.example.com/revoke".into()),
+        configured_client_issuer: None,
         resource_metadata_url: None,
         tokens: Some(TokenSet {
             access_token: Secret::new(format!("at-{tag}")),
@@ -218,4 +222,42 @@ fn a_writer_killed_mid_write_leaves_a_whole_record() {
         assert!(!tokens.scopes.is_empty());
     }
     drop(std::fs::remove_dir_all(&dir));
+}
+
+/// Tokens as a grant makes them (`expires_in` from now) come back from every store
+/// equal to what was saved: a process comparing the record it reads with the tokens
+/// it holds must not see a change where there is none (it would take its own refused
+/// token for a fresh one from another process).
+#[test]
+fn a_record_round_trips_through_each_store_equal_to_its_tokens() {
+    require_secret_service();
+    let dir = scratch("round-trip");
+    let stores: [Arc<dyn Store>; 3] = [
+        latchkey_auth::store::MemoryStore::new(),
+        FileStore::new(&dir),
+        KeyringStore::new(),
+    ];
+    for store in stores {
+        let resource = unique("round-trip");
+        let tokens = TokenSet::issued(
+            Secret::new("at-issued"),
+            Some(Secret::new("rt-issued")),
+            Some(3600),
+            vec!["mcp".into()],
+        );
+        let saved = Record {
+            tokens: Some(tokens.clone()),
+            ..record("round-trip", 1)
+        };
+        store.save(&resource, &saved).expect("save");
+        let loaded = store.load(&resource, "round-trip").expect("load");
+        store.delete(&resource).expect("delete");
+        assert_eq!(
+            loaded.as_ref().and_then(|r| r.tokens.as_ref()),
+            Some(&tokens),
+            "{} store",
+            store.kind()
+        );
+        assert_eq!(loaded, Some(saved), "{} store", store.kind());
+    }
 }

@@ -398,6 +398,14 @@ async fn post_one(
         return Ok(None);
     }
     let status = response.status();
+    // A 401 would make the client start an OAuth flow of its own.
+    if status == StatusCode::UNAUTHORIZED && upstream.auth.is_some() {
+        return Err(ProxyError::Auth {
+            server: upstream.config.name.clone(),
+            message: "the server refused the token on its HTTP+SSE message endpoint".into(),
+            command: upstream.config.login_command.clone(),
+        });
+    }
     let mut headers = response.headers().clone();
     super::headers::to_client(&mut headers);
     let mut out = Response::new(Body::from_stream(response.bytes_stream()));

@@ -337,6 +337,8 @@ async fn restore(upstreams: &[Arc<Upstream>]) {
             if let Err(e) = auth.session.restore().await {
                 tracing::error!(server = %name, error = %e, "cannot load stored credentials");
             }
+            // From now on a logout or another process's refresh is taken up at once.
+            auth.session.watch();
         })
     });
     futures_util::future::join_all(loads).await;
@@ -370,6 +372,7 @@ pub(crate) fn auth_settings(server: &Server, oauth: &OAuthConfig) -> AuthSetting
         authorize_params: oauth.authorize_params.clone(),
         // The browser flow may outlast one request's wait; it keeps going for the next.
         flow_timeout: oauth.auth_timeout.max(FLOW_TIMEOUT),
+        issuer: oauth.issuer.clone(),
     }
 }
 
@@ -639,7 +642,18 @@ async fn upstream_request(
             && challenge
                 .as_ref()
                 .is_some_and(BearerChallenge::is_insufficient_scope);
-        if round == AUTH_ROUNDS || !(status == StatusCode::UNAUTHORIZED || step_up) {
+        if !(status == StatusCode::UNAUTHORIZED || step_up) {
+            return Ok(response);
+        }
+        if round == AUTH_ROUNDS {
+            // A 401 would make the client start an OAuth flow of its own.
+            if status == StatusCode::UNAUTHORIZED {
+                return Err(ProxyError::Auth {
+                    server: server.name.clone(),
+                    message: "the server still refuses the token of a new login".into(),
+                    command: server.login_command.clone(),
+                });
+            }
             return Ok(response);
         }
         round += 1;

@@ -1,5 +1,6 @@
 //! latchkey's integration tests: one binary, one module per area.
 
+mod authservers;
 mod callback;
 mod cli;
 mod config;
