@@ -640,6 +640,14 @@ impl ServerAuth {
             .map(|t| (t.expires_at, t.scopes.clone()))
     }
 
+    /// Whether tokens are held that can be renewed without a person: a refresh token,
+    /// or the client-credentials grant. `None` without tokens.
+    pub fn renewable(&self) -> Option<bool> {
+        let state = self.lock();
+        let tokens = state.tokens.as_ref()?;
+        Some(self.settings.grant == Grant::ClientCredentials || tokens.refresh_token.is_some())
+    }
+
     /// The `Authorization` value to send and its generation. `None` when there is no
     /// unexpired token.
     pub fn bearer(&self) -> (Option<HeaderValue>, u64) {

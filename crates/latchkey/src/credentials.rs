@@ -31,13 +31,41 @@ pub fn state_dir() -> PathBuf {
         .join("latchkey")
 }
 
-/// `$XDG_RUNTIME_DIR/latchkey` (per user, cleared at logout), else the state dir's
-/// `locks`: where the per-server lock files go.
+/// The user's runtime directory as a desktop login makes it (pam_systemd):
+/// `/run/user/$UID`, when it exists, is a directory and belongs to this user. Found
+/// from the user ID alone, not from `$XDG_RUNTIME_DIR`, because a parent may start
+/// latchkey without it (Codex gives its stdio servers only HOME, PATH, LANG, SHELL
+/// and TERM) and every process of the user must find the same locks.
+pub fn runtime_dir() -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = rustix::process::getuid().as_raw();
+    let dir = PathBuf::from(format!("/run/user/{uid}"));
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    (meta.is_dir() && meta.uid() == uid).then_some(dir)
+}
+
+/// Where the per-server lock files go: `/run/user/$UID/latchkey` (per user, cleared
+/// at logout), else the state dir's `locks`. Either way a function of the user and
+/// the state dir only, which every process sharing a file store agrees on already.
 pub fn lock_dir() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR")
+    runtime_dir().map_or_else(|| state_dir().join("locks"), |dir| dir.join("latchkey"))
+}
+
+/// The session bus the keyring is reached through: `$DBUS_SESSION_BUS_ADDRESS`, else
+/// the runtime directory's `bus` socket, as the D-Bus library derives it.
+pub fn session_bus() -> Option<String> {
+    std::env::var("DBUS_SESSION_BUS_ADDRESS")
+        .ok()
         .filter(|v| !v.is_empty())
-        .map(|dir| PathBuf::from(dir).join("latchkey"))
-        .unwrap_or_else(|| state_dir().join("locks"))
+        .or_else(|| {
+            let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(runtime_dir)?;
+            let bus = runtime.join("bus");
+            bus.exists()
+                .then(|| format!("unix:path={} (derived)", bus.display()))
+        })
 }
 
 /// Opens the configured store. `auto` probes the keyring (on a blocking thread: the

@@ -64,12 +64,15 @@ async fn oauth_row(
                 Some(_) => "ready",
             };
             let (expires_at, scopes) = token.unwrap_or_default();
+            let renewable = session.renewable();
             json!({
                 "server": name,
                 "state": state,
                 "store": store,
                 "expires_in_secs": expires_at.map(|at| at.duration_since(now).map_or(0, |d| d.as_secs())),
                 "scopes": scopes,
+                "refresh_token": renewable,
+                "warning": (renewable == Some(false)).then_some(crate::status::NO_REFRESH_TOKEN),
             })
         }
         Err(e) => json!({
@@ -103,6 +106,9 @@ pub fn table(status: &Value) -> String {
                     let mut state = text("state");
                     if let Some(error) = r["error"].as_str() {
                         state = format!("{state}: {error}");
+                    }
+                    if let Some(warning) = r["warning"].as_str() {
+                        state = format!("{state} ({warning})");
                     }
                     [text("server"), state, text("store"), expires, scopes]
                 })
@@ -183,20 +189,43 @@ pub async fn doctor(config: &Config, config_path: &str) -> Vec<Finding> {
         },
     });
     match credentials::open(config.store, config.state_dir.as_deref()).await {
-        Ok(opened) => findings.push(Finding {
-            check: "store".into(),
-            ok: true,
-            detail: format!(
-                "{} ({}){}",
-                opened.credentials.store.kind(),
-                opened.credentials.store.location(),
-                opened
-                    .fallback
-                    .map(|_| ", because the keyring is not usable")
-                    .unwrap_or_default()
-            ),
-            fix: None,
-        }),
+        Ok(opened) => {
+            findings.push(Finding {
+                check: "store".into(),
+                ok: true,
+                detail: format!(
+                    "{} ({}){}",
+                    opened.credentials.store.kind(),
+                    opened.credentials.store.location(),
+                    opened
+                        .fallback
+                        .map(|_| ", because the keyring is not usable")
+                        .unwrap_or_default()
+                ),
+                fix: None,
+            });
+            // Every latchkey process of the user must print the same here, or they
+            // do not share tokens and single-flight refreshes.
+            findings.push(Finding {
+                check: "paths".into(),
+                ok: true,
+                detail: format!(
+                    "state {}, locks {}, session bus {}",
+                    config
+                        .state_dir
+                        .clone()
+                        .unwrap_or_else(credentials::state_dir)
+                        .display(),
+                    opened
+                        .credentials
+                        .lock_dir
+                        .as_ref()
+                        .map_or_else(|| "none (memory store)".into(), |d| d.display().to_string()),
+                    credentials::session_bus().unwrap_or_else(|| "none".into()),
+                ),
+                fix: None,
+            });
+        }
         Err(e) => findings.push(Finding {
             check: "store".into(),
             ok: false,

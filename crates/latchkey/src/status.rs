@@ -16,6 +16,9 @@ use crate::proxy::Proxy;
 /// this never shadows a server.
 pub(crate) const AUTHORIZE_PATH: &str = "/.latchkey/authorize/{server}";
 
+/// Said of a login that gave no refresh token.
+pub(crate) const NO_REFRESH_TOKEN: &str = "no refresh token: the next expiry needs a browser login";
+
 pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Response {
     let servers: Vec<Value> = proxy
         .upstreams()
@@ -41,6 +44,12 @@ pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Resp
                 }
                 let token = upstream_auth.session.token_info();
                 auth["signed_in"] = json!(token.is_some());
+                if let Some(renewable) = upstream_auth.session.renewable() {
+                    auth["refresh_token"] = json!(renewable);
+                    if !renewable {
+                        auth["warning"] = json!(NO_REFRESH_TOKEN);
+                    }
+                }
                 if let Some((expires_at, scopes)) = token {
                     auth["scopes"] = json!(scopes);
                     auth["expires_in_secs"] = json!(expires_at.map(|at| {
@@ -159,10 +168,13 @@ fn render(servers: &[Value], csrf: &str) -> String {
             }
             _ => {}
         }
-        let expiry = server["auth"]["expires_in_secs"]
+        let mut expiry = server["auth"]["expires_in_secs"]
             .as_u64()
             .map(|secs| format!("{secs} s"))
             .unwrap_or_default();
+        if let Some(warning) = server["auth"]["warning"].as_str() {
+            expiry.push_str(&format!(" ({warning})"));
+        }
         let scopes = server["auth"]["scopes"]
             .as_array()
             .map(|s| {

@@ -179,6 +179,18 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// [`eventually`] for a check that must await (an HTTP request, say).
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// For tests that must never open a browser: any login attempt fails.
 #[derive(Debug)]
 pub struct NoBrowser;

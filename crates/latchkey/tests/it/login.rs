@@ -393,6 +393,96 @@ async fn logout_revokes_and_deletes_and_status_shows_it() {
     assert_eq!(json["servers"][0]["state"], "needs_auth", "{json}");
 }
 
+/// The state a running daemon shows for `notes` on its status page.
+async fn shown_state(addr: &str) -> String {
+    let page: serde_json::Value = client()
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .expect("status page")
+        .json()
+        .await
+        .expect("JSON");
+    page["servers"][0]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `latchkey logout` with a daemon and a `latchkey stdio` running on the same store:
+/// both drop the tokens from memory within about a second (the status page says
+/// `needs_auth` before any request), neither refreshes nor writes a record after the
+/// logout, and the next request needs a new login (which this browser cannot give).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_reaches_a_running_daemon_and_a_running_bridge() {
+    let setup = protected(AuthOptions::default()).await;
+    let url = setup.upstream.mcp_url();
+    let home = Home::new("logout-everywhere", &url);
+    // No browser can open here: waiting requests get their answer after 2 s.
+    let config = home.0.join("config.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text + "[servers.notes.oauth]\nauth_timeout_secs = 2\n",
+    )
+    .expect("config");
+    logged_in_daemon(&home, &url)
+        .await
+        .shutdown()
+        .await
+        .expect("shutdown");
+    let (mut daemon, addr) = serve(&home).await;
+    let mut bridge = crate::stdio::Bridge::start(home.command(&["stdio", "notes"]));
+    assert!(bridge.initialize().await.get("result").is_some());
+    assert_eq!(shown_state(&addr).await, "ready");
+    let grants = setup.auth.token_requests();
+
+    let output = home
+        .command(&["logout", "notes"])
+        .output()
+        .await
+        .expect("logout");
+    assert!(output.status.success(), "{output:?}");
+    assert!(home.records().is_empty());
+    crate::harness::eventually_async("the daemon shows needs_auth", || async {
+        shown_state(&addr).await == "needs_auth"
+    })
+    .await;
+    // Give the bridge its tick too, then use both.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let response = client()
+        .post(format!("http://{addr}/notes"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize())
+        .send()
+        .await
+        .expect("request");
+    let status = response.status();
+    let body = response.text().await.expect("body");
+    assert_eq!(status, 503, "a new login is needed: {body}");
+    assert!(body.contains("latchkey login notes"), "{body}");
+    let answer = bridge.call(2, "tools/list", serde_json::json!({})).await;
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("latchkey login notes")),
+        "{answer}"
+    );
+    assert_eq!(
+        setup.auth.token_requests(),
+        grants,
+        "no refresh with the revoked tokens"
+    );
+    assert!(
+        home.records().is_empty(),
+        "nothing written back after the logout: {:?}",
+        home.records()
+    );
+    daemon.start_kill().expect("kill");
+    drop(daemon.wait().await);
+    drop(bridge);
+}
+
 /// `latchkey serve` on `home`'s config, on port 0; returns it and its address.
 async fn serve(home: &Home) -> (Child, String) {
     serve_with(home, "/bin/false").await
@@ -400,12 +490,14 @@ async fn serve(home: &Home) -> (Child, String) {
 
 /// [`serve`] with `$BROWSER` set.
 async fn serve_with(home: &Home, browser: &str) -> (Child, String) {
-    let mut child = home
-        .command(&["serve", "--listen", "127.0.0.1:0"])
-        .env("BROWSER", browser)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn serve");
+    let mut command = home.command(&["serve", "--listen", "127.0.0.1:0"]);
+    command.env("BROWSER", browser);
+    serve_command(command).await
+}
+
+/// Starts a `latchkey serve` command; returns it and its address.
+async fn serve_command(mut command: Command) -> (Child, String) {
+    let mut child = command.stderr(Stdio::piped()).spawn().expect("spawn serve");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let seen = read_until(&mut lines, |l| l.contains("local=")).await;
     let addr = seen
@@ -465,6 +557,167 @@ async fn two_hundred_requests_over_four_processes_cost_one_refresh() {
     let statuses = futures_util::future::join_all(requests).await;
     assert_eq!(statuses.len(), 200);
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        setup.auth.token_requests(),
+        ["authorization_code", "refresh_token"],
+        "one login, then exactly one refresh for all four processes"
+    );
+    for (mut child, _) in daemons {
+        child.start_kill().expect("kill");
+        drop(child.wait().await);
+    }
+}
+
+/// `/run/user/$UID` with its `bus` socket, as a desktop login (pam_systemd) lays them
+/// out, for the test's own D-Bus session (`dbus-run-session`, with gnome-keyring).
+/// Whatever it created is removed on drop.
+struct DesktopLogin {
+    run: PathBuf,
+    created: Vec<PathBuf>,
+}
+
+impl DesktopLogin {
+    fn lay_out() -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let uid = String::from_utf8(
+            std::process::Command::new("id")
+                .arg("-u")
+                .output()
+                .expect("id -u")
+                .stdout,
+        )
+        .expect("uid");
+        let run = PathBuf::from(format!("/run/user/{}", uid.trim()));
+        let address = std::env::var("DBUS_SESSION_BUS_ADDRESS")
+            .expect("a D-Bus session: run the tests through scripts/test");
+        let socket = address
+            .strip_prefix("unix:path=")
+            .and_then(|rest| rest.split(',').next())
+            .expect("a unix:path= session bus (dbus-run-session's)");
+        let mut created = Vec::new();
+        if !run.exists() {
+            std::fs::create_dir_all(&run).unwrap_or_else(|e| {
+                panic!(
+                    "cannot create {} ({e}); the test runs as root in CI",
+                    run.display()
+                )
+            });
+            std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+            created.push(run.clone());
+        }
+        let bus = run.join("bus");
+        if !bus.exists() {
+            std::os::unix::fs::symlink(socket, &bus).expect("bus link");
+            created.insert(0, bus);
+        }
+        Self { run, created }
+    }
+}
+
+impl Drop for DesktopLogin {
+    fn drop(&mut self) {
+        for path in &self.created {
+            drop(std::fs::remove_file(path).or_else(|_| std::fs::remove_dir_all(path)));
+        }
+    }
+}
+
+/// Codex starts its stdio servers with only HOME, PATH, LANG, SHELL and TERM: no
+/// `XDG_RUNTIME_DIR`, no `DBUS_SESSION_BUS_ADDRESS`. Such a bridge must still find the
+/// daemons' keyring and locks: 150 requests over three `latchkey serve` and 50 over
+/// that bridge, on an expired token with rotating refresh tokens, cost exactly one
+/// refresh grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_with_a_bare_environment_shares_the_keyring_and_the_locks() {
+    let desktop = DesktopLogin::lay_out();
+    let setup = protected(AuthOptions {
+        token_lifetime: 2,
+        rotate_refresh_tokens: true,
+        ..AuthOptions::default()
+    })
+    .await;
+    let url = setup.upstream.mcp_url();
+    let home = Home::new("bare-env", &url);
+    std::fs::write(
+        home.0.join("config.toml"),
+        format!("store = \"keyring\"\n[servers.notes]\nurl = {url:?}\n"),
+    )
+    .expect("config");
+    let login = Daemon::builder()
+        .top("store = \"keyring\"")
+        .server("notes", &url, &[])
+        .start_with_browser(std::sync::Arc::new(crate::oauth::ScriptedBrowser::default()))
+        .await;
+    let response = client()
+        .post(login.url("/notes"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    login.shutdown().await.expect("shutdown");
+
+    // The daemons have what a desktop session gives them.
+    let mut daemons = Vec::new();
+    for _ in 0..3 {
+        let mut command = home.command(&["serve", "--listen", "127.0.0.1:0"]);
+        command
+            .env("HOME", &home.0)
+            .env("XDG_RUNTIME_DIR", &desktop.run)
+            .env_remove("XDG_STATE_HOME");
+        daemons.push(serve_command(command).await);
+    }
+    let mut bare = home.command(&["stdio", "notes"]);
+    bare.env_clear();
+    for key in ["PATH", "LANG", "SHELL", "TERM"] {
+        if let Some(value) = std::env::var_os(key) {
+            bare.env(key, value);
+        }
+    }
+    bare.env("HOME", &home.0);
+    let mut bridge = crate::stdio::Bridge::start(bare);
+    assert!(bridge.initialize().await.get("result").is_some());
+    assert_eq!(setup.auth.token_requests(), ["authorization_code"]);
+
+    // Past the expiry margin (half of a 2 s lifetime) and the expiry itself.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let http = client();
+    let requests = daemons.iter().flat_map(|(_, addr)| {
+        let http = http.clone();
+        (0..50).map(move |i| {
+            let (http, url) = (http.clone(), format!("http://{addr}/notes"));
+            async move {
+                let body = serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "initialize",
+                    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                               "clientInfo": {"name": "fleet", "version": "1"}}});
+                http.post(url)
+                    .header("accept", "application/json, text/event-stream")
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+    });
+    let bridged = async {
+        let mut answers = Vec::new();
+        for id in 0..50 {
+            answers.push(
+                bridge
+                    .call(100 + id, "tools/list", serde_json::json!({}))
+                    .await,
+            );
+        }
+        answers
+    };
+    let (statuses, answers) = tokio::join!(futures_util::future::join_all(requests), bridged);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(
+        answers.iter().all(|a| a.get("result").is_some()),
+        "{answers:?}"
+    );
     assert_eq!(
         setup.auth.token_requests(),
         ["authorization_code", "refresh_token"],

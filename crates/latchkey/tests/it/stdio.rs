@@ -49,14 +49,14 @@ fn latchkey(scratch: &Scratch) -> Command {
 }
 
 /// `latchkey stdio` with pipes on both ends.
-struct Bridge {
+pub(crate) struct Bridge {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Lines<BufReader<ChildStdout>>,
 }
 
 impl Bridge {
-    fn start(mut command: Command) -> Self {
+    pub(crate) fn start(mut command: Command) -> Self {
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -100,13 +100,13 @@ impl Bridge {
         }
     }
 
-    async fn call(&mut self, id: i64, method: &str, params: Value) -> Value {
+    pub(crate) async fn call(&mut self, id: i64, method: &str, params: Value) -> Value {
         self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
             .await;
         self.answer(id).await
     }
 
-    async fn initialize(&mut self) -> Value {
+    pub(crate) async fn initialize(&mut self) -> Value {
         let answer = self
             .call(
                 1,
