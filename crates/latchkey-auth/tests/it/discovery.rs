@@ -286,6 +286,11 @@ fn canonical_resource_and_secure_urls() {
         canonical_resource(&u("https://mcp.example.com/mcp#x")),
         "https://mcp.example.com/mcp"
     );
+    // RFC 8707 §2: no query in the resource indicator (it is often an API key).
+    assert_eq!(
+        canonical_resource(&u("https://mcp.example.com/mcp/?api_key=k-secret")),
+        "https://mcp.example.com/mcp"
+    );
     assert!(is_secure(&u("https://auth.example.com/authorize")));
     assert!(is_secure(&u("http://127.0.0.1:9/token")));
     assert!(is_secure(&u("http://localhost:9/token")));
