@@ -1044,6 +1044,16 @@ impl ServerAuth {
             let mut state = self.lock();
             match state.bound.clone() {
                 Some(old) if old.issuer != issuer && state.tokens.is_some() => {
+                    // A record from before `configured_client_issuer` was kept: a
+                    // configured client is always the one used, so its secret or key
+                    // went to the issuer of these tokens.
+                    let client = self.settings.client.as_ref();
+                    if client.is_some_and(|c| c.client_secret.is_some() || c.private_key.is_some())
+                    {
+                        state
+                            .configured_client_issuer
+                            .get_or_insert_with(|| old.issuer.clone());
+                    }
                     let tokens = state.tokens.take();
                     let registration = state.registration.take_if(|r| r.issuer == old.issuer);
                     Self::clear_tokens(&mut state);

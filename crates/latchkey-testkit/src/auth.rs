@@ -2,9 +2,14 @@
 //! with switches for every discovery variant the MCP authorization spec allows (and
 //! some it forbids). Everything is served from one loopback port: the MCP resource is
 //! `/mcp`, the issuer is the origin plus [`AuthOptions::issuer_path`].
+//!
+//! [`moving_upstream`] puts one MCP upstream behind two such servers in turn, as a
+//! server that moves to another authorization server; every request either receives
+//! is kept ([`AuthServer::received`]), with every value it carried.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
@@ -86,6 +91,9 @@ pub struct AuthOptions {
     pub metadata_status: Option<u16>,
     /// Refuse every refresh with this OAuth error code (`invalid_target`, say).
     pub refuse_refresh: Option<String>,
+    /// Put before every client id, client secret, code and token this server issues,
+    /// so that two servers' values (both count from 1) never look alike.
+    pub prefix: String,
 }
 
 impl Default for AuthOptions {
@@ -111,6 +119,7 @@ impl Default for AuthOptions {
             withhold_write: false,
             metadata_status: None,
             refuse_refresh: None,
+            prefix: String::new(),
         }
     }
 }
@@ -127,7 +136,49 @@ struct AuthShared {
     options: AuthOptions,
     origin: String,
     paths: Mutex<Vec<String>>,
+    /// Every request, with the values it carried.
+    received: Mutex<Vec<Received>>,
+    /// The authorization server the protected resource metadata names instead of
+    /// this one (see [`AuthServer::name_in_metadata`]).
+    names: Mutex<Option<String>>,
     state: Mutex<OAuthState>,
+}
+
+/// One request as an [`AuthServer`] received it, with every value it carried, for
+/// tests that look for a credential where it must not be.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    /// The query parameters, then the form fields, or every string in a JSON body
+    /// under its key, by name.
+    pub fields: Vec<(String, String)>,
+    /// The `Authorization` header as sent.
+    pub authorization: Option<String>,
+    /// The client id and secret of a Basic `Authorization` header, decoded.
+    pub basic: Option<(String, String)>,
+}
+
+impl Received {
+    /// The first field named `name`.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether `value` appears anywhere in the request: in a field, in the
+    /// `Authorization` header, or in its decoded Basic pair.
+    pub fn carries(&self, value: &str) -> bool {
+        let basic = self.basic.iter().flat_map(|(id, secret)| [id, secret]);
+        self.fields
+            .iter()
+            .map(|(_, v)| v)
+            .chain(&self.authorization)
+            .chain(basic)
+            .any(|v| v.contains(value))
+    }
 }
 
 /// What the server has issued.
@@ -194,6 +245,8 @@ impl AuthServer {
             options,
             origin: format!("http://{addr}"),
             paths: Mutex::new(Vec::new()),
+            received: Mutex::new(Vec::new()),
+            names: Mutex::new(None),
             state: Mutex::new(state),
         });
         let prefix = shared.options.issuer_path.clone();
@@ -209,10 +262,7 @@ impl AuthServer {
             .route(&format!("{prefix}/revoke"), post(revoke))
             .fallback(serve)
             .with_state(shared.clone())
-            .layer(axum::middleware::from_fn_with_state(
-                shared.clone(),
-                record_path,
-            ));
+            .layer(axum::middleware::from_fn_with_state(shared.clone(), record));
         let stop = CancellationToken::new();
         let token = stop.clone();
         tokio::spawn(async move {
@@ -254,7 +304,6 @@ impl AuthServer {
         self.stop.cancel();
     }
 
-    /// The grant types of every token request so far, in order.
     /// Every access and refresh token it has issued and not forgotten, for tests that
     /// look for them where they must not be.
     pub fn issued_tokens(&self) -> Vec<String> {
@@ -267,11 +316,63 @@ impl AuthServer {
             .collect()
     }
 
+    /// Every refresh token it has issued and not forgotten.
+    pub fn refresh_tokens(&self) -> Vec<String> {
+        self.lock().refresh_tokens.keys().cloned().collect()
+    }
+
     /// Tokens revoked at the RFC 7009 endpoint.
     pub fn revoked(&self) -> Vec<String> {
         self.shared.lock().revoked.clone()
     }
 
+    /// Every request so far, in order, with the values it carried.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared
+            .received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether any request so far carried `value` (see [`Received::carries`]).
+    pub fn saw(&self, value: &str) -> bool {
+        self.received().iter().any(|r| r.carries(value))
+    }
+
+    /// The refresh tokens presented at `/token`, in order.
+    pub fn presented_refresh_tokens(&self) -> Vec<String> {
+        let token = format!("{}/token", self.shared.options.issuer_path);
+        self.received()
+            .iter()
+            .filter(|r| r.path == token)
+            .filter_map(|r| r.field("refresh_token").map(str::to_owned))
+            .collect()
+    }
+
+    /// The client secrets presented anywhere, in a body or a Basic header, in order.
+    pub fn presented_client_secrets(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .flat_map(|r| {
+                let field = r.field("client_secret").map(str::to_owned);
+                let basic = r.basic.as_ref().map(|(_, secret)| secret.clone());
+                field.into_iter().chain(basic)
+            })
+            .collect()
+    }
+
+    /// From now on the protected resource metadata names `issuer` as the
+    /// authorization server instead of this one (the resource moved there).
+    pub fn name_in_metadata(&self, issuer: &str) {
+        *self
+            .shared
+            .names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(issuer.to_owned());
+    }
+
+    /// The grant types of every token request so far, in order.
     pub fn token_requests(&self) -> Vec<String> {
         self.lock().grants.clone()
     }
@@ -307,17 +408,62 @@ impl AuthShared {
     }
 }
 
-async fn record_path(
+/// The largest request body the server reads (and records): axum's default limit,
+/// which the routes had before.
+const BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// Records every request before it is routed: its path, and every value it carried
+/// (query, body, `Authorization`), even if the route then refuses it.
+async fn record(
     State(shared): State<Arc<AuthShared>>,
     request: Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, BODY_LIMIT).await else {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    };
+    let pairs = |bytes: &[u8]| {
+        url::form_urlencoded::parse(bytes)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect::<Vec<_>>()
+    };
+    let mut fields = pairs(parts.uri.query().unwrap_or_default().as_bytes());
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(json) => json_strings("", &json, &mut fields),
+        Err(_) => fields.extend(pairs(&body)),
+    }
+    let received = Received {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        fields,
+        authorization: parts
+            .headers
+            .get("authorization")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        basic: basic_credentials(&parts.headers),
+    };
     shared
         .paths
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .push(request.uri().path().to_owned());
-    next.run(request).await
+        .push(received.path.clone());
+    shared
+        .received
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(received);
+    next.run(Request::from_parts(parts, body.into())).await
+}
+
+/// Every string in a JSON document, under the key it is found at.
+fn json_strings(key: &str, value: &Value, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::String(s) => out.push((key.to_owned(), s.clone())),
+        Value::Array(items) => items.iter().for_each(|v| json_strings(key, v, out)),
+        Value::Object(map) => map.iter().for_each(|(k, v)| json_strings(k, v, out)),
+        _ => {}
+    }
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
@@ -368,7 +514,7 @@ async fn authorize(
             .into_response();
     }
     state.next += 1;
-    let code = format!("code-{}", state.next);
+    let code = format!("{}code-{}", options.prefix, state.next);
     state.codes.insert(
         code.clone(),
         IssuedCode {
@@ -410,14 +556,10 @@ async fn authorize(
     (StatusCode::FOUND, [("location", location.to_string())]).into_response()
 }
 
-/// Client authentication as RFC 6749 §2.3.1 describes it: Basic or in the body.
-/// Returns the client id, or `None` if authentication fails.
-fn authenticate(
-    state: &OAuthState,
-    headers: &HeaderMap,
-    form: &HashMap<String, String>,
-) -> Option<String> {
-    let basic = headers
+/// The client id and secret of a Basic `Authorization` header (RFC 6749 §2.3.1:
+/// each form-urlencoded).
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
@@ -431,7 +573,17 @@ fn authenticate(
                     .map(|(_, v)| v.into_owned())
             };
             Some((decode(id)?, decode(secret)?))
-        });
+        })
+}
+
+/// Client authentication as RFC 6749 §2.3.1 describes it: Basic or in the body.
+/// Returns the client id, or `None` if authentication fails.
+fn authenticate(
+    state: &OAuthState,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Option<String> {
+    let basic = basic_credentials(headers);
     let (client_id, secret, method) = match (basic, form.get("client_secret")) {
         (Some((id, secret)), _) => (id, Some(secret), "client_secret_basic"),
         (None, Some(secret)) => (
@@ -561,11 +713,11 @@ async fn token(
         }
     };
     state.next += 1;
-    let access = format!("at-{}", state.next);
+    let access = format!("{}at-{}", options.prefix, state.next);
     let refresh = if grant_type == "refresh_token" && !options.rotate_refresh_tokens {
         None
     } else {
-        Some(format!("rt-{}", state.next))
+        Some(format!("{}rt-{}", options.prefix, state.next))
     };
     state.access_tokens.insert(access.clone(), grant.clone());
     if let Some(refresh) = &refresh {
@@ -599,7 +751,10 @@ async fn device_authorization(
         );
     };
     state.next += 1;
-    let (device_code, user_code) = (format!("dc-{}", state.next), format!("WXYZ-{}", state.next));
+    let (device_code, user_code) = (
+        format!("{}dc-{}", shared.options.prefix, state.next),
+        format!("WXYZ-{}", state.next),
+    );
     let grant = Grant {
         client_id,
         scope: form.get("scope").cloned().unwrap_or_default(),
@@ -676,8 +831,9 @@ async fn register(
         .to_owned();
     let mut state = shared.lock();
     state.next += 1;
-    let client_id = format!("client-{}", state.next);
-    let client_secret = (auth_method != "none").then(|| format!("secret-{}", state.next));
+    let prefix = &shared.options.prefix;
+    let client_id = format!("{prefix}client-{}", state.next);
+    let client_secret = (auth_method != "none").then(|| format!("{prefix}secret-{}", state.next));
     let mut body = json!({
         "client_id": client_id,
         "redirect_uris": redirect_uris,
@@ -713,9 +869,15 @@ async fn serve(State(shared): State<Arc<AuthShared>>, uri: Uri) -> Response {
         PrmAt::Nowhere => None,
     };
     if prm_path == Some(path.as_str()) {
+        let named = shared
+            .names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| issuer(&shared));
         return axum::Json(json!({
             "resource": options.claimed_resource.clone().unwrap_or_else(|| format!("{}/mcp", shared.origin)),
-            "authorization_servers": [issuer(&shared)],
+            "authorization_servers": [named],
             "scopes_supported": ["mcp:read", "mcp:write"],
         }))
         .into_response();
@@ -813,23 +975,109 @@ pub async fn protected_upstream(
             check: Arc::new(move |token| {
                 check.get().is_some_and(|a| a.access_token(token).is_some())
             }),
-            challenge: Arc::new(move || {
-                let prm = challenge
-                    .get()
-                    .map(AuthServer::header_prm_url)
-                    .unwrap_or_default();
-                format!("Bearer resource_metadata=\"{prm}\", scope=\"mcp:read\"")
-            }),
+            challenge: Arc::new(move || challenge_naming(challenge.get())),
             scope,
         },
     )
     .await?;
-    let server = AuthServer::start(AuthOptions {
+    let server = AuthServer::start(in_front_of(&upstream, options)).await?;
+    let _ = cell.set(server.clone());
+    Ok((upstream, server))
+}
+
+/// The upstream's 401 challenge: it names `server`'s protected resource metadata and
+/// asks for `mcp:read`.
+fn challenge_naming(server: Option<&AuthServer>) -> String {
+    let prm = server.map(AuthServer::header_prm_url).unwrap_or_default();
+    format!("Bearer resource_metadata=\"{prm}\", scope=\"mcp:read\"")
+}
+
+/// `options` for an authorization server of `upstream`: its metadata is where the
+/// upstream's 401 says (`PrmAt::HeaderOnly`) and names the upstream as the resource.
+fn in_front_of(upstream: &crate::McpUpstream, options: AuthOptions) -> AuthOptions {
+    AuthOptions {
         prm_at: PrmAt::HeaderOnly,
         claimed_resource: Some(upstream.mcp_url()),
         ..options
-    })
+    }
+}
+
+/// An MCP upstream that moves from one authorization server to another: see
+/// [`moving_upstream`].
+#[derive(Debug, Clone)]
+pub struct MovingUpstream {
+    pub upstream: crate::McpUpstream,
+    /// The authorization server named first.
+    pub a: AuthServer,
+    /// The one named after [`MovingUpstream::move_to_b`].
+    pub b: AuthServer,
+    moved: Arc<AtomicBool>,
+}
+
+impl MovingUpstream {
+    /// The switch: from now on the upstream's 401 names B's protected resource
+    /// metadata, A's names B as well, and only B's tokens are accepted.
+    pub fn move_to_b(&self) {
+        self.a.name_in_metadata(&self.b.issuer());
+        self.moved.store(true, Ordering::SeqCst);
+    }
+
+    /// The authorization server the upstream names now.
+    pub fn current(&self) -> &AuthServer {
+        if self.moved.load(Ordering::SeqCst) {
+            &self.b
+        } else {
+            &self.a
+        }
+    }
+}
+
+/// An MCP upstream on `addr` protected by two new [`AuthServer`]s, A (set up by `a`)
+/// and B (by `b`), one at a time: like [`protected_upstream`], its 401 names the
+/// protected resource metadata of the one it names now, and it accepts only that
+/// one's tokens. It names A until [`MovingUpstream::move_to_b`]. A's values start
+/// with `a-` and B's with `b-` (unless the options set a prefix), so that a value
+/// found anywhere tells who issued it. No per-method scopes.
+pub async fn moving_upstream(
+    addr: SocketAddr,
+    a: AuthOptions,
+    b: AuthOptions,
+) -> std::io::Result<MovingUpstream> {
+    // As in protected_upstream: the servers are found through a cell filled once
+    // they have started.
+    let cell: Arc<std::sync::OnceLock<(AuthServer, AuthServer)>> =
+        Arc::new(std::sync::OnceLock::new());
+    let moved = Arc::new(AtomicBool::new(false));
+    let named = {
+        let (cell, moved) = (cell.clone(), moved.clone());
+        move || {
+            let (a, b) = cell.get()?;
+            Some(if moved.load(Ordering::SeqCst) { b } else { a }).cloned()
+        }
+    };
+    let check = named.clone();
+    let upstream = crate::McpUpstream::start_protected_on(
+        addr,
+        crate::Protection {
+            check: Arc::new(move |token| check().is_some_and(|s| s.access_token(token).is_some())),
+            challenge: Arc::new(move || challenge_naming(named().as_ref())),
+            scope: None,
+        },
+    )
     .await?;
-    let _ = cell.set(server.clone());
-    Ok((upstream, server))
+    let prefixed = |mut options: AuthOptions, prefix: &str| {
+        if options.prefix.is_empty() {
+            prefix.clone_into(&mut options.prefix);
+        }
+        in_front_of(&upstream, options)
+    };
+    let a = AuthServer::start(prefixed(a, "a-")).await?;
+    let b = AuthServer::start(prefixed(b, "b-")).await?;
+    let _ = cell.set((a.clone(), b.clone()));
+    Ok(MovingUpstream {
+        upstream,
+        a,
+        b,
+        moved,
+    })
 }

@@ -7,12 +7,14 @@
 //!
 //! [`AuthServer`] publishes OAuth discovery documents (protected resource metadata and
 //! authorization server metadata) in every place the MCP authorization spec allows,
-//! with switches for broken and hostile variants.
+//! with switches for broken and hostile variants. [`moving_upstream`] is an upstream
+//! that moves from one authorization server to another.
 
 mod auth;
 mod mcp;
 
 pub use auth::{
-    AuthOptions, AuthServer, Grant, MetadataAt, PrmAt, RegisteredClient, protected_upstream,
+    AuthOptions, AuthServer, Grant, MetadataAt, MovingUpstream, PrmAt, Received, RegisteredClient,
+    moving_upstream, protected_upstream,
 };
 pub use mcp::{McpUpstream, Protection, RecordedRequest, ScopeCheck, TokenCheck};

@@ -1,6 +1,7 @@
 //! latchkey's integration tests: one binary, one module per area.
 
 mod authservers;
+mod binding;
 mod callback;
 mod cli;
 mod config;
