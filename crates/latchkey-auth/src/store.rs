@@ -381,9 +381,12 @@ struct StoredTokens {
     access_token: String,
     #[serde(default)]
     refresh_token: Option<String>,
-    /// Seconds since the Unix epoch.
+    /// Seconds since the Unix epoch, for older latchkey versions reading the record.
     #[serde(default)]
     expires_at: Option<u64>,
+    /// Milliseconds since the Unix epoch: what a token response gave, kept exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at_ms: Option<u64>,
     #[serde(default)]
     scopes: Vec<String>,
 }
@@ -410,6 +413,10 @@ fn encode(resource: &str, record: &Record) -> Vec<u8> {
             .expires_at
             .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_secs()),
+        expires_at_ms: t
+            .expires_at
+            .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+            .and_then(|d| u64::try_from(d.as_millis()).ok()),
         scopes: t.scopes.clone(),
     });
     let client = record.registration.as_ref().and_then(|r| {
@@ -471,9 +478,10 @@ fn decode(bytes: &[u8], resource: &str) -> Result<Record, String> {
     let tokens = stored.tokens.map(|t| TokenSet {
         access_token: Secret::new(t.access_token),
         refresh_token: t.refresh_token.map(Secret::new),
-        expires_at: t
-            .expires_at
-            .map(|secs| UNIX_EPOCH + Duration::from_secs(secs)),
+        expires_at: match (t.expires_at_ms, t.expires_at) {
+            (Some(ms), _) => UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
+            (None, secs) => secs.and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s))),
+        },
         scopes: t.scopes,
     });
     let registration = match stored.client {

@@ -235,12 +235,14 @@ impl TokenSet {
     }
 }
 
-/// When a token that lives `secs` from now expires, in whole seconds: the precision
-/// every store keeps, so that a record read back compares equal to the tokens it was
-/// made from. An absurd lifetime must not overflow: it counts as none given.
+/// When a token that lives `secs` from now expires, in whole milliseconds: the
+/// precision the stores keep, so that a record read back compares equal to the tokens
+/// it was made from. An absurd lifetime must not overflow: it counts as none given.
 fn expiry_after(secs: u64) -> Option<SystemTime> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-    UNIX_EPOCH.checked_add(Duration::from_secs(now.checked_add(secs)?))
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
+    let millis = u64::try_from(now.as_millis()).ok()?;
+    let lifetime = secs.checked_mul(1000)?;
+    UNIX_EPOCH.checked_add(Duration::from_millis(millis.checked_add(lifetime)?))
 }
 
 #[derive(Deserialize)]
