@@ -32,6 +32,14 @@ pub struct ConfiguredClient {
     pub private_key: Option<Arc<SigningKey>>,
 }
 
+impl ConfiguredClient {
+    /// Whether it has a credential (a secret or a key) that must only go to its own
+    /// authorization server.
+    pub fn is_confidential(&self) -> bool {
+        self.client_secret.is_some() || self.private_key.is_some()
+    }
+}
+
 /// A client as latchkey uses it at one issuer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {

@@ -542,22 +542,22 @@ impl ServerAuth {
         };
         let mut problems = Vec::new();
         if let Some(tokens) = tokens {
-            let issuer = bound
-                .as_ref()
-                .map(|b| b.issuer.clone())
-                .or_else(|| registration.as_ref().map(|r| r.issuer.clone()));
-            match issuer {
-                Some(issuer) => {
-                    let configured = self.configured_for(&issuer);
+            // A record from before the binding: its registration's issuer.
+            let bound = bound.or_else(|| {
+                registration.as_ref().map(|r| Bound {
+                    issuer: r.issuer.clone(),
+                    token_endpoint: None,
+                    revocation_endpoint: None,
+                })
+            });
+            match bound {
+                Some(bound) => {
+                    let configured = self.configured_for(&bound.issuer);
                     problems = revoke(
                         self.http.clone(),
                         self.settings.server.clone(),
                         configured,
-                        bound.unwrap_or(Bound {
-                            issuer,
-                            token_endpoint: None,
-                            revocation_endpoint: None,
-                        }),
+                        bound,
                         tokens,
                         registration,
                     )
@@ -589,33 +589,34 @@ impl ServerAuth {
     /// The configured client, if it may be used at `issuer`: always without a secret
     /// or key; with one, only at the pinned issuer, else the one it was first used with.
     fn configured_for(&self, issuer: &str) -> Option<ConfiguredClient> {
+        let own = self.own_issuer(&self.lock());
         let client = self.settings.client.clone()?;
-        let bound = self
-            .settings
+        (!client.is_confidential() || own.is_none_or(|own| own == issuer)).then_some(client)
+    }
+
+    /// The authorization server a configured secret or key belongs to: the pin, else
+    /// the one it was first used with.
+    fn own_issuer(&self, state: &State) -> Option<String> {
+        self.settings
             .issuer
             .clone()
-            .or_else(|| self.lock().configured_client_issuer.clone());
-        let confidential = client.client_secret.is_some() || client.private_key.is_some();
-        (!confidential || bound.is_none_or(|b| b == issuer)).then_some(client)
+            .or_else(|| state.configured_client_issuer.clone())
     }
 
     /// Refuses to send a configured secret or key to any authorization server but
     /// its own; the first one it is used with becomes its own, without a pin.
     fn may_send_configured(&self, issuer: &str) -> Result<(), AuthError> {
-        let Some(client) = &self.settings.client else {
-            return Ok(());
-        };
-        if client.client_secret.is_none() && client.private_key.is_none() {
+        if !self
+            .settings
+            .client
+            .as_ref()
+            .is_some_and(ConfiguredClient::is_confidential)
+        {
             return Ok(());
         }
         let mut state = self.lock();
         let server = &self.settings.server;
-        match self
-            .settings
-            .issuer
-            .as_ref()
-            .or(state.configured_client_issuer.as_ref())
-        {
+        match self.own_issuer(&state) {
             Some(own) if own != issuer => Err(AuthError::fatal(format!(
                 "server {server:?}: the configured client secret or key belongs to the authorization server {own}, but the server now names {issuer}; latchkey does not send it there. If the move is real, register a client at {issuer} and set it, with issuer = {issuer:?}, under [servers.{server}.oauth]"
             ))),
@@ -1048,8 +1049,7 @@ impl ServerAuth {
                     // configured client is always the one used, so its secret or key
                     // went to the issuer of these tokens.
                     let client = self.settings.client.as_ref();
-                    if client.is_some_and(|c| c.client_secret.is_some() || c.private_key.is_some())
-                    {
+                    if client.is_some_and(ConfiguredClient::is_confidential) {
                         state
                             .configured_client_issuer
                             .get_or_insert_with(|| old.issuer.clone());

@@ -10,7 +10,7 @@ use latchkey_testkit::{AuthOptions, AuthServer, MovingUpstream, moving_upstream}
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::harness::{Daemon, client, eventually, initialize};
+use crate::harness::{Daemon, TempDir, client, eventually, initialize};
 use crate::oauth::ScriptedBrowser;
 
 /// The client registered by hand at A, and its secret.
@@ -364,7 +364,7 @@ async fn a_record_from_before_the_binding_keeps_the_secret_at_the_issuer_of_its_
     let scene = scene
         .restart(|moving| {
             let issuer = Value::String(moving.a.issuer());
-            let forgotten = state.edit_record(|record| {
+            let forgotten = edit_record(&state, |record| {
                 record
                     .as_object_mut()
                     .and_then(|r| r.remove("configured_client_issuer"))
@@ -382,38 +382,20 @@ async fn a_record_from_before_the_binding_keeps_the_secret_at_the_issuer_of_its_
     scene.assert_revoked_at_a(&held.refresh_token).await;
 }
 
-/// A directory for a test's state, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("latchkey-it-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Self(path)
-    }
-
-    /// Changes the only credential record in this state dir.
-    fn edit_record<T>(&self, edit: impl FnOnce(&mut Value) -> T) -> T {
-        let dir = self.0.join("credentials");
-        let mut records = std::fs::read_dir(&dir)
-            .expect("the credentials dir")
-            .map(|entry| entry.expect("entry").path())
-            .filter(|path| path.extension().is_some_and(|e| e == "json"));
-        let path = records.next().expect("a record");
-        assert!(records.next().is_none(), "one record");
-        let mut record: Value =
-            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("JSON");
-        let edited = edit(&mut record);
-        std::fs::write(&path, serde_json::to_vec(&record).expect("JSON")).expect("write");
-        edited
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Changes the only credential record in the state dir `state`.
+fn edit_record<T>(state: &TempDir, edit: impl FnOnce(&mut Value) -> T) -> T {
+    let dir = state.0.join("credentials");
+    let mut records = std::fs::read_dir(&dir)
+        .expect("the credentials dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"));
+    let path = records.next().expect("a record");
+    assert!(records.next().is_none(), "one record");
+    let mut record: Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("JSON");
+    let edited = edit(&mut record);
+    std::fs::write(&path, serde_json::to_vec(&record).expect("JSON")).expect("write");
+    edited
 }
 
 /// The `tracing` events of this test's thread (the daemon runs on the test's

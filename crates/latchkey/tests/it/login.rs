@@ -512,6 +512,31 @@ async fn serve_command(mut command: Command) -> (Child, String) {
     (child, addr)
 }
 
+/// 50 concurrent `initialize` requests to each daemon; their HTTP statuses (0 for
+/// no answer).
+async fn initialize_burst(daemons: &[(Child, String)]) -> Vec<u16> {
+    let http = client();
+    let requests = daemons.iter().flat_map(|(_, addr)| {
+        let http = http.clone();
+        (0..50).map(move |i| {
+            let (http, url) = (http.clone(), format!("http://{addr}/notes"));
+            async move {
+                let body = serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "initialize",
+                    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                               "clientInfo": {"name": "fleet", "version": "1"}}});
+                http.post(url)
+                    .header("accept", "application/json, text/event-stream")
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+    });
+    futures_util::future::join_all(requests).await
+}
+
 /// The cross-process rule: an expired token hit by 200 concurrent requests spread
 /// over 4 daemons sharing one store costs exactly one refresh grant, even though the
 /// server rotates refresh tokens (a second refresh with the old one would fail).
@@ -535,26 +560,7 @@ async fn two_hundred_requests_over_four_processes_cost_one_refresh() {
     }
     // Past the expiry margin (half of a 2 s lifetime) and the expiry itself.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let http = client();
-    let requests = daemons.iter().flat_map(|(_, addr)| {
-        let http = http.clone();
-        (0..50).map(move |i| {
-            let (http, url) = (http.clone(), format!("http://{addr}/notes"));
-            async move {
-                let body = serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "initialize",
-                    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                               "clientInfo": {"name": "fleet", "version": "1"}}});
-                http.post(url)
-                    .header("accept", "application/json, text/event-stream")
-                    .json(&body)
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0)
-            }
-        })
-    });
-    let statuses = futures_util::future::join_all(requests).await;
+    let statuses = initialize_burst(&daemons).await;
     assert_eq!(statuses.len(), 200);
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(
@@ -682,25 +688,6 @@ async fn a_bridge_with_a_bare_environment_shares_the_keyring_and_the_locks() {
 
     // Past the expiry margin (half of a 2 s lifetime) and the expiry itself.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let http = client();
-    let requests = daemons.iter().flat_map(|(_, addr)| {
-        let http = http.clone();
-        (0..50).map(move |i| {
-            let (http, url) = (http.clone(), format!("http://{addr}/notes"));
-            async move {
-                let body = serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "initialize",
-                    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                               "clientInfo": {"name": "fleet", "version": "1"}}});
-                http.post(url)
-                    .header("accept", "application/json, text/event-stream")
-                    .json(&body)
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0)
-            }
-        })
-    });
     let bridged = async {
         let mut answers = Vec::new();
         for id in 0..50 {
@@ -712,7 +699,7 @@ async fn a_bridge_with_a_bare_environment_shares_the_keyring_and_the_locks() {
         }
         answers
     };
-    let (statuses, answers) = tokio::join!(futures_util::future::join_all(requests), bridged);
+    let (statuses, answers) = tokio::join!(initialize_burst(&daemons), bridged);
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert!(
         answers.iter().all(|a| a.get("result").is_some()),
