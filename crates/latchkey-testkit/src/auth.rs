@@ -91,6 +91,9 @@ pub struct AuthOptions {
     pub metadata_status: Option<u16>,
     /// Refuse every refresh with this OAuth error code (`invalid_target`, say).
     pub refuse_refresh: Option<String>,
+    /// Issue no refresh tokens at all (an OpenID provider asked for `offline_access`
+    /// without consent, say).
+    pub no_refresh_tokens: bool,
     /// Put before every client id, client secret, code and token this server issues,
     /// so that two servers' values (both count from 1) never look alike.
     pub prefix: String,
@@ -119,6 +122,7 @@ impl Default for AuthOptions {
             withhold_write: false,
             metadata_status: None,
             refuse_refresh: None,
+            no_refresh_tokens: false,
             prefix: String::new(),
         }
     }
@@ -714,7 +718,9 @@ async fn token(
     };
     state.next += 1;
     let access = format!("{}at-{}", options.prefix, state.next);
-    let refresh = if grant_type == "refresh_token" && !options.rotate_refresh_tokens {
+    let refresh = if options.no_refresh_tokens
+        || (grant_type == "refresh_token" && !options.rotate_refresh_tokens)
+    {
         None
     } else {
         Some(format!("{}rt-{}", options.prefix, state.next))

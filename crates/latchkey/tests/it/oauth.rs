@@ -155,6 +155,43 @@ async fn the_first_401_runs_the_flow_and_the_client_never_notices() {
     );
 }
 
+/// A login that gave no refresh token says so on the status page, which says
+/// nothing of the kind after one that did.
+#[tokio::test]
+async fn a_login_without_a_refresh_token_says_the_next_expiry_needs_a_browser() {
+    for (no_refresh_tokens, warned) in [(true, true), (false, false)] {
+        let setup = protected(AuthOptions {
+            no_refresh_tokens,
+            ..AuthOptions::default()
+        })
+        .await;
+        let daemon = Daemon::builder()
+            .server("notes", &setup.upstream.mcp_url(), &[])
+            .start_with_browser(Arc::new(ScriptedBrowser::default()))
+            .await;
+        let response = post(&daemon, &initialize())
+            .send()
+            .await
+            .expect("initialize");
+        assert_eq!(response.status(), StatusCode::OK);
+        let status: Value = client()
+            .get(daemon.url("/"))
+            .send()
+            .await
+            .expect("GET /")
+            .json()
+            .await
+            .expect("json");
+        let auth = &status["servers"][0]["auth"];
+        assert_eq!(auth["refresh_token"], !no_refresh_tokens, "{status}");
+        assert_eq!(
+            auth["warning"] == "no refresh token: the next expiry needs a browser login",
+            warned,
+            "{status}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn concurrent_requests_share_one_login() {
     let setup = protected(AuthOptions::default()).await;
