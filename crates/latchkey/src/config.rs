@@ -355,6 +355,20 @@ const TOP_KEYS: &[&str] = &[
 
 const SERVER_KEYS: &[&str] = &["url", "transport", "headers", "oauth"];
 
+/// Headers that frame a request or name its connection and host (RFC 9110 §7.2,
+/// RFC 9112 §6-7, RFC 9110 §7.6.1): never configurable. In lower case, as
+/// `HeaderName::as_str` gives them.
+const FRAMING_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+];
+
 struct Checker<'a> {
     file: &'a Path,
     text: &'a str,
@@ -952,6 +966,14 @@ impl Checker<'_> {
                 );
                 continue;
             };
+            if FRAMING_HEADERS.contains(&name.as_str()) {
+                self.error(
+                    key_span,
+                    format!("header {key:?} cannot be configured: latchkey sets it for each request (it frames the message or names the connection, so a fixed value would send requests to the wrong host or cut their bodies)"),
+                    Some("remove it; to reach another host, change the server's url"),
+                );
+                continue;
+            }
             if !seen.insert(name.clone()) {
                 self.error(
                     key_span,

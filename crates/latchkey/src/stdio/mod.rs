@@ -575,7 +575,8 @@ impl Bridge {
                                 self.session().last_event_id = Some(id.to_owned());
                             }
                             if let Some(retry) = event.retry {
-                                delay = Duration::from_millis(retry);
+                                // From the network: at most a minute between tries.
+                                delay = Duration::from_millis(retry.min(60_000));
                             }
                             if let (Some("message"), Some(data)) = (event.event, event.data)
                                 && !data.trim().is_empty()

@@ -168,6 +168,35 @@ fn duplicate_servers_and_headers_are_refused() {
     );
 }
 
+/// A configured Host sent `host: evil.invalid` upstream, and Content-Length: 0
+/// dropped bodies: headers that frame the request or name the host are refused, each
+/// at its own position.
+#[test]
+fn headers_that_frame_the_request_or_name_the_host_are_refused() {
+    let names = [
+        "Host",
+        "Content-Length",
+        "Transfer-Encoding",
+        "Connection",
+        "Upgrade",
+        "TE",
+        "Trailer",
+        "Keep-Alive",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let errors = diagnostics(&format!(
+            "[servers.a]\nurl = \"https://a.example.com\"\nheaders = {{ \"X-Fine\" = \"1\", \"{name}\" = \"evil.invalid\" }}\n"
+        ));
+        assert_eq!(errors.len(), 1, "{name}: {errors:?}");
+        // The key's own line and column: after `headers = { "X-Fine" = "1", `.
+        assert!(
+            errors[0].starts_with("latchkey.toml:3:29:")
+                && errors[0].contains(&format!("header {name:?} cannot be configured")),
+            "{i} {name}: {errors:?}"
+        );
+    }
+}
+
 #[test]
 fn non_loopback_listen_needs_explicit_permission() {
     let text = "listen = \"0.0.0.0:8931\"\nallow_non_loopback = true\n[servers.a]\nurl = \"https://a.example.com\"\n";
