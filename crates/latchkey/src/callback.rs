@@ -45,6 +45,9 @@ pub enum CallbackError {
 pub struct Listener {
     listener: TcpListener,
     redirect_uri: String,
+    /// The login's `state`: a request without it is not the redirect (a blind probe
+    /// or another local user's guess) and must not end the wait.
+    state: Option<Secret>,
 }
 
 impl Listener {
@@ -61,11 +64,20 @@ impl Listener {
         Ok(Self {
             listener,
             redirect_uri: format!("http://127.0.0.1:{port}{CALLBACK_PATH}"),
+            state: None,
         })
     }
 
     pub fn redirect_uri(&self) -> &str {
         &self.redirect_uri
+    }
+
+    /// Listens for the redirect of this authorization request only: requests without
+    /// its `state` get a 404 and the wait goes on (RFC 6749 §10.12: a stray or forged
+    /// request must not abort the login).
+    pub fn expecting(mut self, authorization_url: &Url) -> Self {
+        self.state = state_of(authorization_url).map(Secret::new);
+        self
     }
 
     /// Waits for one redirect and hands its full URL to `check`, whose verdict decides
@@ -78,6 +90,7 @@ impl Listener {
         let (tx, rx) = oneshot::channel();
         let slot = Arc::new(Slot {
             base: self.redirect_uri.clone(),
+            state: self.state,
             check: Mutex::new(Some(Box::new(check))),
             result: Mutex::new(Some(tx)),
         });
@@ -104,11 +117,26 @@ type Check<T> = Box<dyn FnOnce(&Url) -> Result<T, String> + Send>;
 
 struct Slot<T> {
     base: String,
+    state: Option<Secret>,
     check: Mutex<Option<Check<T>>>,
     result: Mutex<Option<oneshot::Sender<Result<T, String>>>>,
 }
 
 async fn redirect<T: Send + 'static>(State(slot): State<Arc<Slot<T>>>, uri: http::Uri) -> Response {
+    let url = Url::parse(&slot.base).and_then(|base| base.join(&uri.to_string()));
+    if let Some(expected) = &slot.state {
+        let given = url.as_ref().ok().and_then(state_of);
+        if !given.is_some_and(|given| expected.matches(&given)) {
+            tracing::debug!(
+                "a request to the OAuth callback without this login's state; still waiting"
+            );
+            return (
+                StatusCode::NOT_FOUND,
+                page("Not found", "This is not the page of a login in progress."),
+            )
+                .into_response();
+        }
+    }
     let check = slot
         .check
         .lock()
@@ -124,7 +152,6 @@ async fn redirect<T: Send + 'static>(State(slot): State<Arc<Slot<T>>>, uri: http
         )
             .into_response();
     };
-    let url = Url::parse(&slot.base).and_then(|base| base.join(&uri.to_string()));
     let verdict = match url {
         Ok(url) => check(&url),
         Err(_) => Err("the redirect URL could not be read".to_owned()),
@@ -148,6 +175,13 @@ async fn redirect<T: Send + 'static>(State(slot): State<Arc<Slot<T>>>, uri: http
         let _ = tx.send(verdict);
     }
     response.into_response()
+}
+
+/// The `state` query parameter of a URL.
+fn state_of(url: &Url) -> Option<String> {
+    url.query_pairs()
+        .find(|(key, _)| key == "state")
+        .map(|(_, value)| value.into_owned())
 }
 
 fn page(title: &str, text: &str) -> Html<String> {
@@ -258,7 +292,11 @@ impl Redirect for SystemRedirect {
                 // happen by hand.
                 tracing::warn!(error = %e, "cannot open the browser; open the authorization URL from the status page");
             }
-            self.0.wait(timeout, check).await.map_err(|e| e.to_string())
+            self.0
+                .expecting(&url)
+                .wait(timeout, check)
+                .await
+                .map_err(|e| e.to_string())
         })
     }
 }
@@ -333,6 +371,7 @@ impl Redirect for TerminalRedirect {
             let for_listener = check.clone();
             let listened =
                 self.listener
+                    .expecting(&url)
                     .wait(timeout, move |url: &Url| match take(&for_listener) {
                         Some(check) => check(url),
                         None => Err("this login was already completed".into()),

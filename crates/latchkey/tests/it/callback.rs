@@ -37,6 +37,50 @@ async fn one_redirect_is_taken_and_the_listener_is_gone() {
     );
 }
 
+/// One blind GET to the callback port aborted a pending login. Now a request without
+/// the login's `state` (none, or a guessed one) gets a 404 and the listener keeps
+/// waiting for the real redirect.
+#[tokio::test]
+async fn requests_without_the_logins_state_are_ignored() {
+    let listener = Listener::bind(0).await.expect("bind");
+    let redirect_uri = listener.redirect_uri().to_owned();
+    let authorization =
+        Url::parse("https://auth.example.com/authorize?state=s-real&client_id=c").expect("url");
+    let waiting = tokio::spawn(listener.expecting(&authorization).wait(
+        Duration::from_secs(10),
+        |url: &Url| {
+            url.query_pairs()
+                .find(|(k, _)| k == "code")
+                .map(|(_, v)| v.into_owned())
+                .ok_or_else(|| "no code".to_owned())
+        },
+    ));
+    for probe in [
+        "",
+        "?code=c-evil",
+        "?code=c-evil&state=s-guess",
+        "?state=s-rea",
+    ] {
+        let page = client()
+            .get(format!("{redirect_uri}{probe}"))
+            .send()
+            .await
+            .expect("probe");
+        assert_eq!(page.status(), 404, "{probe:?}");
+    }
+    assert!(
+        !waiting.is_finished(),
+        "still waiting for the real redirect"
+    );
+    let page = client()
+        .get(format!("{redirect_uri}?code=c-1&state=s-real"))
+        .send()
+        .await
+        .expect("redirect");
+    assert_eq!(page.status(), 200);
+    assert_eq!(waiting.await.expect("join").expect("code"), "c-1");
+}
+
 #[tokio::test]
 async fn a_rejected_redirect_shows_why_and_a_silent_one_times_out() {
     let listener = Listener::bind(0).await.expect("bind");

@@ -54,12 +54,13 @@ impl Redirect for Scripted {
         check: RedirectCheck,
     ) -> BoxFuture<'static, Result<Secret, String>> {
         Box::pin(async move {
+            let listener = self.listener.expecting(&url);
             if !self.absent {
                 tokio::spawn(async move {
                     let _ = reqwest::get(url).await;
                 });
             }
-            self.listener
+            listener
                 .wait(timeout, check)
                 .await
                 .map_err(|e| e.to_string())
