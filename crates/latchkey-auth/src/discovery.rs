@@ -454,28 +454,17 @@ async fn fetch<T: serde::de::DeserializeOwned>(
     if status != reqwest::StatusCode::OK {
         return Ok(None);
     }
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_DOCUMENT as u64)
-    {
-        return Err(DiscoveryError::Invalid {
-            url: url.to_string(),
-            what,
-            cause: format!("larger than {} KiB", MAX_DOCUMENT / 1024),
-        });
-    }
-    let mut response = response;
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(network)? {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_DOCUMENT {
+    let body = match crate::body::read(response, MAX_DOCUMENT).await {
+        Ok(body) => body,
+        Err(crate::body::BodyError::Network(e)) => return Err(network(e)),
+        Err(e @ crate::body::BodyError::TooLarge { .. }) => {
             return Err(DiscoveryError::Invalid {
                 url: url.to_string(),
                 what,
-                cause: format!("larger than {} KiB", MAX_DOCUMENT / 1024),
+                cause: e.to_string(),
             });
         }
-    }
+    };
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| DiscoveryError::Invalid {

@@ -8,6 +8,7 @@
 
 pub mod assertion;
 pub mod authorize;
+mod body;
 pub mod challenge;
 pub mod device;
 pub mod discovery;

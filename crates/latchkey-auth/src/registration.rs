@@ -201,11 +201,15 @@ pub async fn register(
             cause: e.without_url().to_string(),
         })?;
     let status = response.status();
-    let body = response
-        .bytes()
+    let body = crate::body::read(response, crate::body::MAX_RESPONSE)
         .await
-        .map_err(|e| RegistrationError::Network {
-            cause: e.without_url().to_string(),
+        .map_err(|e| match e {
+            crate::body::BodyError::Network(_) => RegistrationError::Network {
+                cause: e.to_string(),
+            },
+            crate::body::BodyError::TooLarge { .. } => RegistrationError::Malformed {
+                cause: e.to_string(),
+            },
         })?;
     if !status.is_success() {
         return Err(RegistrationError::Refused {

@@ -316,9 +316,17 @@ pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<bytes::Byte
         cause: e.without_url().to_string(),
     })?;
     let status = response.status();
-    let bytes = response.bytes().await.map_err(|e| TokenError::Network {
-        cause: e.without_url().to_string(),
-    })?;
+    let bytes = crate::body::read(response, crate::body::MAX_RESPONSE)
+        .await
+        .map_err(|e| match e {
+            crate::body::BodyError::Network(_) => TokenError::Network {
+                cause: e.to_string(),
+            },
+            crate::body::BodyError::TooLarge { .. } => TokenError::Malformed {
+                cause: e.to_string(),
+            },
+        })?;
+    let bytes = bytes::Bytes::from(bytes);
     if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
         return Err(TokenError::Unavailable {
             status: status.as_u16(),

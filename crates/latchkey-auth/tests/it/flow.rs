@@ -322,3 +322,52 @@ async fn a_step_up_asks_for_the_union_of_scopes() {
         authorize::step_up_scopes(&["mcp:read".into(), "offline_access".into()], &challenge);
     assert_eq!(scopes, ["mcp:read", "offline_access", "mcp:admin"]);
 }
+
+/// A token endpoint that streams an endless body (no `Content-Length`): the read
+/// stops past 1 MiB with an error that says so, instead of holding it all.
+#[tokio::test]
+async fn an_endless_token_response_is_cut_off_at_one_mebibyte() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}/token", listener.local_addr().expect("addr"));
+    let sent = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut request = [0u8; 4096];
+        let _ = socket.read(&mut request).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+        socket.write_all(head.as_bytes()).await.expect("head");
+        let chunk = format!("10000\r\n{}\r\n", " ".repeat(0x10000));
+        let mut sent = 0usize;
+        // Bounded: 64 MiB at most, should the client never stop reading.
+        while sent < 64 << 20 && socket.write_all(chunk.as_bytes()).await.is_ok() {
+            sent += 0x10000;
+        }
+        sent
+    });
+    let client = token::ClientCredentials {
+        client_id: "c".into(),
+        auth: ClientAuth::None,
+        issuer: "http://127.0.0.1".into(),
+    };
+    let e = token::refresh(
+        &reqwest::Client::new(),
+        &endpoint,
+        &client,
+        &Secret::new("rt"),
+        None,
+        &[],
+    )
+    .await
+    .expect_err("too large");
+    assert!(
+        matches!(&e, TokenError::Malformed { cause } if cause.contains("larger than 1024 KiB")),
+        "{e}"
+    );
+    let sent = sent.await.expect("join");
+    assert!(
+        sent < 16 << 20,
+        "the client stopped reading early: {sent} bytes sent"
+    );
+}
