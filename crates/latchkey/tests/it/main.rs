@@ -1,5 +1,6 @@
 //! latchkey's integration tests: one binary, one module per area.
 
+mod attacks;
 mod authservers;
 mod binding;
 mod callback;
