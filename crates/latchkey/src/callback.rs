@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use http::StatusCode;
@@ -22,6 +22,8 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use url::Url;
+
+use crate::peer::{Admission, LocalUsers};
 
 const CALLBACK_PATH: &str = "/callback";
 
@@ -88,7 +90,13 @@ impl Listener {
         F: FnOnce(&Url) -> Result<T, String> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let local = self
+            .listener
+            .local_addr()
+            .map_err(|source| CallbackError::Bind { port: 0, source })?;
         let slot = Arc::new(Slot {
+            local,
+            users: LocalUsers::new(&[]),
             base: self.redirect_uri.clone(),
             state: self.state,
             check: Mutex::new(Some(Box::new(check))),
@@ -98,6 +106,7 @@ impl Listener {
             .route(CALLBACK_PATH, get(redirect::<T>))
             .with_state(slot);
         let (done_tx, done_rx) = oneshot::channel::<()>();
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let server = axum::serve(self.listener, app).with_graceful_shutdown(async {
             let _ = done_rx.await;
         });
@@ -116,13 +125,34 @@ impl Listener {
 type Check<T> = Box<dyn FnOnce(&Url) -> Result<T, String> + Send>;
 
 struct Slot<T> {
+    /// Only the user's own browser may deliver the redirect (another local user
+    /// would otherwise finish or spoil the login).
+    local: SocketAddr,
+    users: LocalUsers,
     base: String,
     state: Option<Secret>,
     check: Mutex<Option<Check<T>>>,
     result: Mutex<Option<oneshot::Sender<Result<T, String>>>>,
 }
 
-async fn redirect<T: Send + 'static>(State(slot): State<Arc<Slot<T>>>, uri: http::Uri) -> Response {
+async fn redirect<T: Send + 'static>(
+    State(slot): State<Arc<Slot<T>>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    uri: http::Uri,
+) -> Response {
+    if let admission @ (Admission::Refused(_) | Admission::Unknown(_)) =
+        slot.users.admit(client, slot.local)
+    {
+        tracing::warn!(
+            ?admission,
+            "refused a request to the OAuth callback from another user"
+        );
+        return (
+            StatusCode::FORBIDDEN,
+            page("Forbidden", "This login belongs to another user."),
+        )
+            .into_response();
+    }
     let url = Url::parse(&slot.base).and_then(|base| base.join(&uri.to_string()));
     if let Some(expected) = &slot.state {
         let given = url.as_ref().ok().and_then(state_of);

@@ -47,6 +47,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Extra `Host` values (besides the loopback ones) allowed on the local endpoint.
     pub allowed_hosts: Vec<String>,
+    /// Other local users (besides this one) whose processes may use the endpoint.
+    pub allowed_uids: Vec<u32>,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_timeout: Duration,
     /// Where credentials are kept.
@@ -66,6 +68,7 @@ impl Config {
             allow_non_loopback: false,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            allowed_uids: Vec::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             store,
             state_dir,
@@ -349,6 +352,7 @@ const TOP_KEYS: &[&str] = &[
     "allow_non_loopback",
     "allowed_origins",
     "allowed_hosts",
+    "allowed_uids",
     "shutdown_timeout_secs",
     "servers",
 ];
@@ -426,6 +430,7 @@ impl Checker<'_> {
             allow_non_loopback: false,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            allowed_uids: Vec::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             store: StoreKind::Auto,
             state_dir: None,
@@ -511,6 +516,13 @@ impl Checker<'_> {
             "allowed_hosts",
             "write a list of Host values, such as allowed_hosts = [\"proxy.lan:8931\"]",
         );
+        if let Some(uids) = self.field::<Vec<u32>>(
+            top,
+            "allowed_uids",
+            "write a list of numeric user IDs, such as allowed_uids = [1001] (id -u NAME prints one)",
+        ) {
+            config.allowed_uids = uids.into_inner();
+        }
         if let Some(secs) = self.field::<u64>(
             top,
             "shutdown_timeout_secs",

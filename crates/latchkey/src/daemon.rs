@@ -48,6 +48,7 @@ use crate::callback::SystemBrowser;
 use crate::config::{Config, ConfigError};
 use crate::guard::Guard;
 use crate::notify::Notifier;
+use crate::peer::{Admission, LocalUsers};
 use crate::proxy::{self, Proxy};
 use crate::status;
 use latchkey_auth::session::Browser;
@@ -142,12 +143,19 @@ pub async fn run_service(
         proxy: proxy.clone(),
         guard: guard.clone(),
     };
-    tracing::info!(%local, servers = config.servers.len(), store, "latchkey listening");
+    let users = LocalUsers::new(&config.allowed_uids);
+    let peers = crate::peer::mechanism();
+    tracing::info!(%local, servers = config.servers.len(), store, peers, "latchkey listening");
+    if peers == "unavailable" {
+        tracing::warn!(
+            "cannot tell which user a local connection comes from on this system: every local user can use these credentials. Set local_key = true on the servers, or run latchkey where /proc/net/tcp is readable"
+        );
+    }
     notifier.ready(&serving(local, config.servers.len()));
 
     // In a task of its own, so that connections are still accepted while a reload
     // loads credentials.
-    let mut server = tokio::spawn(serve(listener, app, stop.clone()));
+    let mut server = tokio::spawn(serve(listener, app, users, stop.clone()));
     tokio::pin!(shutdown);
     let mut config = config;
     loop {
@@ -193,7 +201,7 @@ fn served(result: Result<(), tokio::task::JoinError>) -> Result<(), DaemonError>
 /// 1,000 open SSE streams was several KB per stream (BENCHMARKS.md). The local
 /// endpoint speaks HTTP/1.1 only (MCP clients do), and hyper's watch-based
 /// `GracefulShutdown` costs no per-connection table.
-async fn serve(listener: TcpListener, app: Front, stop: CancellationToken) {
+async fn serve(listener: TcpListener, app: Front, users: LocalUsers, stop: CancellationToken) {
     let mut http = hyper::server::conn::http1::Builder::new();
     // On a non-loopback address (`allow_non_loopback`), connections that never finish
     // sending their headers are closed after hyper's header read timeout. Not on
@@ -208,9 +216,9 @@ async fn serve(listener: TcpListener, app: Front, stop: CancellationToken) {
     }
     let graceful = GracefulShutdown::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_failed(&e).await;
                     continue;
@@ -223,6 +231,15 @@ async fn serve(listener: TcpListener, app: Front, stop: CancellationToken) {
         // ACK, 40 ms per call.
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        // Checked once per connection, before any request on it is read.
+        let admission = stream.local_addr().map_or_else(
+            |e| Admission::Unknown(e.to_string()),
+            |ours| users.admit(client, ours),
+        );
+        if !matches!(admission, Admission::Admitted | Admission::Unchecked) {
+            tokio::spawn(refuse(http.clone(), stream, admission));
+            continue;
         }
         let app = app.clone();
         let service = service_fn(move |request: http::Request<Incoming>| {
@@ -241,6 +258,50 @@ async fn serve(listener: TcpListener, app: Front, stop: CancellationToken) {
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Answers every request on a connection from another user with 403, then closes it.
+async fn refuse(
+    mut http: hyper::server::conn::http1::Builder,
+    stream: tokio::net::TcpStream,
+    admission: Admission,
+) {
+    let why = match admission {
+        Admission::Refused(uid) => {
+            tracing::warn!(
+                uid,
+                "refused a local connection from another user; add the UID to allowed_uids if it should use these credentials"
+            );
+            format!(
+                "latchkey serves only its own user's processes; this connection is from uid {uid}. Add the UID to allowed_uids in the config to allow it.\n"
+            )
+        }
+        Admission::Unknown(cause) => {
+            tracing::warn!(
+                cause,
+                "refused a local connection whose user could not be looked up"
+            );
+            "latchkey could not tell which user this connection comes from, so it refused it.\n"
+                .to_owned()
+        }
+        Admission::Admitted | Admission::Unchecked => return,
+    };
+    let service = service_fn(move |_request: http::Request<Incoming>| {
+        let why = why.clone();
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(http::StatusCode::FORBIDDEN)
+                    .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                    .body(Body::from(why))
+                    .unwrap_or_default(),
+            )
+        }
+    });
+    let _ = http
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// A failed `accept`: a connection that was reset before it was accepted is not
@@ -289,8 +350,11 @@ async fn apply(
             return;
         }
     };
-    if new.listen != running.listen || new.allow_non_loopback != running.allow_non_loopback {
-        tracing::warn!(running = %running.listen, configured = %new.listen, "`listen` or `allow_non_loopback` changed; that needs a restart (systemctl --user restart latchkey); still listening on the old address");
+    if new.listen != running.listen
+        || new.allow_non_loopback != running.allow_non_loopback
+        || new.allowed_uids != running.allowed_uids
+    {
+        tracing::warn!(running = %running.listen, configured = %new.listen, "`listen`, `allow_non_loopback` or `allowed_uids` changed; that needs a restart (systemctl --user restart latchkey); the old ones stay in force");
     }
     if new.store != running.store || new.state_dir != running.state_dir {
         tracing::warn!(
@@ -310,6 +374,7 @@ async fn apply(
     *running = Config {
         listen: running.listen,
         allow_non_loopback: running.allow_non_loopback,
+        allowed_uids: std::mem::take(&mut running.allowed_uids),
         store: running.store,
         state_dir: running.state_dir.take(),
         ..new
@@ -323,6 +388,7 @@ fn router(proxy: Proxy) -> Router {
             status::AUTHORIZE_PATH,
             axum::routing::post(status::authorize),
         )
+        .route(status::LOGIN_PATH, get(status::login))
         .route("/{server}", any(proxy::forward))
         .route("/{server}/messages/{token}", any(proxy::legacy_message))
         .with_state(proxy)

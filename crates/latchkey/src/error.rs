@@ -35,10 +35,11 @@ pub(crate) enum ProxyError {
         message: String,
         command: String,
     },
-    #[error("server {server:?} needs a login in the browser, which has not finished yet{}, or run `{command}` in a terminal; then send the request again", .url.as_deref().map(|u| format!(": open {u}")).unwrap_or_default())]
+    #[error("server {server:?} needs a login in the browser, which has not finished yet{}, or run `{command}` in a terminal; then send the request again", .sign_in.as_deref().map(|u| format!(": open {u} on latchkey's address")).unwrap_or_default())]
     AuthTimeout {
         server: String,
-        url: Option<String>,
+        /// latchkey's sign-in start page, never the authorization URL itself.
+        sign_in: Option<String>,
         command: String,
     },
     #[error(
@@ -89,13 +90,13 @@ impl IntoResponse for ProxyError {
             }
             Self::AuthTimeout {
                 server,
-                url,
+                sign_in,
                 command,
             } => {
                 data = json!({
                     "latchkey": true,
                     "server": server,
-                    "authorization_url": url,
+                    "sign_in": sign_in,
                     "command": command,
                 });
             }

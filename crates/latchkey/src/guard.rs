@@ -4,6 +4,14 @@
 //! browser must not be able to reach it: not by pointing its own host name at
 //! 127.0.0.1 (rebinding, caught by `Host`), nor by a cross-site `fetch` (caught by
 //! `Origin`). Non-browser clients send no `Origin`, which is allowed.
+//!
+//! The proxy paths (`/<server>`, its legacy message paths) are for MCP clients, never
+//! for a browser's own navigation: a page of a hostile upstream rendered there would
+//! run in latchkey's origin and could call every other server. So browser navigations
+//! to them get 403, any fetch not marked `Sec-Fetch-Site: none` or `same-origin` too
+//! (another port of 127.0.0.1 is "same-site"), and whatever they relay is sandboxed.
+//! latchkey's own origin is accepted only on the status page's paths, whose responses
+//! may not be framed.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,8 +23,8 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, HOST,
-    ORIGIN, VARY,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS,
+    CONTENT_SECURITY_POLICY, HOST, ORIGIN, VARY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use http::{HeaderValue, Method, StatusCode};
 
@@ -35,7 +43,23 @@ pub(crate) struct Guard {
 #[derive(Debug)]
 struct Lists {
     hosts: Vec<String>,
+    /// latchkey's own origins: the status page's form posts carry one.
+    own_origins: Vec<String>,
+    /// `allowed_origins`: web-based MCP clients.
     origins: Vec<String>,
+}
+
+/// On every relayed response: nothing an upstream sends may run as latchkey's page.
+const RELAYED_CSP: HeaderValue = HeaderValue::from_static("sandbox; default-src 'none'");
+/// On latchkey's own pages: no framing (clickjacking of the buttons), no script.
+const PAGE_CSP: HeaderValue = HeaderValue::from_static(
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+);
+
+/// Whether `path` is a proxy path rather than one of latchkey's own pages (`/` and
+/// `/.latchkey/…`; server names cannot start with a dot).
+fn is_proxy_path(path: &str) -> bool {
+    path != "/" && !path.starts_with("/.")
 }
 
 impl Guard {
@@ -79,9 +103,12 @@ impl Lists {
             hosts.extend(names.iter().cloned());
         }
         hosts.extend(config.allowed_hosts.iter().cloned());
-        let mut origins: Vec<String> = names.iter().map(|n| format!("http://{n}:{port}")).collect();
-        origins.extend(config.allowed_origins.iter().cloned());
-        Self { hosts, origins }
+        let own_origins = names.iter().map(|n| format!("http://{n}:{port}")).collect();
+        Self {
+            hosts,
+            own_origins,
+            origins: config.allowed_origins.clone(),
+        }
     }
 
     fn check(&self, request: &Request) -> Result<(), ProxyError> {
@@ -105,26 +132,37 @@ impl Lists {
                 "Host {host:?} is not this latchkey (DNS rebinding protection); to reach latchkey under another name, add it to allowed_hosts in the config"
             )));
         }
-        match headers.get(ORIGIN) {
-            Some(origin) => {
-                let origin = origin.to_str().unwrap_or("");
-                if !self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
-                    return Err(ProxyError::Forbidden(format!(
-                        "Origin {origin:?} may not use latchkey (cross-site protection); to allow a web app, add its origin to allowed_origins in the config"
-                    )));
-                }
+        let proxied = is_proxy_path(request.uri().path());
+        let mut web_app = false;
+        if let Some(origin) = headers.get(ORIGIN) {
+            let origin = origin.to_str().unwrap_or("");
+            let listed = |list: &[String]| list.iter().any(|o| o.eq_ignore_ascii_case(origin));
+            web_app = listed(&self.origins);
+            if !web_app && (proxied || !listed(&self.own_origins)) {
+                return Err(ProxyError::Forbidden(format!(
+                    "Origin {origin:?} may not use latchkey (cross-site protection); to allow a web app, add its origin to allowed_origins in the config"
+                )));
             }
-            // Browsers leave out `Origin` on some cross-site GETs (an <img> or
-            // <script> tag) but always mark them with Sec-Fetch-Site.
-            None if headers
-                .get(SEC_FETCH_SITE)
-                .is_some_and(|site| site == "cross-site") =>
-            {
+        }
+        if proxied {
+            // Browsers mark every request with Sec-Fetch-*, also those that carry no
+            // `Origin` (an <img>, a no-cors fetch). Other clients send none.
+            let fetch = |name: &str| headers.get(name).map(HeaderValue::as_bytes);
+            if !web_app && !matches!(fetch(SEC_FETCH_SITE), None | Some(b"none" | b"same-origin")) {
                 return Err(ProxyError::Forbidden(
-                    "cross-site browser requests may not use latchkey".into(),
+                    "browser requests from other sites, other ports of this host included, may not use latchkey; to allow a web app, add its origin to allowed_origins".into(),
                 ));
             }
-            None => {}
+            let navigation = fetch("sec-fetch-mode") == Some(b"navigate")
+                || matches!(
+                    fetch("sec-fetch-dest"),
+                    Some(b"document" | b"iframe" | b"frame" | b"embed" | b"object")
+                );
+            if navigation {
+                return Err(ProxyError::Forbidden(
+                    "this is an MCP endpoint for MCP clients, not a page; open / for latchkey's status page".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -137,10 +175,28 @@ where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
-    if let Err(e) = guard.check(&request) {
-        return e.into_response();
+    let proxied = is_proxy_path(request.uri().path());
+    let mut response = match guard.check(&request) {
+        Err(e) => e.into_response(),
+        Ok(()) => cors(request, next).await,
+    };
+    let headers = response.headers_mut();
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if proxied {
+        headers.insert(CONTENT_SECURITY_POLICY, RELAYED_CSP);
+    } else {
+        headers.insert(CONTENT_SECURITY_POLICY, PAGE_CSP);
+        headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }
-    // An allowed browser origin (a web-based MCP client) needs CORS to read replies.
+    response
+}
+
+/// Answers CORS preflights for allowed browser origins and lets them read replies.
+async fn cors<F, Fut>(request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let Some(origin) = request.headers().get(ORIGIN).cloned() else {
         return next(request).await;
     };

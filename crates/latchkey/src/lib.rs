@@ -14,6 +14,7 @@ mod error;
 mod guard;
 pub mod login;
 pub mod notify;
+pub mod peer;
 mod proxy;
 pub mod report;
 pub mod service;

@@ -188,6 +188,26 @@ pub async fn doctor(config: &Config, config_path: &str) -> Vec<Finding> {
             }),
         },
     });
+    let check = crate::peer::mechanism();
+    findings.push(Finding {
+        check: "local users".into(),
+        ok: check != "unavailable",
+        detail: if check == "unavailable" {
+            "cannot tell which user a local connection comes from here: every local user can use these credentials".into()
+        } else {
+            format!(
+                "only this user's processes{} may use the endpoint (checked with {check})",
+                if config.allowed_uids.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and uids {:?}", config.allowed_uids)
+                }
+            )
+        },
+        fix: (check == "unavailable").then(|| {
+            "run latchkey where /proc/net/tcp is readable (not in a sandbox that hides it)".into()
+        }),
+    });
     match credentials::open(config.store, config.state_dir.as_deref()).await {
         Ok(opened) => {
             findings.push(Finding {

@@ -16,6 +16,16 @@ use crate::proxy::Proxy;
 /// this never shadows a server.
 pub(crate) const AUTHORIZE_PATH: &str = "/.latchkey/authorize/{server}";
 
+/// The sign-in start page: what `GET /`, 503 bodies and logs point a person at,
+/// instead of the authorization URL, whose `state` would let whoever reads it finish
+/// the login with their own account.
+pub(crate) const LOGIN_PATH: &str = "/.latchkey/login/{server}";
+
+/// [`LOGIN_PATH`] for one server.
+pub(crate) fn login_path(server: &str) -> String {
+    format!("/.latchkey/login/{server}")
+}
+
 /// Said of a login that gave no refresh token.
 pub(crate) const NO_REFRESH_TOKEN: &str = "no refresh token: the next expiry needs a browser login";
 
@@ -34,7 +44,9 @@ pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Resp
                     state = status.name();
                 }
                 match status {
-                    AuthStatus::Authorizing { url } => auth["authorization_url"] = json!(url),
+                    AuthStatus::Authorizing { .. } => {
+                        auth["sign_in"] = json!(login_path(&server.name));
+                    }
                     AuthStatus::NeedsAuth { reason } => auth["reason"] = json!(reason),
                     AuthStatus::NeedsClientRegistration { message }
                     | AuthStatus::Error { message } => {
@@ -76,8 +88,15 @@ pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Resp
     if wants_html {
         Html(render(&servers, proxy.csrf.expose())).into_response()
     } else {
-        axum::Json(json!({ "version": env!("CARGO_PKG_VERSION"), "servers": servers }))
-            .into_response()
+        axum::Json(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "local_users": {
+                "check": crate::peer::mechanism(),
+                "allowed_uids": proxy.allowed_uids(),
+            },
+            "servers": servers,
+        }))
+        .into_response()
     }
 }
 
@@ -114,11 +133,59 @@ pub(crate) async fn authorize(
         ));
     }
     let upstream = proxy.upstream(&name)?;
-    let Some(auth) = &upstream.auth else {
+    if upstream.auth.is_none() {
         return Err(ProxyError::BadRequest(format!(
             "server {name:?} has oauth = false; there is nothing to authorize"
         )));
+    }
+    // The page does not wait: the flow runs on, and the page shows its progress.
+    start_login(&proxy, &upstream).await;
+    // Give the flow a moment to reach `authorizing`, so the page shows it at once.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    Ok((http::StatusCode::SEE_OTHER, [(http::header::LOCATION, "/")]).into_response())
+}
+
+/// `GET /.latchkey/login/<server>`: sends the person's browser on to the pending
+/// login's authorization URL, starting a login first when none runs. Only the user's
+/// own processes reach it (the accept check), and only a navigation the person made
+/// (Sec-Fetch-Site `none` or `same-origin`, or no browser at all).
+pub(crate) async fn login(
+    State(proxy): State<Proxy>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ProxyError> {
+    let site = headers
+        .get("sec-fetch-site")
+        .map(http::HeaderValue::as_bytes);
+    if !matches!(site, None | Some(b"none" | b"same-origin")) {
+        return Err(ProxyError::Forbidden(
+            "a sign-in may only be started by opening this address, not from another site".into(),
+        ));
+    }
+    let upstream = proxy.upstream(&name)?;
+    let Some(auth) = &upstream.auth else {
+        return Err(ProxyError::BadRequest(format!(
+            "server {name:?} has oauth = false; there is nothing to sign in to"
+        )));
     };
+    if !matches!(auth.session.status(), AuthStatus::Authorizing { .. }) {
+        start_login(&proxy, &upstream).await;
+    }
+    // A bounded wait for the flow to reach the authorization server.
+    for _ in 0..50 {
+        if let AuthStatus::Authorizing { url } = auth.session.status() {
+            return Ok(
+                (http::StatusCode::SEE_OTHER, [(http::header::LOCATION, url)]).into_response(),
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok((http::StatusCode::SEE_OTHER, [(http::header::LOCATION, "/")]).into_response())
+}
+
+/// Starts a full login for `upstream` in the background.
+async fn start_login(proxy: &Proxy, upstream: &crate::proxy::Upstream) {
+    let Some(auth) = &upstream.auth else { return };
     // The server's own challenge names its scopes and metadata; without one,
     // discovery uses the well-known URLs.
     let challenge = crate::login::probe(proxy.http(), &upstream.config)
@@ -132,11 +199,7 @@ pub(crate) async fn authorize(
         step_up: false,
         full_login: true,
     };
-    // The page does not wait: the flow runs on, and the page shows its progress.
     tokio::spawn(async move { drop(session.authorize(trigger).await) });
-    // Give the flow a moment to reach `authorizing`, so the page shows it at once.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    Ok((http::StatusCode::SEE_OTHER, [(http::header::LOCATION, "/")]).into_response())
 }
 
 fn render(servers: &[Value], csrf: &str) -> String {
@@ -144,7 +207,7 @@ fn render(servers: &[Value], csrf: &str) -> String {
     let mut running = false;
     for server in servers {
         let field = |key: &str| escape(server[key].as_str().unwrap_or(""));
-        let mut login = server["auth"]["authorization_url"]
+        let mut login = server["auth"]["sign_in"]
             .as_str()
             .map(|url| {
                 format!(
@@ -185,10 +248,9 @@ fn render(servers: &[Value], csrf: &str) -> String {
             })
             .unwrap_or_default();
         rows.push_str(&format!(
-            "<tr><td><a href=\"{path}\">{name}</a></td><td>{upstream}</td><td>{transport}</td><td class=\"{state}\" data-state=\"{state}\">{state}{login}</td><td>{expiry}</td><td>{scopes}</td><td>{error}</td></tr>\n",
+            "<tr data-server=\"{name}\"><td>{name}</td><td>{upstream}</td><td>{transport}</td><td class=\"{state}\" data-state=\"{state}\">{state}{login}</td><td>{expiry}</td><td>{scopes}</td><td>{error}</td></tr>\n",
             expiry = escape(&expiry),
             scopes = escape(&scopes),
-            path = field("local_path"),
             name = field("name"),
             upstream = field("upstream"),
             transport = field("transport"),

@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     /// The status page's anti-CSRF token: its forms carry it, and an action without
     /// it is refused.
     pub(crate) csrf: Secret,
+    /// `allowed_uids` as the daemon started with it, for the status page.
+    allowed_uids: Vec<u32>,
 }
 
 /// The server table: by name for requests, and in config order for listings.
@@ -213,6 +215,7 @@ impl Proxy {
             bridges: Arc::default(),
             shutdown,
             csrf: latchkey_auth::authorize::random_secret(32),
+            allowed_uids: config.allowed_uids.clone(),
         };
         let order = config.servers.iter().map(|s| shared.build(s)).collect();
         shared.servers.store(Arc::new(Servers::new(order)));
@@ -305,6 +308,10 @@ impl Shared {
     /// The servers in config order (for listings; requests use [`Proxy::upstream`]).
     pub(crate) fn upstreams(&self) -> Vec<Arc<Upstream>> {
         self.servers.load().order.clone()
+    }
+
+    pub(crate) fn allowed_uids(&self) -> &[u32] {
+        &self.allowed_uids
     }
 
     pub(crate) fn http(&self) -> &reqwest::Client {

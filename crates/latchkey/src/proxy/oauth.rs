@@ -43,10 +43,8 @@ impl UpstreamAuth {
             Err(_) => Err(ProxyError::AuthTimeout {
                 server,
                 command: upstream.config.login_command.clone(),
-                url: match self.session.status() {
-                    AuthStatus::Authorizing { url } => Some(url),
-                    _ => None,
-                },
+                sign_in: matches!(self.session.status(), AuthStatus::Authorizing { .. })
+                    .then(|| crate::status::login_path(&upstream.config.name)),
             }),
         }
     }

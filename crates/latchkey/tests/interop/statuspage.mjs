@@ -36,12 +36,12 @@ try {
   result.status = response.status();
   result.title = await page.title();
   result.before = await rows(page);
-  const row = page.locator('tr', { has: page.locator(`td a[href="/${server}"]`) });
+  const row = page.locator(`tr[data-server="${server}"]`);
   await row.getByRole('button', { name: 'Authorize' }).click();
   await page.waitForURL(url);
   result.after_click = await rows(page);
   // No reloads from here: the page's own refresh must bring the new state.
-  await page.waitForSelector(`tr:has(a[href="/${server}"]) td[data-state="ready"]`, { timeout: 30000 });
+  await page.waitForSelector(`tr[data-server="${server}"] td[data-state="ready"]`, { timeout: 30000 });
   result.after = await rows(page);
 } catch (e) {
   result.error = String(e);

@@ -293,9 +293,23 @@ async fn a_login_nobody_finishes_times_out_with_the_url_and_keeps_waiting() {
         "never 401: the client would try OAuth itself"
     );
     let body: Value = response.json().await.expect("json");
-    let url = body["error"]["data"]["authorization_url"]
+    // Not the authorization URL, whose state another local user could use: latchkey's
+    // own start page, which redirects there.
+    let sign_in = body["error"]["data"]["sign_in"]
         .as_str()
-        .expect("authorization URL");
+        .expect("start page");
+    assert_eq!(sign_in, "/.latchkey/login/notes");
+    assert!(!body.to_string().contains("state="), "{body}");
+    let start = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(daemon.url(sign_in))
+        .send()
+        .await
+        .expect("GET start page");
+    assert_eq!(start.status(), StatusCode::SEE_OTHER);
+    let url = start.headers()["location"].to_str().expect("location");
     assert!(
         url.starts_with(&setup.auth.issuer()) && url.contains("code_challenge_method=S256"),
         "{url}"
@@ -304,7 +318,7 @@ async fn a_login_nobody_finishes_times_out_with_the_url_and_keeps_waiting() {
         body["error"]["message"]
             .as_str()
             .expect("message")
-            .contains("open http"),
+            .contains("open /.latchkey/login/notes"),
         "{body}"
     );
     assert_eq!(body["error"]["data"]["command"], "latchkey login notes");
@@ -323,7 +337,8 @@ async fn a_login_nobody_finishes_times_out_with_the_url_and_keeps_waiting() {
         .await
         .expect("json");
     assert_eq!(status["servers"][0]["state"], "authorizing");
-    assert_eq!(status["servers"][0]["auth"]["authorization_url"], url);
+    assert_eq!(status["servers"][0]["auth"]["sign_in"], sign_in);
+    assert!(!status.to_string().contains("state="), "{status}");
 }
 
 #[tokio::test]

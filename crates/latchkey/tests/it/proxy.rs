@@ -607,10 +607,12 @@ async fn dns_rebinding_and_cross_site_origins_are_refused() {
         ),
         (format!("localhost:{port}"), None, StatusCode::OK),
         (format!("[::1]:{port}"), None, StatusCode::OK),
+        // latchkey's own origin is the status page's, never a proxy path's: a page
+        // rendered there (a hostile upstream's) must not call the servers.
         (
             format!("127.0.0.1:{port}"),
             Some(&*format!("http://localhost:{port}")),
-            StatusCode::OK,
+            StatusCode::FORBIDDEN,
         ),
         (
             format!("127.0.0.1:{port}"),
@@ -633,8 +635,17 @@ async fn dns_rebinding_and_cross_site_origins_are_refused() {
         StatusCode::FORBIDDEN,
         "an <img>-style cross-site GET"
     );
+    // Another port of 127.0.0.1 is "same-site" to a browser; it is another party here.
+    let response = client()
+        .get(daemon.url("/notes"))
+        .header("sec-fetch-site", "same-site")
+        .header("sec-fetch-mode", "no-cors")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN, "a same-site GET");
     let refused = upstream.requests().len();
-    assert_eq!(refused, 4, "only the allowed requests reached the upstream");
+    assert_eq!(refused, 3, "only the allowed requests reached the upstream");
     let response = client()
         .get(daemon.url("/"))
         .header("host", "evil.example")
@@ -672,7 +683,8 @@ async fn status_page_lists_servers_as_json_and_html() {
         .await
         .expect("text");
     assert!(
-        html.contains("<td><a href=\"/notes\">notes</a></td>"),
+        html.contains("<tr data-server=\"notes\"><td>notes</td>")
+            && !html.contains("href=\"/notes\""),
         "{html}"
     );
 }
