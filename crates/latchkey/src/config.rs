@@ -77,6 +77,40 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What is allowed but unsafe: OAuth to a server on plain `http://` off loopback,
+    /// where tokens would cross the network in cleartext.
+    pub fn warnings(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .filter(|server| {
+                matches!(server.oauth, OAuth::Enabled(_))
+                    && server.url.scheme() == "http"
+                    && !is_loopback_host(&server.url)
+            })
+            .map(|server| {
+                format!(
+                    "[servers.{}] url is plain http:// on {}: OAuth tokens would travel in cleartext. Use https://, or set oauth = false if the server needs no login",
+                    server.name,
+                    server.url.host_str().unwrap_or("?")
+                )
+            })
+            .collect()
+    }
+}
+
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name.to_ascii_lowercase().ends_with(".localhost")
+        }
+        None => false,
+    }
+}
+
 /// The `store` key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StoreKind {

@@ -127,6 +127,10 @@ pub async fn run_service(
         notifier,
     } = service;
     let local = listener.local_addr().map_err(DaemonError::Listener)?;
+    raise_nofile_limit();
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let stop = CancellationToken::new();
     let opened = crate::credentials::open(config.store, config.state_dir.as_deref()).await?;
     if let Some(why) = &opened.fallback {
@@ -317,6 +321,25 @@ async fn accept_failed(e: &std::io::Error) {
     }
     tracing::error!(error = %e, "cannot accept a connection; retrying in 1 s (too many open files? raise LimitNOFILE or ulimit -n)");
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+}
+
+/// Each open SSE stream and idle client connection holds a file descriptor, and the
+/// usual soft limit (1,024) is far below the hard one: raise it, as servers do.
+fn raise_nofile_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum
+        && limit.current.is_some_and(|soft| soft < hard)
+    {
+        let raised = rustix::process::Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::debug!(limit = hard, "raised the open file limit"),
+            Err(e) => tracing::debug!(error = %e, "cannot raise the open file limit"),
+        }
+    }
 }
 
 /// The status line `systemctl status` shows.

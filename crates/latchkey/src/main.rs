@@ -24,6 +24,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Check { config } => {
             let path = config.unwrap_or_else(config::default_path);
             let config = config::load(&path)?;
+            for warning in config.warnings() {
+                println!("warning: {warning}");
+            }
             println!(
                 "{}: ok, {} server{}",
                 path.display(),

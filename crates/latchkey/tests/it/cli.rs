@@ -91,6 +91,35 @@ fn check_prints_every_error_with_position_and_fails() {
     assert!(stderr.contains("2 errors in config"), "{stderr}");
 }
 
+/// OAuth over plain http:// off loopback would send tokens in cleartext: allowed,
+/// with a warning naming the server and the fix; loopback and oauth = false are quiet.
+#[test]
+fn check_warns_of_oauth_over_cleartext_http() {
+    let dir = tempdir::Dir::new("cleartext");
+    let path = write_config(
+        &dir,
+        "[servers.lan]\nurl = \"http://mcp.lan:8000/mcp\"\n[servers.local]\nurl = \"http://127.0.0.1:8000/mcp\"\n[servers.plain]\nurl = \"http://mcp.lan:9000/mcp\"\noauth = false\n",
+    );
+    let out = latchkey()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stdout}");
+    assert!(
+        warnings[0].contains("[servers.lan]")
+            && warnings[0].contains("cleartext")
+            && warnings[0].contains("https://"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn check_finds_the_default_config_and_the_env_override() {
     let dir = tempdir::Dir::new("default");

@@ -686,3 +686,37 @@ fn container_config_checks() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Started with the usual low soft limit, the daemon raises it to the hard one: every
+/// open stream and idle client connection is a file descriptor.
+#[tokio::test]
+async fn serve_raises_its_open_file_limit_to_the_hard_one() {
+    let scratch = Scratch::new("nofile");
+    let notify = NotifySocket::at_path(&scratch);
+    let path = scratch.write_config(&config(""));
+    let base = latchkey(&scratch);
+    let mut command = std::process::Command::new("prlimit");
+    command
+        .arg("--nofile=512:8192")
+        .arg(base.get_program())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_clear()
+        .envs(base.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("NOTIFY_SOCKET", &notify.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let child = spawn(command);
+    notify.ready().await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().expect("pid")))
+        .expect("limits");
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["8192", "8192"], "{open_files}");
+    signal(&child, "TERM");
+    exits_cleanly(child, &scratch).await;
+}
