@@ -123,7 +123,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             let mut problems = 0;
             for finding in &findings {
                 let mark = if finding.ok { "ok " } else { "ERR" };
-                println!("[{mark}] {}: {}", finding.check, finding.detail);
+                // Details quote servers' answers: escaped for the terminal.
+                println!(
+                    "[{mark}] {}: {}",
+                    finding.check,
+                    latchkey::telemetry::escape_controls(&finding.detail)
+                );
                 if let Some(fix) = &finding.fix {
                     problems += 1;
                     println!("      fix: {fix}");

@@ -110,7 +110,10 @@ pub fn table(status: &Value) -> String {
                     if let Some(warning) = r["warning"].as_str() {
                         state = format!("{state} ({warning})");
                     }
+                    // Error text and scopes come from servers: no escape sequences
+                    // reach the terminal.
                     [text("server"), state, text("store"), expires, scopes]
+                        .map(|cell| crate::telemetry::escape_controls(&cell))
                 })
                 .collect()
         })

@@ -228,10 +228,10 @@ pub fn init(level: &str, json: bool) {
         .with_writer(|| Stderr)
         .with_timer(Timestamp)
         .with_ansi(colour);
+    // JSON escapes control characters itself; the text formats go through
+    // `plain_fields`, which escapes them, whether or not stderr is a terminal.
     if json {
         builder.json().init();
-    } else if colour {
-        builder.init();
     } else if stderr_is_journal() {
         builder.fmt_fields(plain_fields()).without_time().init();
     } else {
@@ -241,16 +241,41 @@ pub fn init(level: &str, json: bool) {
 
 /// `name=value` fields, as the default format writes them without colour, but
 /// without its styling calls, which it makes even with colours off and which were a
-/// third of the cost of a request's log line.
+/// third of the cost of a request's log line. Control characters in any field are
+/// escaped: text from a server (an error description, a scope) must not split a log
+/// line or reach a terminal as an escape sequence.
 fn plain_fields() -> impl for<'w> FormatFields<'w> {
     format::debug_fn(|writer, field, value| {
+        let mut escaped = Escaped(writer);
         if field.name() == "message" {
-            write!(writer, "{value:?}")
+            std::fmt::Write::write_fmt(&mut escaped, format_args!("{value:?}"))
         } else {
-            write!(writer, "{field}={value:?}")
+            std::fmt::Write::write_fmt(&mut escaped, format_args!("{field}={value:?}"))
         }
     })
     .delimited(" ")
+}
+
+/// A `fmt::Write` that writes control characters (C0, DEL, C1) as Rust escapes.
+struct Escaped<W>(W);
+
+impl<W: std::fmt::Write> std::fmt::Write for Escaped<W> {
+    fn write_str(&mut self, mut text: &str) -> std::fmt::Result {
+        while let Some(at) = text.find(char::is_control) {
+            self.0.write_str(&text[..at])?;
+            let c = text[at..].chars().next().unwrap_or_default();
+            write!(self.0, "{}", c.escape_default())?;
+            text = &text[at + c.len_utf8()..];
+        }
+        self.0.write_str(text)
+    }
+}
+
+/// `text` with control characters escaped, for a terminal.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let _ = std::fmt::Write::write_str(&mut Escaped(&mut out), text);
+    out
 }
 
 /// Whether stderr is connected to the journal: systemd sets `JOURNAL_STREAM` to
@@ -355,6 +380,14 @@ mod tests {
         assert!(logged.get() >= LATER_MAX, "{}", logged.get());
         flush();
         assert_eq!(logged.get(), count);
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            super::escape_controls("bad\nFAKE level=INFO \u{1b}[2J\u{9b}31m\tok é"),
+            "bad\\nFAKE level=INFO \\u{1b}[2J\\u{9b}31m\\tok é"
+        );
     }
 
     #[test]
