@@ -38,7 +38,6 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -203,22 +202,27 @@ fn served(result: Result<(), tokio::task::JoinError>) -> Result<(), DaemonError>
 /// Not `axum::serve`: that serves each connection through hyper's HTTP/1-or-2
 /// detection and tracks connections in a map for its graceful shutdown, which with
 /// 1,000 open SSE streams was several KB per stream (BENCHMARKS.md). The local
-/// endpoint speaks HTTP/1.1 only (MCP clients do), and hyper's watch-based
-/// `GracefulShutdown` costs no per-connection table.
+/// endpoint speaks HTTP/1.1 only (MCP clients do); the table kept here
+/// ([`Connections`]) is one small entry per connection.
 async fn serve(listener: TcpListener, app: Front, users: LocalUsers, stop: CancellationToken) {
     let mut http = hyper::server::conn::http1::Builder::new();
-    // On a non-loopback address (`allow_non_loopback`), connections that never finish
-    // sending their headers are closed after hyper's header read timeout. Not on
-    // loopback, where only local processes connect (and could hold idle connections
-    // open anyway): the timeout arms a boxed timer for every request, and arming it
+    // Connections that never finish sending their headers are closed after a header
+    // read timeout: always on a non-loopback address (`allow_non_loopback`), and on
+    // loopback once many connections are open (`Connections::crowded`). Not
+    // otherwise: the timeout arms a boxed timer for every request, and arming it
     // wakes the runtime's driver, one more syscall per request.
+    let mut guarded = http.clone();
+    guarded
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     if listener
         .local_addr()
         .is_ok_and(|local| !local.ip().is_loopback())
     {
-        http.timer(TokioTimer::new());
+        http = guarded.clone();
     }
-    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Connections::new(connection_cap()));
+    let tracker = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -242,26 +246,113 @@ async fn serve(listener: TcpListener, app: Front, users: LocalUsers, stop: Cance
             |ours| users.admit(client, ours),
         );
         if !matches!(admission, Admission::Admitted | Admission::Unchecked) {
-            tokio::spawn(refuse(http.clone(), stream, admission));
+            tracker.spawn(refuse(http.clone(), stream, admission));
             continue;
         }
+        let (id, evicted, crowded) = connections.open();
+        // Set once the connection's first request head is read: one that never got
+        // that far is dropped when evicted, the others finish their request first.
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let app = app.clone();
+        let seen = started.clone();
         let service = service_fn(move |request: http::Request<Incoming>| {
+            seen.store(true, std::sync::atomic::Ordering::Relaxed);
             let app = app.clone();
             // Boxed: hyper keeps a slot the size of this future for as long as the
             // connection lives, and an SSE stream keeps its connection open.
             Box::pin(async move { Ok::<_, Infallible>(app.handle(request.map(Body::new)).await) })
         });
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
+        let builder = if crowded { &guarded } else { &http };
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let stop = stop.clone();
+        let connections = connections.clone();
+        tracker.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+                Ok(()) = evicted => {
+                    if !started.load(std::sync::atomic::Ordering::Relaxed) {
+                        connections.close(id);
+                        return;
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            connections.close(id);
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// How long a client may take to send a request's headers, when the timeout applies.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The open client connections, oldest first, so that past the cap the oldest can be
+/// asked to close (at once if idle or never used, after their request otherwise)
+/// before the file descriptors run out and nobody is served.
+struct Connections {
+    cap: usize,
+    open: std::sync::Mutex<(
+        u64,
+        std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>,
+    )>,
+}
+
+impl Connections {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            open: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Registers a new connection: its id, the signal that evicts it, and whether
+    /// connections are crowded (then its headers must come in time).
+    fn open(&self) -> (u64, tokio::sync::oneshot::Receiver<()>, bool) {
+        let (evict, evicted) = tokio::sync::oneshot::channel();
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (next, table) = &mut *open;
+        let id = *next;
+        *next += 1;
+        table.insert(id, evict);
+        while table.len() > self.cap {
+            if let Some((_, oldest)) = table.pop_first() {
+                let _ = oldest.send(());
+            }
+        }
+        let crowded = table.len() > self.cap / 2;
+        (id, evicted, crowded)
+    }
+
+    fn close(&self, id: u64) {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.1.remove(&id);
+    }
+}
+
+/// Three quarters of the open file limit, leaving the rest for upstream connections,
+/// the store and the logs.
+fn connection_cap() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    usize::try_from(soft / 4 * 3).unwrap_or(usize::MAX).max(64)
 }
 
 /// Answers every request on a connection from another user with 403, then closes it.

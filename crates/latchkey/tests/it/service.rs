@@ -694,19 +694,11 @@ async fn serve_raises_its_open_file_limit_to_the_hard_one() {
     let scratch = Scratch::new("nofile");
     let notify = NotifySocket::at_path(&scratch);
     let path = scratch.write_config(&config(""));
-    let base = latchkey(&scratch);
-    let mut command = std::process::Command::new("prlimit");
+    let mut command = under_prlimit(&scratch, "512:8192");
     command
-        .arg("--nofile=512:8192")
-        .arg(base.get_program())
         .args(["serve", "--config"])
         .arg(&path)
-        .env_clear()
-        .envs(base.get_envs().filter_map(|(k, v)| Some((k, v?))))
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("NOTIFY_SOCKET", &notify.env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .env("NOTIFY_SOCKET", &notify.env);
     let child = spawn(command);
     notify.ready().await;
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().expect("pid")))
@@ -717,6 +709,55 @@ async fn serve_raises_its_open_file_limit_to_the_hard_one() {
         .expect("a Max open files line");
     let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
     assert_eq!(numbers, ["8192", "8192"], "{open_files}");
+    signal(&child, "TERM");
+    exits_cleanly(child, &scratch).await;
+}
+
+/// The binary as [`latchkey`] sets it up, run by `prlimit --nofile=LIMITS`.
+fn under_prlimit(scratch: &Scratch, limits: &str) -> std::process::Command {
+    let base = latchkey(scratch);
+    let mut command = std::process::Command::new("prlimit");
+    command
+        .arg(format!("--nofile={limits}"))
+        .arg(base.get_program())
+        .env_clear()
+        .envs(base.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(scratch.path().join("stderr.log")).expect("log file"));
+    command
+}
+
+/// The attack: more idle, never-finished connections than the daemon has file
+/// descriptors. The oldest are closed, and the user's own client is still served.
+#[tokio::test]
+async fn idle_connections_past_the_file_limit_do_not_lock_clients_out() {
+    let scratch = Scratch::new("idle-flood");
+    let notify = NotifySocket::at_path(&scratch);
+    let path = scratch.write_config(&config(""));
+    let mut command = under_prlimit(&scratch, "256:256");
+    command
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &notify.env);
+    let child = spawn(command);
+    let addr = notify.ready().await;
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        idle.push(stream);
+    }
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), status_json(addr))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no answer with 400 idle connections open\n{}",
+                scratch.log()
+            )
+        });
+    assert_eq!(server_names(&status), ["placeholder"]);
+    drop(idle);
     signal(&child, "TERM");
     exits_cleanly(child, &scratch).await;
 }
