@@ -69,13 +69,18 @@ const OTHER_UID: u32 = 65534;
 /// root): the status and body it got. `None`, with a line in the output, when this
 /// test runner cannot change UID.
 async fn post_as_other_user(url: &str, body: &str) -> Option<(u16, String)> {
+    as_other_user("POST", url, body).await
+}
+
+/// [`post_as_other_user`] with another method; a GET sends no body.
+async fn as_other_user(method: &str, url: &str, body: &str) -> Option<(u16, String)> {
     if rustix::process::getuid().as_raw() != 0 {
         eprintln!("SKIPPED: the second-UID attack needs root to run a process as uid {OTHER_UID}");
         return None;
     }
     let script = r#"
 import sys, urllib.request
-request = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), method="POST",
+request = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode() if sys.argv[3] == "POST" else None, method=sys.argv[3],
     headers={"content-type": "application/json", "accept": "application/json, text/event-stream"})
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 try:
@@ -98,6 +103,7 @@ except urllib.error.HTTPError as e:
             script,
             url,
             body,
+            method,
         ])
         .env_clear()
         .output()
@@ -270,4 +276,39 @@ fetch('{latchkey}/b', {{mode: 'no-cors'}}).catch(() => {{}})
             .to_str()
             .is_ok_and(|csp| csp.contains("frame-ancestors 'none'"))
     );
+}
+
+/// Another local user who learned the redirect (state included) cannot deliver it:
+/// the callback listener answers 403 and waits on for the user's own browser.
+#[tokio::test]
+async fn another_local_user_cannot_finish_the_users_login() {
+    let listener = latchkey::callback::Listener::bind(0).await.expect("bind");
+    let redirect_uri = listener.redirect_uri().to_owned();
+    let authorization =
+        url::Url::parse("https://auth.example.com/authorize?state=s-1&client_id=c").expect("url");
+    let waiting = tokio::spawn(
+        listener
+            .expecting(&authorization)
+            .wait(Duration::from_secs(20), |url: &url::Url| {
+                Ok::<_, String>(url.to_string())
+            }),
+    );
+    let Some((status, _)) = as_other_user(
+        "GET",
+        &format!("{redirect_uri}?code=attacker&state=s-1"),
+        "",
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(status, 403);
+    let own = client()
+        .get(format!("{redirect_uri}?code=mine&state=s-1"))
+        .send()
+        .await
+        .expect("redirect");
+    assert_eq!(own.status(), 200);
+    let delivered = waiting.await.expect("join").expect("the user's redirect");
+    assert!(delivered.contains("code=mine"), "{delivered}");
 }
