@@ -9,6 +9,7 @@ mod config;
 mod conformance;
 mod harness;
 mod interop;
+mod leaks;
 mod login;
 mod oauth;
 mod proxy;
