@@ -633,6 +633,11 @@ impl ServerAuth {
         self.lock().status.clone().unwrap_or(AuthStatus::Ready)
     }
 
+    /// The authorization server the tokens are bound to, for status displays.
+    pub fn issuer(&self) -> Option<String> {
+        self.lock().bound.as_ref().map(|bound| bound.issuer.clone())
+    }
+
     /// Expiry and scopes of the current tokens, for status displays.
     pub fn token_info(&self) -> Option<(Option<SystemTime>, Vec<String>)> {
         self.lock()

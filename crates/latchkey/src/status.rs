@@ -44,8 +44,14 @@ pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Resp
                     state = status.name();
                 }
                 match status {
-                    AuthStatus::Authorizing { .. } => {
+                    AuthStatus::Authorizing { url } => {
                         auth["sign_in"] = json!(login_path(&server.name));
+                        // Where the person will sign in: the origin, never the URL.
+                        auth["authorization_server"] = json!(
+                            Url::parse(&url)
+                                .map(|u| u.origin().ascii_serialization())
+                                .ok()
+                        );
                     }
                     AuthStatus::NeedsAuth { reason } => auth["reason"] = json!(reason),
                     AuthStatus::NeedsClientRegistration { message }
@@ -53,6 +59,9 @@ pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Resp
                         error.get_or_insert(message);
                     }
                     AuthStatus::Ready => {}
+                }
+                if let Some(issuer) = upstream_auth.session.issuer() {
+                    auth["issuer"] = json!(issuer);
                 }
                 let token = upstream_auth.session.token_info();
                 auth["signed_in"] = json!(token.is_some());
@@ -211,8 +220,13 @@ fn render(servers: &[Value], csrf: &str) -> String {
             .as_str()
             .map(|url| {
                 format!(
-                    " <a href=\"{}\" target=\"_blank\" rel=\"noopener\">sign in</a>",
-                    escape(url)
+                    " <a href=\"{}\" target=\"_blank\" rel=\"noopener\">sign in</a> at {}",
+                    escape(url),
+                    escape(
+                        server["auth"]["authorization_server"]
+                            .as_str()
+                            .unwrap_or("?")
+                    ),
                 )
             })
             .unwrap_or_default();

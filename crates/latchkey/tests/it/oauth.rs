@@ -338,6 +338,10 @@ async fn a_login_nobody_finishes_times_out_with_the_url_and_keeps_waiting() {
         .expect("json");
     assert_eq!(status["servers"][0]["state"], "authorizing");
     assert_eq!(status["servers"][0]["auth"]["sign_in"], sign_in);
+    assert_eq!(
+        status["servers"][0]["auth"]["authorization_server"],
+        setup.auth.issuer().trim_end_matches('/')
+    );
     assert!(!status.to_string().contains("state="), "{status}");
 }
 
