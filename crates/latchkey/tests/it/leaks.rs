@@ -3,7 +3,7 @@
 //! unknown server, logout), then every log line, `status --json`, `doctor`, `GET /`
 //! and every response body is searched for every credential that was in play: access
 //! and refresh tokens, codes, PKCE verifiers, `state`, the static API key and the
-//! secrets in upstream URLs' queries.
+//! secrets in upstream URLs' queries. And a hostile error text cannot forge a log line.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -192,4 +192,72 @@ async fn no_credential_reaches_a_log_an_output_or_an_error_body() {
             );
         }
     }
+}
+
+/// An authorization server's error text with a newline, a forged log line and an
+/// escape sequence: the daemon's log keeps it on one line, escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_error_text_cannot_forge_log_lines_or_reach_a_terminal_raw() {
+    let forged = "invalid_grant\n2020-01-01T00:00:00.000000Z  INFO latchkey: FORGED \u{1b}[31mred";
+    let (upstream, _auth) = protected_upstream(
+        "127.0.0.1:0".parse().expect("addr"),
+        AuthOptions {
+            token_lifetime: 1,
+            refuse_refresh: Some(forged.into()),
+            ..AuthOptions::default()
+        },
+    )
+    .await
+    .expect("protected upstream");
+    let scratch = Scratch::new("log-injection");
+    let notify = NotifySocket::at_path(&scratch);
+    let config = scratch.write_config(&format!(
+        "listen = \"127.0.0.1:0\"\nstore = \"memory\"\n[servers.notes]\nurl = {:?}\n",
+        upstream.mcp_url()
+    ));
+    let browser = scratch.path().join("browser");
+    let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    std::fs::write(
+        &browser,
+        format!(
+            "#!/bin/sh\nexec node {:?} \"$1\"\n",
+            interop.join("conformance/browser.mjs")
+        ),
+    )
+    .expect("browser script");
+    std::fs::set_permissions(
+        &browser,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let mut serve = latchkey(&scratch);
+    serve
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("BROWSER", &browser)
+        .env("NOTIFY_SOCKET", &notify.env);
+    let daemon = spawn(serve);
+    let addr = notify.ready().await;
+    let post = || {
+        client()
+            .post(format!("http://{addr}/notes"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize())
+            .send()
+    };
+    assert_eq!(post().await.expect("login").status(), 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The refresh is refused with the hostile text; a new login follows.
+    assert_eq!(post().await.expect("after expiry").status(), 200);
+    let log = scratch.log_with(&["refresh refused"]).await;
+    signal(&daemon, "TERM");
+    exits_cleanly(daemon, &scratch).await;
+    assert!(
+        !log.lines().any(|l| l.starts_with("2020-01-01")) && !log.contains('\u{1b}'),
+        "a forged line or a raw escape in the log:\n{log}"
+    );
+    assert!(
+        log.contains("\\n2020-01-01") && log.contains("\\u{1b}[31m"),
+        "{log}"
+    );
 }
