@@ -45,6 +45,8 @@ const MAX_SESSIONS: usize = 64;
 /// The longest server message on a bridged stream. A stream that goes past it without
 /// ending an event is closed rather than allowed to take all memory.
 const MAX_EVENT: usize = MAX_MESSAGE;
+/// The cap on the stream's first event, which should be a short `endpoint`.
+const MAX_FIRST_EVENT: usize = 64 * 1024;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -179,21 +181,21 @@ pub(crate) async fn open(proxy: &Proxy, upstream: &Upstream) -> Result<Arc<Sessi
         ));
     }
     let mut stream = response.bytes_stream();
-    let mut buf = BytesMut::new();
+    // Scanned incrementally and capped: the first event is a short `endpoint`.
+    let mut blocks = sse::Blocks::default();
     let endpoint = tokio::time::timeout(ENDPOINT_TIMEOUT, async {
         loop {
-            while let Some((text_len, block_len)) = sse::first_block(&buf) {
-                let block = buf.split_to(block_len);
-                let text = std::str::from_utf8(&block[..text_len]).unwrap_or("");
+            while let Some(block) = blocks.next_block() {
+                let text = std::str::from_utf8(&block).unwrap_or("");
                 if let (Some("endpoint"), Some(data)) = sse::parse_block(text) {
                     return sse::resolve_endpoint(&server.url, data.trim());
                 }
             }
-            if buf.len() > MAX_EVENT {
+            if blocks.len() > MAX_FIRST_EVENT {
                 return Err("the HTTP+SSE stream sent an oversized first event".into());
             }
             match stream.next().await {
-                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Ok(chunk)) => blocks.push(&chunk),
                 Some(Err(e)) => return Err(describe(e)),
                 None => return Err("the HTTP+SSE stream ended before its endpoint event".into()),
             }
@@ -217,7 +219,7 @@ pub(crate) async fn open(proxy: &Proxy, upstream: &Upstream) -> Result<Arc<Sessi
     let id = sse::random_token();
     let reader = tokio::spawn(read_stream(
         stream,
-        buf,
+        blocks,
         shared.clone(),
         proxy.bridges.clone(),
         id.clone(),
@@ -240,7 +242,7 @@ pub(crate) async fn open(proxy: &Proxy, upstream: &Upstream) -> Result<Arc<Sessi
 /// everything else to the session's GET stream.
 async fn read_stream<S>(
     mut stream: S,
-    buf: BytesMut,
+    mut blocks: sse::Blocks,
     shared: Arc<Shared>,
     bridges: Arc<Bridges>,
     id: String,
@@ -248,7 +250,6 @@ async fn read_stream<S>(
     S: futures_util::Stream<Item = reqwest::Result<Bytes>> + Unpin,
 {
     // Scanned incrementally: a large event arriving in many chunks is read once.
-    let mut blocks = sse::Blocks::from_bytes(buf);
     'read: loop {
         while let Some(block) = blocks.next_block() {
             let text = std::str::from_utf8(&block).unwrap_or("");

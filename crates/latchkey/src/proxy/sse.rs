@@ -6,30 +6,6 @@
 use bytes::{Bytes, BytesMut};
 use url::Url;
 
-/// The first complete event block: (length of its text, offset just past its blank line).
-pub(crate) fn first_block(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < buf.len() {
-        let line_end = match buf[i..].iter().position(|&b| b == b'\n' || b == b'\r') {
-            Some(p) => i + p,
-            None => return None,
-        };
-        let mut next = line_end + 1;
-        if buf[line_end] == b'\r' {
-            match buf.get(next) {
-                Some(b'\n') => next += 1,
-                None => return None,
-                _ => {}
-            }
-        }
-        if line_end == i {
-            return Some((i, next));
-        }
-        i = next;
-    }
-    None
-}
-
 /// One parsed event block.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Event<'a> {
@@ -110,11 +86,6 @@ pub(crate) struct Blocks {
 }
 
 impl Blocks {
-    /// Starts from bytes already read.
-    pub(crate) fn from_bytes(buffer: BytesMut) -> Self {
-        Self { buffer, scanned: 0 }
-    }
-
     /// How many bytes wait for the end of their event.
     pub(crate) fn len(&self) -> usize {
         self.buffer.len()
@@ -126,6 +97,12 @@ impl Blocks {
 
     /// The next complete block's text (without its blank line).
     pub(crate) fn next_block(&mut self) -> Option<Bytes> {
+        self.next_raw().map(|(raw, text_len)| raw.slice(..text_len))
+    }
+
+    /// The next complete block as received, blank line included, and the length of
+    /// its text.
+    pub(crate) fn next_raw(&mut self) -> Option<(Bytes, usize)> {
         // A blank line right at the start ends an empty block.
         let lead = match (self.buffer.first(), self.buffer.get(1)) {
             (Some(b'\n'), _) => Some(1),
@@ -136,22 +113,25 @@ impl Blocks {
             _ => None,
         };
         if let Some(n) = lead {
-            drop(self.buffer.split_to(n));
             self.scanned = 0;
-            return Some(Bytes::new());
+            return Some((self.buffer.split_to(n).freeze(), 0));
         }
         let from = self.scanned.saturating_sub(3);
         match find_blank_line(&self.buffer, from) {
             Some((len, next)) => {
-                let block = self.buffer.split_to(next).freeze();
                 self.scanned = 0;
-                Some(block.slice(..len))
+                Some((self.buffer.split_to(next).freeze(), len))
             }
             None => {
                 self.scanned = self.buffer.len();
                 None
             }
         }
+    }
+
+    /// Everything not yet split off.
+    pub(crate) fn into_rest(self) -> BytesMut {
+        self.buffer
     }
 }
 

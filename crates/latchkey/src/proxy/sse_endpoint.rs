@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use url::Url;
 
-use super::sse::{self, first_block, parse_block};
+use super::sse::{self, Blocks, parse_block};
 
 /// The biggest first event we scan before giving up and passing the stream through.
 const MAX_SCAN: usize = 64 * 1024;
@@ -81,7 +81,7 @@ pub(crate) struct EndpointRewriter<S> {
 }
 
 enum State {
-    Scanning(BytesMut),
+    Scanning(Blocks),
     Passing,
 }
 
@@ -89,7 +89,7 @@ impl<S> EndpointRewriter<S> {
     pub(crate) fn new(inner: S, base: Url, server: &str, endpoints: LegacyEndpoints) -> Self {
         Self {
             inner,
-            state: State::Scanning(BytesMut::new()),
+            state: State::Scanning(Blocks::default()),
             base,
             server: server.to_owned(),
             endpoints,
@@ -100,30 +100,32 @@ impl<S> EndpointRewriter<S> {
     /// Looks at the buffered start of the stream and splits off what can be sent now.
     /// Blocks that dispatch nothing (comments, keep-alives) go out at once; the first
     /// real event is rewritten if it is `endpoint`. Returns the bytes to send and
-    /// whether scanning is over.
-    fn scan(&mut self, buf: &mut BytesMut) -> Result<(Bytes, bool), std::io::Error> {
+    /// whether scanning is over. `Blocks` scans each byte once, and at most
+    /// `MAX_SCAN` bytes wait, so no upstream can make this loop expensive.
+    fn scan(&mut self, blocks: &mut Blocks) -> Result<(Bytes, bool), std::io::Error> {
         let mut ready = BytesMut::new();
         loop {
-            let Some((text_len, block_len)) = first_block(buf) else {
-                if buf.len() > MAX_SCAN {
-                    ready.unsplit(buf.split());
+            let Some((raw, text_len)) = blocks.next_raw() else {
+                if blocks.len() > MAX_SCAN {
+                    ready.unsplit(std::mem::take(blocks).into_rest());
                     return Ok((ready.freeze(), true));
                 }
                 return Ok((ready.freeze(), false));
             };
-            let text = std::str::from_utf8(&buf[..text_len]).unwrap_or("");
+            let text = std::str::from_utf8(&raw[..text_len]).unwrap_or("");
             match parse_block(text) {
-                (_, None) => ready.unsplit(buf.split_to(block_len)),
+                (_, None) => ready.extend_from_slice(&raw),
                 (Some("endpoint"), Some(data)) => {
                     let local = self.register(data.trim())?;
                     ready.extend_from_slice(
                         format!("event: endpoint\ndata: {local}\n\n").as_bytes(),
                     );
-                    ready.extend_from_slice(&buf[block_len..]);
+                    ready.unsplit(std::mem::take(blocks).into_rest());
                     return Ok((ready.freeze(), true));
                 }
                 _ => {
-                    ready.unsplit(buf.split());
+                    ready.extend_from_slice(&raw);
+                    ready.unsplit(std::mem::take(blocks).into_rest());
                     return Ok((ready.freeze(), true));
                 }
             }
@@ -158,24 +160,24 @@ where
                 Poll::Ready(None) => {
                     // The stream ended inside the first event: pass on what there was.
                     return match std::mem::replace(&mut this.state, State::Passing) {
-                        State::Scanning(buf) if !buf.is_empty() => {
-                            Poll::Ready(Some(Ok(buf.freeze())))
+                        State::Scanning(blocks) if blocks.len() > 0 => {
+                            Poll::Ready(Some(Ok(blocks.into_rest().freeze())))
                         }
                         _ => Poll::Ready(None),
                     };
                 }
             };
-            let State::Scanning(buf) = &mut this.state else {
+            let State::Scanning(blocks) = &mut this.state else {
                 return Poll::Ready(Some(Ok(chunk)));
             };
-            buf.extend_from_slice(&chunk);
-            let mut buf = std::mem::take(buf);
-            match this.scan(&mut buf) {
+            blocks.push(&chunk);
+            let mut blocks = std::mem::take(blocks);
+            match this.scan(&mut blocks) {
                 Ok((ready, done)) => {
                     this.state = if done {
                         State::Passing
                     } else {
-                        State::Scanning(buf)
+                        State::Scanning(blocks)
                     };
                     if !ready.is_empty() {
                         return Poll::Ready(Some(Ok(ready)));
