@@ -5,11 +5,19 @@
 //! per record under the state directory, or memory. Every backend is synchronous; the
 //! caller runs it on a blocking thread. A record that cannot be read is an error that
 //! names where it is; it is never dropped or overwritten silently.
+//!
+//! On disk, latchkey trusts only what is the user's own. On a shared machine another
+//! user could otherwise plant a record (whose tokens latchkey would then send) or a
+//! symbolic link (latchkey's files would go where it points). So the directories of
+//! the file store and of the lock files are real directories, owned by the user and
+//! not writable by anyone else, as are their parents ([`private_dir`]); every file is
+//! opened without following a link and made 0600 ([`open`]); and a record or lock
+//! file that belongs to another user is refused.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
-use std::io::Write as _;
+use std::io::{ErrorKind, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -65,6 +73,14 @@ pub enum StoreError {
         store: &'static str,
         location: String,
         cause: String,
+    },
+    /// A directory or file that another user could read, plant or swap credentials
+    /// through; `fix` says what to do.
+    #[error("refusing to use {path}: {problem}. {fix}")]
+    Unsafe {
+        path: String,
+        problem: String,
+        fix: String,
     },
 }
 
@@ -138,22 +154,185 @@ impl FileStore {
         let name: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         self.dir.join(format!("{name}.json"))
     }
+}
 
-    fn io(&self, path: &Path, e: std::io::Error) -> StoreError {
-        StoreError::Io {
-            store: "file",
-            location: path.display().to_string(),
-            cause: e.to_string(),
-        }
+fn io_error(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Io {
+        store: "file",
+        location: path.display().to_string(),
+        cause: e.to_string(),
     }
+}
 
-    fn create_dir(&self) -> Result<(), StoreError> {
+fn unsafe_path(path: &Path, problem: impl Into<String>, fix: String) -> StoreError {
+    StoreError::Unsafe {
+        path: path.display().to_string(),
+        problem: problem.into(),
+        fix,
+    }
+}
+
+/// Makes `dir` (0700) where it is missing and checks that latchkey may keep
+/// credentials or locks in it: it and its parent (the state directory, or the user's
+/// runtime directory) must each be a real directory, not a symbolic link, that
+/// belongs to this user and that no one else may write to. The parent is checked
+/// before `dir` is made, so that nothing is made through a link planted there.
+pub fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    let make = |path: &Path, recursive: bool| {
         let mut builder = fs::DirBuilder::new();
-        builder.recursive(true);
+        builder.recursive(recursive);
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(&self.dir).map_err(|e| self.io(&self.dir, e))
+        match builder.create(path) {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+            made => made.map_err(|e| io_error(path, e)),
+        }
+    };
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        make(parent, true)?;
+        check_dir(parent)?;
     }
+    make(dir, false)?;
+    check_dir(dir)
+}
+
+#[cfg(unix)]
+fn check_dir(path: &Path) -> Result<(), StoreError> {
+    let meta = fs::symlink_metadata(path).map_err(|e| io_error(path, e))?;
+    let shown = path.display();
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_path(
+            path,
+            "it is a symbolic link, which could send latchkey's files anywhere",
+            format!(
+                "Replace it with a directory of your own (`rm {shown} && mkdir -m 700 {shown}`); if you made the link, set state_dir in the config to where it points instead"
+            ),
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_path(
+            path,
+            "it is not a directory",
+            "Move it away, or set XDG_STATE_HOME (or state_dir in the config) to another directory"
+                .into(),
+        ));
+    }
+    ours(
+        path,
+        &meta,
+        "700",
+        "remove it, or set XDG_STATE_HOME (or state_dir in the config) to another directory",
+    )
+}
+
+#[cfg(not(unix))]
+fn check_dir(_path: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// This process's user, whom every file and directory latchkey trusts belongs to.
+#[cfg(unix)]
+fn me() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Refuses what belongs to another user, or what its group or others may write to.
+/// The fix is `chmod <mode>`, or for another user's, `chown` if it is the user's own
+/// after all, else `otherwise`.
+#[cfg(unix)]
+fn ours(path: &Path, meta: &fs::Metadata, mode: &str, otherwise: &str) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let (owner, me, shown) = (meta.uid(), me(), path.display());
+    if owner != me {
+        return Err(unsafe_path(
+            path,
+            format!(
+                "it belongs to user {owner}, not to user {me}, whom latchkey runs as; another user's files could hold credentials they planted"
+            ),
+            format!("If it is yours, `chown {me} {shown}`; if not, {otherwise}"),
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_path(
+            path,
+            format!(
+                "it is writable by its group or by other users (mode {:03o}), so they could plant or swap credentials in it",
+                meta.mode() & 0o777
+            ),
+            format!("Run `chmod {mode} {shown}`"),
+        ));
+    }
+    Ok(())
+}
+
+/// How [`open`] opens a file.
+#[derive(Debug, Clone, Copy)]
+enum Access {
+    Read,
+    /// A new file, which must not exist yet (`O_EXCL`).
+    CreateNew,
+    /// For writing, made if missing, its contents kept.
+    Lock,
+}
+
+/// Opens `path` itself, never what a symbolic link there points to (`O_NOFOLLOW`): a
+/// link planted in a shared directory must not make latchkey read or write another
+/// file. A file it makes is 0600.
+fn open(path: &Path, access: Access) -> std::io::Result<fs::File> {
+    let mut options = fs::OpenOptions::new();
+    match access {
+        Access::Read => options.read(true),
+        Access::CreateNew => options.write(true).create_new(true),
+        Access::Lock => options.write(true).create(true).truncate(false),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    }
+    options.open(path)
+}
+
+/// A record's fix ends with a new login; a lock file's needs nothing more.
+const LOG_IN_AGAIN: &str = " and log in again";
+
+/// The refusal of a link planted at `path`, when that is why [`open`] failed
+/// (`O_NOFOLLOW`). `then` ends the fix.
+fn planted_link(path: &Path, e: &std::io::Error, then: &str) -> Option<StoreError> {
+    #[cfg(unix)]
+    let link = e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error());
+    #[cfg(not(unix))]
+    let link = false;
+    link.then(|| {
+        unsafe_path(
+            path,
+            "it is a symbolic link, which latchkey never follows",
+            format!("Remove it (`rm {}`){then}", path.display()),
+        )
+    })
+}
+
+/// Refuses an opened record or lock file that is not a file of this user's own.
+/// `then` ends the fix.
+#[cfg(unix)]
+fn check_file(path: &Path, file: &fs::File, then: &str) -> Result<(), StoreError> {
+    let meta = file.metadata().map_err(|e| io_error(path, e))?;
+    let shown = path.display();
+    if !meta.is_file() {
+        return Err(unsafe_path(
+            path,
+            "it is not a regular file",
+            format!("Remove it (`rm -r {shown}`){then}"),
+        ));
+    }
+    ours(
+        path,
+        &meta,
+        "600",
+        &format!("remove it (`rm {shown}`){then}"),
+    )
 }
 
 impl Store for FileStore {
@@ -167,11 +346,20 @@ impl Store for FileStore {
 
     fn load(&self, resource: &str, server: &str) -> Result<Option<Record>, StoreError> {
         let path = self.path(resource);
-        let text = match fs::read(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.io(&path, e)),
+        let mut file = match open(&path, Access::Read) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(
+                    planted_link(&path, &e, LOG_IN_AGAIN).unwrap_or_else(|| io_error(&path, e))
+                );
+            }
         };
+        #[cfg(unix)]
+        check_file(&path, &file, LOG_IN_AGAIN)?;
+        let mut text = Vec::new();
+        file.read_to_end(&mut text)
+            .map_err(|e| io_error(&path, e))?;
         decode(&text, resource)
             .map(Some)
             .map_err(|cause| StoreError::Corrupt {
@@ -182,26 +370,23 @@ impl Store for FileStore {
     }
 
     fn save(&self, resource: &str, record: &Record) -> Result<(), StoreError> {
-        self.create_dir()?;
+        private_dir(&self.dir)?;
         let path = self.path(resource);
         let temp = self
             .dir
             .join(format!(".{}.{}.tmp", std::process::id(), random_suffix()));
         let write = || -> std::io::Result<()> {
-            let mut options = fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&temp)?;
+            let mut file = open(&temp, Access::CreateNew)?;
             file.write_all(&encode(resource, record))?;
             file.sync_all()?;
+            // A rename replaces a link at `path`; it never follows it.
             fs::rename(&temp, &path)?;
             // The rename itself must reach the disk before the write counts as done.
-            fs::File::open(&self.dir)?.sync_all()
+            open(&self.dir, Access::Read)?.sync_all()
         };
         write().map_err(|e| {
             drop(fs::remove_file(&temp));
-            self.io(&path, e)
+            io_error(&path, e)
         })
     }
 
@@ -209,8 +394,8 @@ impl Store for FileStore {
         let path = self.path(resource);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.io(&path, e)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(&path, e)),
         }
     }
 }
@@ -523,23 +708,24 @@ pub struct FlowLock {
 impl FlowLock {
     /// Blocks until the lock is free.
     pub fn acquire(dir: &Path, resource: &str) -> Result<Self, String> {
-        let mut builder = fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        let describe = |e: std::io::Error| format!("cannot lock {}: {e}", dir.display());
-        builder.create(dir).map_err(describe)?;
+        private_dir(dir).map_err(|e| match e {
+            StoreError::Io { cause, .. } => format!("cannot lock {}: {cause}", dir.display()),
+            refused => refused.to_string(),
+        })?;
         let store = FileStore {
             dir: dir.to_owned(),
         };
         let path = store.path(resource).with_extension("lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(describe)?;
-        file.lock().map_err(describe)?;
+        let file = open(&path, Access::Lock).map_err(|e| {
+            planted_link(&path, &e, "").map_or_else(
+                || format!("cannot lock {}: {e}", path.display()),
+                |refused| refused.to_string(),
+            )
+        })?;
+        #[cfg(unix)]
+        check_file(&path, &file, "").map_err(|e| e.to_string())?;
+        file.lock()
+            .map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
         Ok(Self { _file: file })
     }
 }
@@ -564,9 +750,20 @@ impl Revision {
         }
     }
 
-    /// The current value; `None` when no process has written one yet.
+    /// The current value; `None` when no process has written one yet (or when the
+    /// marker is not this user's).
     pub fn read(&self) -> Option<String> {
-        fs::read_to_string(&self.path).ok()
+        let mut file = open(&self.path, Access::Read).ok()?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            if file.metadata().ok()?.uid() != me() {
+                return None;
+            }
+        }
+        let mut value = String::new();
+        file.read_to_string(&mut value).ok()?;
+        Some(value)
     }
 
     /// Writes a fresh value and returns it. Replaced atomically (a temporary file,
@@ -575,12 +772,7 @@ impl Revision {
         let value = random_suffix();
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let temp = dir.join(format!(".{}.{}.rev", std::process::id(), random_suffix()));
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let written = options
-            .open(&temp)
+        let written = open(&temp, Access::CreateNew)
             .and_then(|mut file| file.write_all(value.as_bytes()))
             .and_then(|()| fs::rename(&temp, &self.path));
         if written.is_err() {
@@ -639,5 +831,109 @@ mod tests {
         assert!(e.contains("belongs to"), "{e}");
         let e = decode(b"{\"access_token\":\"at-secret\"", resource).expect_err("corrupt");
         assert!(!e.contains("at-secret"), "{e}");
+    }
+
+    /// A scratch directory of the test's own, 0700, emptied first.
+    #[cfg(unix)]
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("latchkey-store-unit-{name}-{}", std::process::id()));
+        drop(fs::remove_dir_all(&dir));
+        let mut builder = fs::DirBuilder::new();
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&dir).expect("scratch dir");
+        dir
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_planted_at_a_lock_or_record_path_is_not_followed() {
+        use std::os::unix::fs::{PermissionsExt as _, symlink};
+        let dir = scratch("links");
+        let resource = "https://mcp.example.com/mcp";
+        let locks = FileStore::new(dir.join("locks"));
+        private_dir(&locks.dir).expect("lock dir");
+        // A link where the lock file goes, to a file that must not come to exist.
+        let target = dir.join("victim-file");
+        symlink(&target, locks.path(resource).with_extension("lock")).expect("plant");
+        assert!(FlowLock::acquire(&locks.dir, resource).is_err());
+        assert!(!target.exists(), "the lock followed the link");
+        // A link where a record goes, to a record somewhere else: not read.
+        let elsewhere = FileStore::new(dir.join("elsewhere"));
+        elsewhere.save(resource, &sample()).expect("save");
+        let records = FileStore::new(dir.join("credentials"));
+        private_dir(&records.dir).expect("record dir");
+        symlink(elsewhere.path(resource), records.path(resource)).expect("plant");
+        assert!(
+            records.load(resource, "notes").is_err(),
+            "the record was read through the link"
+        );
+        // A lock file is made 0600.
+        let other = "https://other.example.com/mcp";
+        let _held = FlowLock::acquire(&locks.dir, other).expect("lock");
+        let mode = fs::metadata(locks.path(other).with_extension("lock"))
+            .expect("lock file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        drop(fs::remove_dir_all(&dir));
+    }
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::symlink_metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_directories_and_records_of_this_users_own_are_used() {
+        use std::os::unix::fs::{PermissionsExt as _, chown, symlink};
+        let dir = scratch("dirs");
+        let state = dir.join("state");
+        let records = FileStore::new(state.join("credentials"));
+        private_dir(&records.dir).expect("made");
+        assert_eq!((mode(&state), mode(&records.dir)), (0o700, 0o700));
+        // Writable by others: refused, with the fix.
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let e = private_dir(&records.dir).expect_err("writable by others");
+        assert!(matches!(e, StoreError::Unsafe { .. }), "{e}");
+        let fix = format!("chmod 700 {}", state.display());
+        assert!(e.to_string().contains(&fix), "{e}");
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).expect("chmod");
+        // A link as the state directory: refused, and nothing is made where it points.
+        let elsewhere = dir.join("elsewhere");
+        fs::create_dir(&elsewhere).expect("elsewhere");
+        symlink(&elsewhere, dir.join("linked")).expect("plant");
+        let e = private_dir(&dir.join("linked/locks")).expect_err("a link");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(fs::read_dir(&elsewhere).expect("elsewhere").count(), 0);
+        // Another user's directory or record: refused, and the record left in place.
+        let resource = "https://mcp.example.com/mcp";
+        records.save(resource, &sample()).expect("save");
+        let path = records.path(resource);
+        if chown(&path, Some(65534), Some(65534)).is_err() {
+            println!("skipped: the other-user part needs root, to give a file away");
+            return;
+        }
+        let e = records
+            .load(resource, "notes")
+            .expect_err("another user's record");
+        let message = e.to_string();
+        assert!(
+            message.contains(&path.display().to_string())
+                && message.contains("belongs to user 65534")
+                && message.contains("chown"),
+            "{message}"
+        );
+        assert!(path.exists());
+        chown(&records.dir, Some(65534), Some(65534)).expect("chown");
+        let e = private_dir(&records.dir).expect_err("another user's directory");
+        assert!(e.to_string().contains("belongs to user 65534"), "{e}");
+        drop(fs::remove_dir_all(&dir));
     }
 }

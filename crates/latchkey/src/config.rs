@@ -329,13 +329,17 @@ pub fn default_path() -> PathBuf {
     base.join("latchkey").join("config.toml")
 }
 
-/// An XDG base directory: `$var` when set and not empty, else `$HOME/<fallback>`;
-/// `None` when neither is set.
+/// An XDG base directory: `$var` when it is an absolute path, else
+/// `$HOME/<fallback>`; `None` when neither is. A relative value is ignored, as the
+/// XDG Base Directory spec says: it would name a different place from each working
+/// directory.
 pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
-    std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(fallback)))
+    let absolute = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|path| path.is_absolute())
+    };
+    absolute(var).or_else(|| absolute("HOME").map(|home| home.join(fallback)))
 }
 
 /// Reads and validates a config file, resolving `${VAR}` from the process environment.

@@ -5,17 +5,28 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use latchkey_auth::session::Credentials;
-use latchkey_auth::store::{FileStore, KeyringStore, MemoryStore, Store};
+use latchkey_auth::store::{self, FileStore, KeyringStore, MemoryStore, Store, StoreError};
 
 use crate::config::StoreKind;
 
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "store = \"keyring\" but the keyring is not usable: {cause}. Start and unlock it, or set store = \"file\" in the config"
-)]
-pub struct KeyringUnavailable {
-    cause: String,
+pub enum StoreUnavailable {
+    #[error(
+        "store = \"keyring\" but the keyring is not usable: {cause}. Start and unlock it, or set store = \"file\" in the config"
+    )]
+    Keyring { cause: String },
+    #[error(transparent)]
+    NoStateDir(#[from] NoStateDir),
+    /// A directory latchkey must not use (see `latchkey_auth::store::private_dir`).
+    #[error(transparent)]
+    Directory(#[from] StoreError),
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "neither XDG_STATE_HOME nor HOME is set to an absolute path, so latchkey has no state directory for credentials and locks; set XDG_STATE_HOME (or HOME), or state_dir in the config"
+)]
+pub struct NoStateDir;
 
 /// The store in use and, for `auto`, why it is not the keyring.
 #[derive(Debug, Clone)]
@@ -24,11 +35,13 @@ pub struct Opened {
     pub fallback: Option<String>,
 }
 
-/// `$XDG_STATE_HOME/latchkey`, else `~/.local/state/latchkey`.
-pub fn state_dir() -> PathBuf {
+/// `$XDG_STATE_HOME/latchkey`, else `~/.local/state/latchkey`. Never the system temp
+/// directory: every user may write there, so another user could plant the directory
+/// first, with records or links in it.
+pub fn state_dir() -> Result<PathBuf, NoStateDir> {
     crate::config::xdg_dir("XDG_STATE_HOME", ".local/state")
-        .unwrap_or_else(std::env::temp_dir)
-        .join("latchkey")
+        .map(|dir| dir.join("latchkey"))
+        .ok_or(NoStateDir)
 }
 
 /// The user's runtime directory as a desktop login makes it (pam_systemd):
@@ -47,8 +60,13 @@ pub fn runtime_dir() -> Option<PathBuf> {
 /// Where the per-server lock files go: `/run/user/$UID/latchkey` (per user, cleared
 /// at logout), else the state dir's `locks`. Either way a function of the user and
 /// the state dir only, which every process sharing a file store agrees on already.
-pub fn lock_dir() -> PathBuf {
-    runtime_dir().map_or_else(|| state_dir().join("locks"), |dir| dir.join("latchkey"))
+/// [`open`] refuses it (and a runtime directory that others may write to), rather
+/// than passing over it, so that no two processes pick different ones.
+pub fn lock_dir() -> Result<PathBuf, NoStateDir> {
+    match runtime_dir() {
+        Some(dir) => Ok(dir.join("latchkey")),
+        None => Ok(state_dir()?.join("locks")),
+    }
 }
 
 /// The session bus the keyring is reached through: `$DBUS_SESSION_BUS_ADDRESS`, else
@@ -70,16 +88,27 @@ pub fn session_bus() -> Option<String> {
 
 /// Opens the configured store. `auto` probes the keyring (on a blocking thread: the
 /// probe talks D-Bus) and falls back to files with a warning that says why. With a
-/// configured `state_dir`, files and locks both go there.
-pub async fn open(kind: StoreKind, state: Option<&Path>) -> Result<Opened, KeyringUnavailable> {
-    let (files, locks) = match state {
-        Some(dir) => (dir.join("credentials"), dir.join("locks")),
-        None => (state_dir().join("credentials"), lock_dir()),
+/// configured `state_dir`, files and locks both go there. The directories are made
+/// and checked first: one that another user could use is refused, with the fix.
+pub async fn open(kind: StoreKind, state: Option<&Path>) -> Result<Opened, StoreUnavailable> {
+    let file = || -> Result<Arc<dyn Store>, StoreUnavailable> {
+        let files = match state {
+            Some(dir) => dir.join("credentials"),
+            None => state_dir()?.join("credentials"),
+        };
+        store::private_dir(&files)?;
+        Ok(FileStore::new(files))
     };
-    let file = || -> Arc<dyn Store> { FileStore::new(files.clone()) };
-    let shared = |store: Arc<dyn Store>| Credentials {
-        store,
-        lock_dir: Some(locks.clone()),
+    let shared = |store: Arc<dyn Store>| -> Result<Credentials, StoreUnavailable> {
+        let locks = match state {
+            Some(dir) => dir.join("locks"),
+            None => lock_dir()?,
+        };
+        store::private_dir(&locks)?;
+        Ok(Credentials {
+            store,
+            lock_dir: Some(locks),
+        })
     };
     let probe = || async {
         tokio::task::spawn_blocking(KeyringStore::probe)
@@ -94,20 +123,20 @@ pub async fn open(kind: StoreKind, state: Option<&Path>) -> Result<Opened, Keyri
             },
             None,
         ),
-        StoreKind::File => (shared(file()), None),
+        StoreKind::File => (shared(file()?)?, None),
         StoreKind::Keyring => match probe().await {
-            Ok(()) => (shared(KeyringStore::new()), None),
-            Err(cause) => return Err(KeyringUnavailable { cause }),
+            Ok(()) => (shared(KeyringStore::new())?, None),
+            Err(cause) => return Err(StoreUnavailable::Keyring { cause }),
         },
         StoreKind::Auto => match probe().await {
-            Ok(()) => (shared(KeyringStore::new()), None),
+            Ok(()) => (shared(KeyringStore::new())?, None),
             Err(cause) => {
-                let store = file();
+                let store = file()?;
                 let why = format!(
                     "the OS keyring is not usable ({cause}); credentials go to files in {} instead (mode 0600). Start and unlock a keyring, or set store = \"file\" to silence this",
                     store.location()
                 );
-                (shared(store), Some(why))
+                (shared(store)?, Some(why))
             }
         },
     };

@@ -62,7 +62,7 @@ pub enum DaemonError {
     #[error("the server failed: {0}")]
     Serve(std::io::Error),
     #[error(transparent)]
-    Store(#[from] crate::credentials::KeyringUnavailable),
+    Store(#[from] crate::credentials::StoreUnavailable),
 }
 
 /// Rereads the config on request: what [`run_service`] needs for reloads.

@@ -23,7 +23,7 @@ pub enum LoginError {
     )]
     OAuthDisabled(String),
     #[error(transparent)]
-    Store(#[from] credentials::KeyringUnavailable),
+    Store(#[from] credentials::StoreUnavailable),
     #[error("cannot create the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
     #[error("cannot reach {name:?} at {url}: {cause}; check the url in the config and the network")]

@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 
 use crate::callback::TerminalBrowser;
 use crate::config::{Config, OAuth, StoreKind};
-use crate::credentials;
+use crate::credentials::{self, StoreUnavailable};
 use crate::login::{LoginError, Shared, open, probe, session_for};
+use latchkey_auth::store::StoreError;
 
 /// One row per server: name, state, store, expiry, scopes.
 pub async fn status(config: &Config) -> Result<Value, LoginError> {
@@ -229,16 +230,16 @@ pub async fn doctor(config: &Config, config_path: &str) -> Vec<Finding> {
             });
             // Every latchkey process of the user must print the same here, or they
             // do not share tokens and single-flight refreshes.
+            let state = config
+                .state_dir
+                .clone()
+                .map_or_else(credentials::state_dir, Ok)
+                .map_or_else(|e| format!("none ({e})"), |d| d.display().to_string());
             findings.push(Finding {
                 check: "paths".into(),
                 ok: true,
                 detail: format!(
-                    "state {}, locks {}, session bus {}",
-                    config
-                        .state_dir
-                        .clone()
-                        .unwrap_or_else(credentials::state_dir)
-                        .display(),
+                    "state {state}, locks {}, session bus {}",
                     opened
                         .credentials
                         .lock_dir
@@ -249,11 +250,28 @@ pub async fn doctor(config: &Config, config_path: &str) -> Vec<Finding> {
                 fix: None,
             });
         }
-        Err(e) => findings.push(Finding {
+        Err(e @ StoreUnavailable::Keyring { .. }) => findings.push(Finding {
             check: "store".into(),
             ok: false,
             detail: e.to_string(),
             fix: Some("set store = \"file\" in the config, or fix the keyring".into()),
+        }),
+        // A directory latchkey refuses: another user could use it.
+        Err(StoreUnavailable::Directory(StoreError::Unsafe { path, problem, fix })) => {
+            findings.push(Finding {
+                check: "paths".into(),
+                ok: false,
+                detail: format!("{path}: {problem}"),
+                fix: Some(fix),
+            });
+        }
+        Err(e) => findings.push(Finding {
+            check: "paths".into(),
+            ok: false,
+            detail: e.to_string(),
+            fix: Some(
+                "set XDG_STATE_HOME (or HOME), or state_dir in the config, to a directory of your own".into(),
+            ),
         }),
     }
     let http = crate::proxy::http_client().ok();

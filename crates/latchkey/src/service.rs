@@ -21,6 +21,8 @@ pub enum ServiceError {
         "cannot tell where systemd user units go: neither XDG_CONFIG_HOME nor HOME is set; set one of them"
     )]
     NoConfigHome,
+    #[error(transparent)]
+    NoStateDir(#[from] crate::credentials::NoStateDir),
     #[error(
         "cannot find this latchkey binary's path: {0}; run `latchkey service install` by its full path"
     )]
@@ -90,7 +92,7 @@ fn unit_path(path: &Path) -> Result<String, ServiceError> {
 
 fn install(dir: &Path, now: bool, socket: bool) -> Result<(), ServiceError> {
     let exe = std::env::current_exe().map_err(ServiceError::CurrentExe)?;
-    let state = crate::credentials::state_dir();
+    let state = crate::credentials::state_dir()?;
     // It must exist before the unit starts: the sandbox cannot create it.
     create_private_dir(&state)?;
     std::fs::create_dir_all(dir).map_err(|source| ServiceError::Write {

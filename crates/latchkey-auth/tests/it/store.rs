@@ -234,7 +234,7 @@ fn a_record_round_trips_through_each_store_equal_to_its_tokens() {
     let dir = scratch("round-trip");
     let stores: [Arc<dyn Store>; 3] = [
         latchkey_auth::store::MemoryStore::new(),
-        FileStore::new(&dir),
+        FileStore::new(dir.join("credentials")),
         KeyringStore::new(),
     ];
     for store in stores {

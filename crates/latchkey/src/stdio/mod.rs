@@ -48,7 +48,7 @@ const READ_MIN: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum StdioError {
     #[error(transparent)]
-    Store(#[from] crate::credentials::KeyringUnavailable),
+    Store(#[from] crate::credentials::StoreUnavailable),
     #[error("cannot create the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
     #[error("cannot read stdin: {0}")]

@@ -7,6 +7,7 @@ mod callback;
 mod cli;
 mod config;
 mod conformance;
+mod hardening;
 mod harness;
 mod interop;
 mod leaks;
