@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::Secret;
+use crate::target::Http;
 use crate::token::{self, ClientCredentials, TokenError, TokenSet};
 use serde::Deserialize;
 
@@ -45,7 +46,7 @@ struct Response {
 
 /// Asks for a device code (RFC 8628 §3.1).
 pub async fn start(
-    http: &reqwest::Client,
+    http: &Http,
     endpoint: &str,
     client: &ClientCredentials,
     scopes: &[String],
@@ -60,19 +61,20 @@ pub async fn start(
         form.push(("resource", resource));
     }
     let (body, basic) = token::encode_form(client, &form)?;
-    let mut request = http
-        .post(endpoint)
-        .header(reqwest::header::ACCEPT, "application/json")
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
+    let bytes = token::send(http, "device authorization endpoint", endpoint, |http| {
+        token::with_basic(
+            http.post(endpoint)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .timeout(REQUEST_TIMEOUT)
+                .body(body),
+            basic,
         )
-        .timeout(REQUEST_TIMEOUT)
-        .body(body);
-    if let Some(value) = basic {
-        request = request.header(reqwest::header::AUTHORIZATION, value);
-    }
-    let bytes = token::send(request).await?;
+    })
+    .await?;
     let response: Response = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed {
         cause: "not a device authorization response (RFC 8628 §3.2)".into(),
     })?;
@@ -127,7 +129,7 @@ impl From<Response> for DeviceAuthorization {
 /// Polls the token endpoint (RFC 8628 §3.4-3.5) until the person approves, denies,
 /// or the code expires.
 pub async fn poll(
-    http: &reqwest::Client,
+    http: &Http,
     endpoint: &str,
     client: &ClientCredentials,
     device: &DeviceAuthorization,
@@ -196,8 +198,10 @@ mod tests {
             auth: token::ClientAuth::None,
             issuer: "https://a.example".into(),
         };
+        let clients = crate::target::Clients::new(reqwest::Client::builder).expect("clients");
+        let server = url::Url::parse("http://127.0.0.1/mcp").expect("a URL");
         let (http, device) = (
-            reqwest::Client::new(),
+            Http::new(clients, &server),
             DeviceAuthorization {
                 expires_in: Duration::MAX,
                 ..device

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::challenge::BearerChallenge;
+use crate::target::{Http, SendError, shown};
 
 /// Metadata documents are small; a bigger one is refused rather than read.
 const MAX_DOCUMENT: usize = 256 * 1024;
@@ -128,6 +129,8 @@ pub enum DiscoveryError {
     NoPkce { issuer: String },
     #[error("no authorization server metadata for {issuer}; tried {tried}")]
     NoServerMetadata { issuer: String, tried: String },
+    #[error(transparent)]
+    Target(#[from] crate::target::Refused),
 }
 
 impl DiscoveryError {
@@ -169,7 +172,7 @@ pub fn is_secure(url: &Url) -> bool {
 
 /// Runs discovery for `server` after a 401 that carried `challenge` (if any).
 pub async fn discover(
-    http: &reqwest::Client,
+    http: &Http,
     server: &Url,
     challenge: Option<&BearerChallenge>,
 ) -> Result<Discovered, DiscoveryError> {
@@ -179,7 +182,7 @@ pub async fn discover(
     };
     if !covers(&prm.resource, &expected) {
         return Err(DiscoveryError::ResourceMismatch {
-            url: prm_url.to_string(),
+            url: shown(prm_url.as_str()),
             found: prm.resource,
             expected,
         });
@@ -188,7 +191,7 @@ pub async fn discover(
         .authorization_servers
         .first()
         .ok_or_else(|| DiscoveryError::NoAuthorizationServer {
-            url: prm_url.to_string(),
+            url: shown(prm_url.as_str()),
         })?
         .clone();
     let (source, server_metadata) = server_metadata(http, &issuer).await?;
@@ -220,14 +223,14 @@ fn covers(resource: &str, expected: &str) -> bool {
 }
 
 async fn resource_metadata(
-    http: &reqwest::Client,
+    http: &Http,
     server: &Url,
     challenge: Option<&BearerChallenge>,
 ) -> Result<Option<(Url, ResourceMetadata)>, DiscoveryError> {
     let mut candidates = Vec::new();
     if let Some(url) = challenge.and_then(|c| c.resource_metadata.as_deref()) {
         let url = Url::parse(url).map_err(|e| DiscoveryError::Invalid {
-            url: url.to_owned(),
+            url: shown(url),
             what: "resource_metadata URL",
             cause: e.to_string(),
         })?;
@@ -242,7 +245,7 @@ async fn resource_metadata(
         if !is_secure(&url) {
             return Err(DiscoveryError::Insecure {
                 what: "protected resource metadata URL",
-                url: url.to_string(),
+                url: shown(url.as_str()),
             });
         }
         if let Some(document) =
@@ -286,7 +289,7 @@ pub fn server_metadata_urls(issuer: &Url) -> Vec<Url> {
 /// An authorization server's metadata, fetched from its issuer and checked: for a
 /// refresh or revocation at the issuer that issued a record's tokens.
 pub async fn authorization_server(
-    http: &reqwest::Client,
+    http: &Http,
     issuer: &str,
 ) -> Result<ServerMetadata, DiscoveryError> {
     let (_, metadata) = server_metadata(http, issuer).await?;
@@ -295,18 +298,18 @@ pub async fn authorization_server(
 }
 
 async fn server_metadata(
-    http: &reqwest::Client,
+    http: &Http,
     issuer: &str,
 ) -> Result<(Url, ServerMetadata), DiscoveryError> {
     let issuer_url = Url::parse(issuer).map_err(|e| DiscoveryError::Invalid {
-        url: issuer.to_owned(),
+        url: shown(issuer),
         what: "authorization server issuer",
         cause: e.to_string(),
     })?;
     if !is_secure(&issuer_url) {
         return Err(DiscoveryError::Insecure {
             what: "authorization server",
-            url: issuer.to_owned(),
+            url: shown(issuer),
         });
     }
     let urls = server_metadata_urls(&issuer_url);
@@ -316,7 +319,7 @@ async fn server_metadata(
         {
             if document.issuer != issuer {
                 return Err(DiscoveryError::IssuerMismatch {
-                    url: url.to_string(),
+                    url: shown(url.as_str()),
                     found: document.issuer,
                     expected: issuer.to_owned(),
                 });
@@ -331,11 +334,7 @@ async fn server_metadata(
 }
 
 /// A 2025-03-26 server: the authorization server is the MCP server's origin.
-async fn legacy(
-    http: &reqwest::Client,
-    server: &Url,
-    resource: String,
-) -> Result<Discovered, DiscoveryError> {
+async fn legacy(http: &Http, server: &Url, resource: String) -> Result<Discovered, DiscoveryError> {
     let url = well_known(server, "oauth-authorization-server", "");
     let origin = url.origin().ascii_serialization();
     if let Some(document) =
@@ -393,14 +392,14 @@ fn validate(metadata: &ServerMetadata) -> Result<(), DiscoveryError> {
     for (what, url) in endpoints {
         let Some(url) = url else { continue };
         let parsed = Url::parse(url).map_err(|e| DiscoveryError::Invalid {
-            url: url.clone(),
+            url: shown(url),
             what,
             cause: e.to_string(),
         })?;
         if !is_secure(&parsed) {
             return Err(DiscoveryError::Insecure {
                 what,
-                url: url.clone(),
+                url: shown(url),
             });
         }
     }
@@ -427,27 +426,32 @@ pub fn require_pkce(metadata: &ServerMetadata) -> Result<(), DiscoveryError> {
 /// GETs a JSON document. `Ok(None)` means "not here" (any non-200 status), so the
 /// caller tries the next URL; a transport failure is an error.
 async fn fetch<T: serde::de::DeserializeOwned>(
-    http: &reqwest::Client,
+    http: &Http,
     url: &Url,
     what: &'static str,
 ) -> Result<Option<T>, DiscoveryError> {
     let network = |e: reqwest::Error| DiscoveryError::Network {
-        url: url.to_string(),
+        url: shown(url.as_str()),
         cause: e.without_url().to_string(),
     };
     let response = http
-        .get(url.clone())
-        .header(reqwest::header::ACCEPT, "application/json")
-        .timeout(FETCH_TIMEOUT)
-        .send()
+        .send(what, url.as_str(), |client| {
+            client
+                .get(url.clone())
+                .header(reqwest::header::ACCEPT, "application/json")
+                .timeout(FETCH_TIMEOUT)
+        })
         .await
-        .map_err(network)?;
+        .map_err(|e| match e {
+            SendError::Refused(refused) => DiscoveryError::Target(refused),
+            SendError::Network(e) => network(e),
+        })?;
     let status = response.status();
     // An outage is not an absence: going on to the next URL (or the 2025-03-26
     // defaults) would pick the wrong authorization server.
     if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
         return Err(DiscoveryError::Network {
-            url: url.to_string(),
+            url: shown(url.as_str()),
             cause: format!("HTTP {status}"),
         });
     }
@@ -459,7 +463,7 @@ async fn fetch<T: serde::de::DeserializeOwned>(
         Err(crate::body::BodyError::Network(e)) => return Err(network(e)),
         Err(e @ crate::body::BodyError::TooLarge { .. }) => {
             return Err(DiscoveryError::Invalid {
-                url: url.to_string(),
+                url: shown(url.as_str()),
                 what,
                 cause: e.to_string(),
             });
@@ -468,7 +472,7 @@ async fn fetch<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| DiscoveryError::Invalid {
-            url: url.to_string(),
+            url: shown(url.as_str()),
             what,
             cause: e.to_string(),
         })

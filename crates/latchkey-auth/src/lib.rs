@@ -16,6 +16,7 @@ pub mod registration;
 mod secret;
 pub mod session;
 pub mod store;
+pub mod target;
 pub mod token;
 
 pub use challenge::BearerChallenge;

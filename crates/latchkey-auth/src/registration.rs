@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::Secret;
 use crate::assertion::SigningKey;
 use crate::discovery::ServerMetadata;
+use crate::target::{Http, SendError};
 use crate::token::{ClientAuth, ClientCredentials};
 
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -87,6 +88,8 @@ pub enum RegistrationError {
     },
     #[error("the registration response is unusable: {cause}")]
     Malformed { cause: String },
+    #[error(transparent)]
+    Target(#[from] crate::target::Refused),
 }
 
 impl RegistrationError {
@@ -167,7 +170,7 @@ struct ErrorResponse {
 
 /// RFC 7591 dynamic client registration as a native public client.
 pub async fn register(
-    http: &reqwest::Client,
+    http: &Http,
     server: &str,
     metadata: &ServerMetadata,
     endpoint: &str,
@@ -192,13 +195,18 @@ pub async fn register(
         "application_type": "native",
     });
     let response = http
-        .post(endpoint)
-        .json(&request)
-        .timeout(REGISTER_TIMEOUT)
-        .send()
+        .send("registration endpoint", endpoint, |client| {
+            client
+                .post(endpoint)
+                .json(&request)
+                .timeout(REGISTER_TIMEOUT)
+        })
         .await
-        .map_err(|e| RegistrationError::Network {
-            cause: e.without_url().to_string(),
+        .map_err(|e| match e {
+            SendError::Refused(refused) => RegistrationError::Target(refused),
+            SendError::Network(e) => RegistrationError::Network {
+                cause: e.without_url().to_string(),
+            },
         })?;
     let status = response.status();
     let body = crate::body::read(response, crate::body::MAX_RESPONSE)

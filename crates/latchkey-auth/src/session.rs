@@ -33,6 +33,7 @@ use crate::device::{self, DeviceAuthorization};
 use crate::discovery::{self, Discovered};
 use crate::registration::{self, ConfiguredClient, Plan, Registration};
 use crate::store::{self, Record, Revision, Store};
+use crate::target::{Clients, Http};
 use crate::token::{self, CodeGrant, TokenError, TokenSet};
 
 /// Tokens this close to expiry (or past half their lifetime, for short-lived ones) are
@@ -191,7 +192,8 @@ pub struct ServerAuth {
     credentials: Credentials,
     /// The store's key for this server: its canonical resource URL.
     key: String,
-    http: reqwest::Client,
+    /// Every OAuth request of this server goes through it (see [`crate::target`]).
+    http: Http,
     browser: Arc<dyn Browser>,
     state: Mutex<State>,
     /// Bumped when a flow ends; carries its outcome.
@@ -273,16 +275,16 @@ enum Synced {
 impl ServerAuth {
     pub fn new(
         settings: AuthSettings,
-        http: reqwest::Client,
+        clients: Clients,
         browser: Arc<dyn Browser>,
         credentials: Credentials,
     ) -> Arc<Self> {
         let (finished, _) = watch::channel((0, Ok(())));
         Arc::new(Self {
             key: discovery::canonical_resource(&settings.resource_url),
+            http: Http::new(clients, &settings.resource_url),
             credentials,
             settings,
-            http,
             browser,
             state: Mutex::new(State::default()),
             finished,
@@ -1252,6 +1254,17 @@ impl ServerAuth {
             settings.client_metadata_url.as_deref(),
             redirect_uri,
         );
+        // A client ID metadata document is fetched by the authorization server from
+        // the URL latchkey gives it: the same rule as for latchkey's own requests.
+        if let (Ok(Plan::Ready(ready)), Some(document)) =
+            (&plan, settings.client_metadata_url.as_deref())
+            && ready.client_id == document
+        {
+            self.http
+                .client("client ID metadata document", document)
+                .await
+                .map_err(|e| self.failed(&e, false))?;
+        }
         let registration = match plan {
             Ok(Plan::Ready(registration)) => registration,
             Ok(Plan::Dynamic { endpoint }) => registration::register(
@@ -1333,7 +1346,7 @@ enum Refresh {
 /// refresh token first: revoking it usually ends the access tokens issued from it too.
 /// Returns what could not be revoked.
 async fn revoke(
-    http: reqwest::Client,
+    http: Http,
     server: String,
     configured: Option<ConfiguredClient>,
     issuer: Bound,

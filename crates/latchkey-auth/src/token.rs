@@ -17,6 +17,7 @@ use url::form_urlencoded;
 
 use crate::Secret;
 use crate::assertion::{ASSERTION_TYPE, SigningKey};
+use crate::target::{Http, SendError};
 
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -74,6 +75,8 @@ pub enum TokenError {
     Malformed { cause: String },
     #[error("cannot authenticate with private_key_jwt: {0}")]
     Assertion(#[from] crate::assertion::KeyError),
+    #[error(transparent)]
+    Target(#[from] crate::target::Refused),
 }
 
 fn describe(description: &Option<String>) -> String {
@@ -103,7 +106,7 @@ pub struct CodeGrant<'a> {
 
 /// Exchanges an authorization code (RFC 6749 §4.1.3, RFC 7636 §4.5).
 pub async fn exchange_code(
-    http: &reqwest::Client,
+    http: &Http,
     endpoint: &str,
     client: &ClientCredentials,
     grant: &CodeGrant<'_>,
@@ -123,7 +126,7 @@ pub async fn exchange_code(
 
 /// Refreshes (RFC 6749 §6). A response without a refresh token keeps the old one.
 pub async fn refresh(
-    http: &reqwest::Client,
+    http: &Http,
     endpoint: &str,
     client: &ClientCredentials,
     refresh_token: &Secret,
@@ -144,7 +147,7 @@ pub async fn refresh(
 /// The client-credentials grant (RFC 6749 §4.4), for machine-to-machine clients: no
 /// person, no browser, and usually no refresh token (the grant is simply repeated).
 pub async fn client_credentials(
-    http: &reqwest::Client,
+    http: &Http,
     endpoint: &str,
     client: &ClientCredentials,
     scopes: &[String],
@@ -165,7 +168,7 @@ pub async fn client_credentials(
 /// Revokes a token (RFC 7009 §2.1). The server answers 200 even for a token it does
 /// not know, so any 200 is success.
 pub async fn revoke(
-    http: &reqwest::Client,
+    http: &Http,
     endpoint: &str,
     client: &ClientCredentials,
     token: &Secret,
@@ -173,18 +176,20 @@ pub async fn revoke(
 ) -> Result<(), TokenError> {
     let form = [("token", token.expose()), ("token_type_hint", hint)];
     let (body, basic) = encode_form(client, &form)?;
-    let mut request = http
-        .post(endpoint)
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
+    send(http, "revocation endpoint", endpoint, |http| {
+        with_basic(
+            http.post(endpoint)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .timeout(TOKEN_TIMEOUT)
+                .body(body),
+            basic,
         )
-        .timeout(TOKEN_TIMEOUT)
-        .body(body);
-    if let Some(value) = basic {
-        request = request.header(reqwest::header::AUTHORIZATION, value);
-    }
-    send(request).await.map(drop)
+    })
+    .await
+    .map(drop)
 }
 
 #[derive(Deserialize)]
@@ -252,24 +257,26 @@ struct ErrorResponse {
 }
 
 async fn request(
-    http: &reqwest::Client,
+    http: &Http,
     endpoint: &str,
     client: &ClientCredentials,
     form: &[(&str, &str)],
 ) -> Result<TokenResponse, TokenError> {
     let (body, basic) = encode_form(client, form)?;
-    let mut request = http
-        .post(endpoint)
-        .header(reqwest::header::ACCEPT, "application/json")
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
+    let bytes = send(http, "token endpoint", endpoint, |http| {
+        with_basic(
+            http.post(endpoint)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .timeout(TOKEN_TIMEOUT)
+                .body(body),
+            basic,
         )
-        .timeout(TOKEN_TIMEOUT);
-    if let Some(value) = basic {
-        request = request.header(reqwest::header::AUTHORIZATION, value);
-    }
-    let bytes = send(request.body(body)).await?;
+    })
+    .await?;
     // The body holds tokens: parse errors must not quote it.
     let tokens: TokenResponse =
         serde_json::from_slice(&bytes).map_err(|e| TokenError::Malformed {
@@ -298,7 +305,7 @@ async fn request(
 
 /// Any grant's token request, for the grants defined elsewhere (the device code).
 pub(crate) async fn grant(
-    http: &reqwest::Client,
+    http: &Http,
     endpoint: &str,
     client: &ClientCredentials,
     form: &[(&str, &str)],
@@ -309,12 +316,35 @@ pub(crate) async fn grant(
         .into_set(None, requested))
 }
 
-/// Sends a request to an OAuth endpoint and classifies the failure (RFC 6749 §5.2):
-/// a transport error or a 5xx is retryable, an OAuth error is named.
-pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<bytes::Bytes, TokenError> {
-    let response = request.send().await.map_err(|e| TokenError::Network {
-        cause: e.without_url().to_string(),
-    })?;
+/// The request with the `Authorization` value of `client_secret_basic`, if any.
+pub(crate) fn with_basic(
+    request: reqwest::RequestBuilder,
+    basic: Option<reqwest::header::HeaderValue>,
+) -> reqwest::RequestBuilder {
+    match basic {
+        Some(value) => request.header(reqwest::header::AUTHORIZATION, value),
+        None => request,
+    }
+}
+
+/// Sends the request that `request` builds to the OAuth endpoint `endpoint` (`what`
+/// names it), once the target rule allows it, and classifies the failure (RFC 6749
+/// §5.2): a transport error or a 5xx is retryable, an OAuth error is named.
+pub(crate) async fn send(
+    http: &Http,
+    what: &'static str,
+    endpoint: &str,
+    request: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder,
+) -> Result<bytes::Bytes, TokenError> {
+    let response = http
+        .send(what, endpoint, request)
+        .await
+        .map_err(|e| match e {
+            SendError::Refused(refused) => TokenError::Target(refused),
+            SendError::Network(e) => TokenError::Network {
+                cause: e.without_url().to_string(),
+            },
+        })?;
     let status = response.status();
     let bytes = crate::body::read(response, crate::body::MAX_RESPONSE)
         .await

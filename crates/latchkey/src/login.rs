@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::config::{Config, OAuth};
 use crate::credentials;
-use crate::proxy::{auth_settings, http_client};
+use crate::proxy::{auth_settings, http_client, oauth_clients};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
@@ -49,12 +49,14 @@ pub enum Outcome {
 }
 
 /// What every session of one command shares: the configured store, opened once,
-/// and the HTTP client.
+/// and the HTTP clients.
 pub(crate) struct Shared {
     credentials: Credentials,
     /// The store's kind and location, for messages.
     pub(crate) store: String,
+    /// For requests to the server itself.
     pub(crate) http: reqwest::Client,
+    oauth: latchkey_auth::target::Clients,
 }
 
 /// Opens the configured store (warning when `auto` falls back to files).
@@ -72,6 +74,7 @@ pub(crate) async fn open(config: &Config) -> Result<Shared, LoginError> {
         credentials: opened.credentials,
         store,
         http: http_client()?,
+        oauth: oauth_clients()?,
     })
 }
 
@@ -88,7 +91,7 @@ pub(crate) async fn session_for(
     };
     let session = ServerAuth::new(
         auth_settings(server, oauth),
-        shared.http.clone(),
+        shared.oauth.clone(),
         browser,
         shared.credentials.clone(),
     );

@@ -1,13 +1,15 @@
 use latchkey_auth::BearerChallenge;
 use latchkey_auth::discovery::{DiscoveryError, Source, discover, require_pkce};
+use latchkey_auth::target::{Clients, Http};
 use latchkey_testkit::{AuthOptions, AuthServer, MetadataAt, PrmAt};
 use url::Url;
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
+/// OAuth requests for a server on loopback, as the testkit's are.
+fn http() -> Http {
+    let clients =
+        Clients::new(|| reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()))
+            .expect("clients");
+    Http::new(clients, &Url::parse("http://127.0.0.1/mcp").expect("url"))
 }
 
 async fn run(

@@ -4,6 +4,7 @@
 use latchkey_auth::authorize::{self, AuthorizationParams, CallbackError};
 use latchkey_auth::discovery::{Discovered, discover};
 use latchkey_auth::registration::{self, ConfiguredClient, Plan, Registration, RegistrationError};
+use latchkey_auth::target::{Clients, Http};
 use latchkey_auth::token::{self, ClientAuth, CodeGrant, TokenError, TokenSet};
 use latchkey_auth::{BearerChallenge, Secret};
 use latchkey_testkit::{AuthOptions, AuthServer};
@@ -11,11 +12,12 @@ use url::Url;
 
 const REDIRECT: &str = "http://127.0.0.1:33418/callback";
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
+/// OAuth requests for a server on loopback, as the testkit's are.
+fn http() -> Http {
+    let clients =
+        Clients::new(|| reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()))
+            .expect("clients");
+    Http::new(clients, &Url::parse("http://127.0.0.1/mcp").expect("url"))
 }
 
 async fn discovered(server: &AuthServer) -> Discovered {
@@ -40,7 +42,14 @@ async fn registration(
 
 /// The browser: follows the authorization URL and returns the redirect it was sent to.
 async fn browser(url: &Url) -> Url {
-    let response = http().get(url.clone()).send().await.expect("authorize");
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(url.clone())
+        .send()
+        .await
+        .expect("authorize");
     assert_eq!(response.status(), 302, "{:?}", response.text().await);
     Url::parse(response.headers()["location"].to_str().expect("ascii")).expect("location")
 }
@@ -351,16 +360,9 @@ async fn an_endless_token_response_is_cut_off_at_one_mebibyte() {
         auth: ClientAuth::None,
         issuer: "http://127.0.0.1".into(),
     };
-    let e = token::refresh(
-        &reqwest::Client::new(),
-        &endpoint,
-        &client,
-        &Secret::new("rt"),
-        None,
-        &[],
-    )
-    .await
-    .expect_err("too large");
+    let e = token::refresh(&http(), &endpoint, &client, &Secret::new("rt"), None, &[])
+        .await
+        .expect_err("too large");
     assert!(
         matches!(&e, TokenError::Malformed { cause } if cause.contains("larger than 1024 KiB")),
         "{e}"

@@ -34,6 +34,7 @@ use crate::error::{ProxyError, describe, describe_chain};
 use latchkey_auth::registration::ConfiguredClient;
 use latchkey_auth::session::Trigger;
 use latchkey_auth::session::{AuthSettings, Browser, Credentials, ServerAuth};
+use latchkey_auth::target::Clients;
 use latchkey_auth::{BearerChallenge, Secret};
 use oauth::Payload;
 pub(crate) use oauth::UpstreamAuth;
@@ -72,8 +73,11 @@ pub(crate) struct Shared {
     /// What a reload needs to build the `Upstream` of a new or changed server.
     browser: Arc<dyn Browser>,
     credentials: Credentials,
-    /// For OAuth, the status page and the HTTP+SSE bridge.
+    /// For the status page, the HTTP+SSE bridge and servers behind a proxy: the
+    /// server's own requests, which may go to any address.
     client: reqwest::Client,
+    /// For OAuth requests, which follow `latchkey_auth::target`'s rule.
+    oauth: Clients,
     /// Opens the connections of each server's pool (the hot path).
     connector: client::Connector,
     legacy: LegacyEndpoints,
@@ -210,6 +214,7 @@ impl Proxy {
             browser,
             credentials,
             client: http_client()?,
+            oauth: oauth_clients()?,
             connector: client::Connector::new(),
             legacy: LegacyEndpoints::default(),
             bridges: Arc::default(),
@@ -230,7 +235,7 @@ impl Shared {
             OAuth::Enabled(oauth) => Some(UpstreamAuth {
                 session: ServerAuth::new(
                     auth_settings(server, oauth),
-                    self.client.clone(),
+                    self.oauth.clone(),
                     self.browser.clone(),
                     self.credentials.clone(),
                 ),
@@ -353,6 +358,15 @@ async fn restore(upstreams: &[Arc<Upstream>]) {
 
 /// The upstream HTTP client, for the proxy and for `latchkey login`.
 pub(crate) fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    http_builder().build()
+}
+
+/// The clients for OAuth requests: the same settings, and the target rule.
+pub(crate) fn oauth_clients() -> Result<Clients, reqwest::Error> {
+    Clients::new(http_builder)
+}
+
+fn http_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         // A transparent proxy hands redirects to the client; following them here
@@ -360,7 +374,6 @@ pub(crate) fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(AGENT)
         .use_preconfigured_tls(client::reqwest_tls())
-        .build()
 }
 
 pub(crate) fn auth_settings(server: &Server, oauth: &OAuthConfig) -> AuthSettings {

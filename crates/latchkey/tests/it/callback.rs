@@ -6,6 +6,7 @@ use latchkey::callback::{self, CallbackError, Listener};
 use latchkey_auth::authorize::{self, AuthorizationParams};
 use latchkey_auth::discovery::discover;
 use latchkey_auth::registration::{self, Plan};
+use latchkey_auth::target::{Clients, Http};
 use latchkey_auth::token::{self, CodeGrant};
 use latchkey_testkit::{AuthOptions, AuthServer};
 use url::Url;
@@ -179,17 +180,12 @@ async fn authorization_code_flow_through_the_loopback_listener() {
     let server = AuthServer::start(AuthOptions::default())
         .await
         .expect("auth server");
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    let found = discover(
-        &http,
-        &Url::parse(&server.resource_url()).expect("url"),
-        None,
-    )
-    .await
-    .expect("discovery");
+    let resource = Url::parse(&server.resource_url()).expect("url");
+    let clients =
+        Clients::new(|| reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()))
+            .expect("clients");
+    let http = Http::new(clients, &resource);
+    let found = discover(&http, &resource, None).await.expect("discovery");
     let listener = Listener::bind(0).await.expect("bind");
     let redirect_uri = listener.redirect_uri().to_owned();
     let Plan::Dynamic { endpoint } =
