@@ -73,7 +73,13 @@ pub async fn start(
         request = request.header(reqwest::header::AUTHORIZATION, value);
     }
     let bytes = token::send(request).await?;
-    let response: Response = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed {
+    parse_response(&bytes)
+}
+
+/// A device authorization response's body, checked and clamped: the pure part of
+/// [`start`], on its own for the fuzz target and tests.
+pub(crate) fn parse_response(bytes: &[u8]) -> Result<DeviceAuthorization, TokenError> {
+    let response: Response = serde_json::from_slice(bytes).map_err(|_| TokenError::Malformed {
         cause: "not a device authorization response (RFC 8628 §3.2)".into(),
     })?;
     let mut response = response;

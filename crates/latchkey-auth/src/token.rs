@@ -188,7 +188,7 @@ pub async fn revoke(
 }
 
 #[derive(Deserialize)]
-struct TokenResponse {
+pub(crate) struct TokenResponse {
     access_token: String,
     token_type: String,
     expires_in: Option<serde_json::Value>,
@@ -197,7 +197,7 @@ struct TokenResponse {
 }
 
 impl TokenResponse {
-    fn into_set(self, old_refresh: Option<&Secret>, requested: &[String]) -> TokenSet {
+    pub(crate) fn into_set(self, old_refresh: Option<&Secret>, requested: &[String]) -> TokenSet {
         let lifetime = match &self.expires_in {
             Some(serde_json::Value::Number(n)) => n.as_u64(),
             Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
@@ -270,9 +270,15 @@ async fn request(
         request = request.header(reqwest::header::AUTHORIZATION, value);
     }
     let bytes = send(request.body(body)).await?;
+    parse_tokens(&bytes)
+}
+
+/// A successful token response's body, checked: the pure part of [`request`], on
+/// its own for the fuzz target and tests.
+pub(crate) fn parse_tokens(bytes: &[u8]) -> Result<TokenResponse, TokenError> {
     // The body holds tokens: parse errors must not quote it.
     let tokens: TokenResponse =
-        serde_json::from_slice(&bytes).map_err(|e| TokenError::Malformed {
+        serde_json::from_slice(bytes).map_err(|e| TokenError::Malformed {
             cause: format!(
                 "not a token response ({} at line {} column {})",
                 classify(&e),
@@ -333,24 +339,34 @@ pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<bytes::Byte
         });
     }
     if !status.is_success() {
-        let error: ErrorResponse =
-            serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed {
-                cause: format!("HTTP {status} without an OAuth error body"),
-            })?;
-        return Err(match error.error.as_str() {
-            "invalid_grant" => TokenError::InvalidGrant {
-                description: error.error_description,
-            },
-            "invalid_client" => TokenError::InvalidClient {
-                description: error.error_description,
-            },
-            _ => TokenError::Refused {
-                error: error.error,
-                description: error.error_description,
-            },
-        });
+        return Err(refusal(status, &bytes));
     }
     Ok(bytes)
+}
+
+/// What an OAuth error response (RFC 6749 §5.2) with a 4xx `status` says: the pure
+/// part of [`send`], on its own for the fuzz target and tests.
+pub(crate) fn refusal(status: reqwest::StatusCode, bytes: &[u8]) -> TokenError {
+    let error: ErrorResponse = match serde_json::from_slice(bytes) {
+        Ok(error) => error,
+        Err(_) => {
+            return TokenError::Malformed {
+                cause: format!("HTTP {status} without an OAuth error body"),
+            };
+        }
+    };
+    match error.error.as_str() {
+        "invalid_grant" => TokenError::InvalidGrant {
+            description: error.error_description,
+        },
+        "invalid_client" => TokenError::InvalidClient {
+            description: error.error_description,
+        },
+        _ => TokenError::Refused {
+            error: error.error,
+            description: error.error_description,
+        },
+    }
 }
 
 /// The form body and, for `client_secret_basic`, the `Authorization` value. A plain

@@ -8,17 +8,17 @@ use url::Url;
 
 /// One parsed event block.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Event<'a> {
-    pub(crate) event: Option<&'a str>,
-    pub(crate) data: Option<String>,
-    pub(crate) id: Option<&'a str>,
+pub struct Event<'a> {
+    pub event: Option<&'a str>,
+    pub data: Option<String>,
+    pub id: Option<&'a str>,
     /// The reconnection time the server asks for, in milliseconds.
-    pub(crate) retry: Option<u64>,
+    pub retry: Option<u64>,
 }
 
 /// The fields of one event block (SSE spec: `data` lines join with a newline; a
 /// missing `event` means "message").
-pub(crate) fn parse_event(block: &str) -> Event<'_> {
+pub fn parse_event(block: &str) -> Event<'_> {
     let mut parsed = Event::default();
     for line in block.lines() {
         if line.starts_with(':') {
@@ -80,29 +80,33 @@ pub(crate) fn random_token() -> String {
 /// how far it has looked, so a multi-megabyte event arriving in many chunks is
 /// scanned once, not once per chunk.
 #[derive(Debug, Default)]
-pub(crate) struct Blocks {
+pub struct Blocks {
     buffer: BytesMut,
     scanned: usize,
 }
 
 impl Blocks {
     /// How many bytes wait for the end of their event.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.buffer.len()
     }
 
-    pub(crate) fn push(&mut self, chunk: &[u8]) {
+    pub fn is_empty(&self) -> bool {
+        self.buffer.is_empty()
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
         self.buffer.extend_from_slice(chunk);
     }
 
     /// The next complete block's text (without its blank line).
-    pub(crate) fn next_block(&mut self) -> Option<Bytes> {
+    pub fn next_block(&mut self) -> Option<Bytes> {
         self.next_raw().map(|(raw, text_len)| raw.slice(..text_len))
     }
 
     /// The next complete block as received, blank line included, and the length of
     /// its text.
-    pub(crate) fn next_raw(&mut self) -> Option<(Bytes, usize)> {
+    pub fn next_raw(&mut self) -> Option<(Bytes, usize)> {
         // A blank line right at the start ends an empty block.
         let lead = match (self.buffer.first(), self.buffer.get(1)) {
             (Some(b'\n'), _) => Some(1),
@@ -130,7 +134,7 @@ impl Blocks {
     }
 
     /// Everything not yet split off.
-    pub(crate) fn into_rest(self) -> BytesMut {
+    pub fn into_rest(self) -> BytesMut {
         self.buffer
     }
 }
