@@ -14,7 +14,6 @@ const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 const DEFAULT_INTERVAL: u64 = 5;
 /// RFC 8628 §3.5: `slow_down` adds five seconds.
 const SLOW_DOWN: u64 = 5;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The numbers in a device authorization response come from the network: a code
 /// lives at most a day and is polled at least once a minute, whatever the server
 /// says, so no hostile value can overflow a deadline or stall a login forever.
@@ -60,22 +59,21 @@ pub async fn start(
     if let Some(resource) = resource {
         form.push(("resource", resource));
     }
-    let (body, basic) = token::encode_form(client, &form)?;
-    let bytes = token::send(http, "device authorization endpoint", endpoint, |http| {
-        token::with_basic(
-            http.post(endpoint)
-                .header(reqwest::header::ACCEPT, "application/json")
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .timeout(REQUEST_TIMEOUT)
-                .body(body),
-            basic,
-        )
-    })
+    let bytes = token::post_form(
+        http,
+        "device authorization endpoint",
+        endpoint,
+        client,
+        &form,
+    )
     .await?;
-    let response: Response = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed {
+    parse_response(&bytes)
+}
+
+/// A device authorization response's body, checked and clamped: the pure part of
+/// [`start`], on its own for the fuzz target and tests.
+pub(crate) fn parse_response(bytes: &[u8]) -> Result<DeviceAuthorization, TokenError> {
+    let response: Response = serde_json::from_slice(bytes).map_err(|_| TokenError::Malformed {
         cause: "not a device authorization response (RFC 8628 §3.2)".into(),
     })?;
     let mut response = response;

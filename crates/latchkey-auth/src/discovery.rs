@@ -207,7 +207,7 @@ pub async fn discover(
 
 /// Whether a resource identifier from metadata stands for `expected`: the same URI, or
 /// (for metadata served at the origin's root) a parent path on the same origin.
-fn covers(resource: &str, expected: &str) -> bool {
+pub(crate) fn covers(resource: &str, expected: &str) -> bool {
     let resource = resource.trim_end_matches('/');
     if resource == expected {
         return true;
@@ -372,7 +372,7 @@ async fn legacy(http: &Http, server: &Url, resource: String) -> Result<Discovere
 }
 
 /// The checks every authorization server must pass before any request goes to it.
-fn validate(metadata: &ServerMetadata) -> Result<(), DiscoveryError> {
+pub(crate) fn validate(metadata: &ServerMetadata) -> Result<(), DiscoveryError> {
     let endpoints = [
         (
             "authorization_endpoint",

@@ -21,3 +21,47 @@ pub mod token;
 
 pub use challenge::BearerChallenge;
 pub use secret::Secret;
+
+/// Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature, off by
+/// default): the pure parts of parsers that are otherwise reached only over HTTP.
+/// Not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::Secret;
+    use crate::device::DeviceAuthorization;
+    use crate::discovery::{DiscoveryError, ServerMetadata};
+    use crate::token::{TokenError, TokenSet};
+
+    /// Whether a protected resource metadata `resource` stands for `expected` (a
+    /// server's canonical URI), as discovery decides it.
+    pub fn covers(resource: &str, expected: &str) -> bool {
+        crate::discovery::covers(resource, expected)
+    }
+
+    /// The endpoint checks authorization server metadata must pass.
+    pub fn validate(metadata: &ServerMetadata) -> Result<(), DiscoveryError> {
+        crate::discovery::validate(metadata)
+    }
+
+    /// A 2xx token response's body, as the grants read it.
+    pub fn token_response(
+        body: &[u8],
+        old_refresh: Option<&Secret>,
+        requested: &[String],
+    ) -> Result<TokenSet, TokenError> {
+        crate::token::parse_tokens(body).map(|t| t.into_set(old_refresh, requested))
+    }
+
+    /// A 4xx token endpoint response's body.
+    pub fn token_error(status: u16, body: &[u8]) -> TokenError {
+        let status =
+            reqwest::StatusCode::from_u16(status).unwrap_or(reqwest::StatusCode::BAD_REQUEST);
+        crate::token::refusal(status, body)
+    }
+
+    /// A device authorization response's body.
+    pub fn device_response(body: &[u8]) -> Result<DeviceAuthorization, TokenError> {
+        crate::device::parse_response(body)
+    }
+}

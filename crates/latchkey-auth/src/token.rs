@@ -19,7 +19,7 @@ use crate::Secret;
 use crate::assertion::{ASSERTION_TYPE, SigningKey};
 use crate::target::{Http, SendError};
 
-const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How the client authenticates at the token endpoint (RFC 7591 §2
 /// `token_endpoint_auth_method`).
@@ -175,25 +175,13 @@ pub async fn revoke(
     hint: &str,
 ) -> Result<(), TokenError> {
     let form = [("token", token.expose()), ("token_type_hint", hint)];
-    let (body, basic) = encode_form(client, &form)?;
-    send(http, "revocation endpoint", endpoint, |http| {
-        with_basic(
-            http.post(endpoint)
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .timeout(TOKEN_TIMEOUT)
-                .body(body),
-            basic,
-        )
-    })
-    .await
-    .map(drop)
+    post_form(http, "revocation endpoint", endpoint, client, &form)
+        .await
+        .map(drop)
 }
 
 #[derive(Deserialize)]
-struct TokenResponse {
+pub(crate) struct TokenResponse {
     access_token: String,
     token_type: String,
     expires_in: Option<serde_json::Value>,
@@ -202,7 +190,7 @@ struct TokenResponse {
 }
 
 impl TokenResponse {
-    fn into_set(self, old_refresh: Option<&Secret>, requested: &[String]) -> TokenSet {
+    pub(crate) fn into_set(self, old_refresh: Option<&Secret>, requested: &[String]) -> TokenSet {
         let lifetime = match &self.expires_in {
             Some(serde_json::Value::Number(n)) => n.as_u64(),
             Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
@@ -262,24 +250,16 @@ async fn request(
     client: &ClientCredentials,
     form: &[(&str, &str)],
 ) -> Result<TokenResponse, TokenError> {
-    let (body, basic) = encode_form(client, form)?;
-    let bytes = send(http, "token endpoint", endpoint, |http| {
-        with_basic(
-            http.post(endpoint)
-                .header(reqwest::header::ACCEPT, "application/json")
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .timeout(TOKEN_TIMEOUT)
-                .body(body),
-            basic,
-        )
-    })
-    .await?;
+    let bytes = post_form(http, "token endpoint", endpoint, client, form).await?;
+    parse_tokens(&bytes)
+}
+
+/// A successful token response's body, checked: the pure part of [`request`], on
+/// its own for the fuzz target and tests.
+pub(crate) fn parse_tokens(bytes: &[u8]) -> Result<TokenResponse, TokenError> {
     // The body holds tokens: parse errors must not quote it.
     let tokens: TokenResponse =
-        serde_json::from_slice(&bytes).map_err(|e| TokenError::Malformed {
+        serde_json::from_slice(bytes).map_err(|e| TokenError::Malformed {
             cause: format!(
                 "not a token response ({} at line {} column {})",
                 classify(&e),
@@ -316,28 +296,34 @@ pub(crate) async fn grant(
         .into_set(None, requested))
 }
 
-/// The request with the `Authorization` value of `client_secret_basic`, if any.
-pub(crate) fn with_basic(
-    request: reqwest::RequestBuilder,
-    basic: Option<reqwest::header::HeaderValue>,
-) -> reqwest::RequestBuilder {
-    match basic {
-        Some(value) => request.header(reqwest::header::AUTHORIZATION, value),
-        None => request,
-    }
-}
-
-/// Sends the request that `request` builds to the OAuth endpoint `endpoint` (`what`
-/// names it), once the target rule allows it, and classifies the failure (RFC 6749
-/// §5.2): a transport error or a 5xx is retryable, an OAuth error is named.
-pub(crate) async fn send(
+/// POSTs `form`, with the client's authentication, to the OAuth endpoint
+/// `endpoint` (`what` names it), once the target rule allows it, and classifies the
+/// failure (RFC 6749 §5.2): a transport error or a 5xx is retryable, an OAuth error
+/// is named. Token, device authorization and revocation requests all take this shape.
+pub(crate) async fn post_form(
     http: &Http,
     what: &'static str,
     endpoint: &str,
-    request: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder,
+    client: &ClientCredentials,
+    form: &[(&str, &str)],
 ) -> Result<bytes::Bytes, TokenError> {
+    let (body, basic) = encode_form(client, form)?;
     let response = http
-        .send(what, endpoint, request)
+        .send(what, endpoint, |http| {
+            let request = http
+                .post(endpoint)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .timeout(REQUEST_TIMEOUT)
+                .body(body);
+            match basic {
+                Some(value) => request.header(reqwest::header::AUTHORIZATION, value),
+                None => request,
+            }
+        })
         .await
         .map_err(|e| match e {
             SendError::Refused(refused) => TokenError::Target(refused),
@@ -363,29 +349,39 @@ pub(crate) async fn send(
         });
     }
     if !status.is_success() {
-        let error: ErrorResponse =
-            serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed {
-                cause: format!("HTTP {status} without an OAuth error body"),
-            })?;
-        return Err(match error.error.as_str() {
-            "invalid_grant" => TokenError::InvalidGrant {
-                description: error.error_description,
-            },
-            "invalid_client" => TokenError::InvalidClient {
-                description: error.error_description,
-            },
-            _ => TokenError::Refused {
-                error: error.error,
-                description: error.error_description,
-            },
-        });
+        return Err(refusal(status, &bytes));
     }
     Ok(bytes)
 }
 
+/// What an OAuth error response (RFC 6749 §5.2) with a 4xx `status` says: the pure
+/// part of [`send`], on its own for the fuzz target and tests.
+pub(crate) fn refusal(status: reqwest::StatusCode, bytes: &[u8]) -> TokenError {
+    let error: ErrorResponse = match serde_json::from_slice(bytes) {
+        Ok(error) => error,
+        Err(_) => {
+            return TokenError::Malformed {
+                cause: format!("HTTP {status} without an OAuth error body"),
+            };
+        }
+    };
+    match error.error.as_str() {
+        "invalid_grant" => TokenError::InvalidGrant {
+            description: error.error_description,
+        },
+        "invalid_client" => TokenError::InvalidClient {
+            description: error.error_description,
+        },
+        _ => TokenError::Refused {
+            error: error.error,
+            description: error.error_description,
+        },
+    }
+}
+
 /// The form body and, for `client_secret_basic`, the `Authorization` value. A plain
 /// function: the serializer is not `Send`, so it must not live in an async body.
-pub(crate) fn encode_form(
+fn encode_form(
     client: &ClientCredentials,
     form: &[(&str, &str)],
 ) -> Result<(String, Option<reqwest::header::HeaderValue>), TokenError> {

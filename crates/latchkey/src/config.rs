@@ -1084,7 +1084,10 @@ fn without_quoted(message: &str) -> String {
 /// Replaces `${NAME}` with the variable's value; `$${` is a literal `${`. The result
 /// may be a credential, so it comes back as a [`Secret`], and errors name only the
 /// variable.
-fn substitute_env(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Secret, String> {
+pub(crate) fn substitute_env(
+    raw: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, String> {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
     while let Some(at) = rest.find('$') {

@@ -23,3 +23,39 @@ pub mod stdio;
 pub mod telemetry;
 
 pub use status::redacted;
+
+/// Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature, off by
+/// default): the SSE and config parsers, which live in private modules. Not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::error::Error;
+
+    use bytes::Bytes;
+    use futures_util::Stream;
+
+    pub use crate::proxy::sse::{Blocks, Event, parse_event};
+    pub use crate::proxy::sse_endpoint::LegacyEndpoints;
+
+    /// The legacy `endpoint` rewriter over `inner`, a stream that came from `base`.
+    pub fn endpoint_rewriter<S, E>(
+        inner: S,
+        base: url::Url,
+        server: &str,
+        endpoints: LegacyEndpoints,
+    ) -> impl Stream<Item = Result<Bytes, Box<dyn Error + Send + Sync>>> + Unpin
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Into<Box<dyn Error + Send + Sync>>,
+    {
+        crate::proxy::sse_endpoint::EndpointRewriter::new(inner, base, server, endpoints)
+    }
+
+    /// `${VAR}` substitution in a configured header value.
+    pub fn substitute_env(
+        raw: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<latchkey_auth::Secret, String> {
+        crate::config::substitute_env(raw, env)
+    }
+}

@@ -11,7 +11,7 @@ mod client;
 mod headers;
 mod oauth;
 pub(crate) mod sse;
-mod sse_endpoint;
+pub(crate) mod sse_endpoint;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};

@@ -8,19 +8,21 @@ use url::Url;
 
 /// One parsed event block.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Event<'a> {
-    pub(crate) event: Option<&'a str>,
-    pub(crate) data: Option<String>,
-    pub(crate) id: Option<&'a str>,
+pub struct Event<'a> {
+    pub event: Option<&'a str>,
+    pub data: Option<String>,
+    pub id: Option<&'a str>,
     /// The reconnection time the server asks for, in milliseconds.
-    pub(crate) retry: Option<u64>,
+    pub retry: Option<u64>,
 }
 
 /// The fields of one event block (SSE spec: `data` lines join with a newline; a
-/// missing `event` means "message").
-pub(crate) fn parse_event(block: &str) -> Event<'_> {
+/// missing or empty `event` means "message").
+pub fn parse_event(block: &str) -> Event<'_> {
     let mut parsed = Event::default();
-    for line in block.lines() {
+    // Lines end in LF, CRLF or a lone CR; splitting at either byte leaves an empty
+    // line inside a CRLF, and an empty line sets no field.
+    for line in block.split(['\r', '\n']) {
         if line.starts_with(':') {
             continue;
         }
@@ -41,7 +43,7 @@ pub(crate) fn parse_event(block: &str) -> Event<'_> {
             _ => {}
         }
     }
-    if parsed.event.is_none() && parsed.data.is_some() {
+    if parsed.event.is_none_or(str::is_empty) && parsed.data.is_some() {
         parsed.event = Some("message");
     }
     parsed
@@ -80,29 +82,33 @@ pub(crate) fn random_token() -> String {
 /// how far it has looked, so a multi-megabyte event arriving in many chunks is
 /// scanned once, not once per chunk.
 #[derive(Debug, Default)]
-pub(crate) struct Blocks {
+pub struct Blocks {
     buffer: BytesMut,
     scanned: usize,
 }
 
 impl Blocks {
     /// How many bytes wait for the end of their event.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.buffer.len()
     }
 
-    pub(crate) fn push(&mut self, chunk: &[u8]) {
+    pub fn is_empty(&self) -> bool {
+        self.buffer.is_empty()
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
         self.buffer.extend_from_slice(chunk);
     }
 
     /// The next complete block's text (without its blank line).
-    pub(crate) fn next_block(&mut self) -> Option<Bytes> {
+    pub fn next_block(&mut self) -> Option<Bytes> {
         self.next_raw().map(|(raw, text_len)| raw.slice(..text_len))
     }
 
     /// The next complete block as received, blank line included, and the length of
     /// its text.
-    pub(crate) fn next_raw(&mut self) -> Option<(Bytes, usize)> {
+    pub fn next_raw(&mut self) -> Option<(Bytes, usize)> {
         // A blank line right at the start ends an empty block.
         let lead = match (self.buffer.first(), self.buffer.get(1)) {
             (Some(b'\n'), _) => Some(1),
@@ -130,7 +136,7 @@ impl Blocks {
     }
 
     /// Everything not yet split off.
-    pub(crate) fn into_rest(self) -> BytesMut {
+    pub fn into_rest(self) -> BytesMut {
         self.buffer
     }
 }
@@ -142,11 +148,17 @@ fn find_blank_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     while i < buf.len() {
         match buf[i] {
             b'\n' => {
-                // "\n\n" or "\r\n\n"…: a line ending followed by another.
+                // "\n\n" or "\r\n\n"…: a line ending followed by another. The text
+                // ends before a CRLF's CR.
+                let text = if i > 0 && buf[i - 1] == b'\r' {
+                    i - 1
+                } else {
+                    i
+                };
                 match buf.get(i + 1) {
-                    Some(b'\n') => return Some((i, i + 2)),
-                    Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some((i, i + 3)),
-                    Some(b'\r') if buf.get(i + 2).is_some() => return Some((i, i + 2)),
+                    Some(b'\n') => return Some((text, i + 2)),
+                    Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some((text, i + 3)),
+                    Some(b'\r') if buf.get(i + 2).is_some() => return Some((text, i + 2)),
                     _ => {}
                 }
             }
@@ -182,5 +194,36 @@ mod tests {
             seen,
             ["data: a", "data: b", "", "data: c", "id: 4\ndata: d"]
         );
+    }
+
+    #[test]
+    fn a_lone_cr_ends_a_line_inside_a_block() {
+        // Found by the sse_blocks fuzz target: an event of a CR-only stream read as
+        // one `event` line, so its endpoint went to the client unrewritten.
+        let event = parse_event("event: endpoint\rdata: /messages?id=1\r\nid: 7");
+        assert_eq!(event.event, Some("endpoint"));
+        assert_eq!(event.data.as_deref(), Some("/messages?id=1"));
+        assert_eq!(event.id, Some("7"));
+    }
+
+    #[test]
+    fn an_empty_event_field_means_message() {
+        // Found by the sse_blocks fuzz target: `event:` with no value made the
+        // type "", so the bridges dropped the message (SSE spec: "message").
+        for block in ["event:\ndata: {}", "event: x\nevent\ndata: {}"] {
+            assert_eq!(parse_event(block).event, Some("message"), "{block:?}");
+        }
+    }
+
+    #[test]
+    fn a_crlf_ending_stays_out_of_the_text_whatever_blank_line_follows() {
+        // Found by the sse_blocks fuzz target: a CRLF followed by an LF or a lone CR
+        // left the CR in the block's text, and so at the end of its data.
+        for stream in [&b"data: a\r\n\n"[..], b"data: a\r\n\rx"] {
+            let mut blocks = Blocks::default();
+            blocks.push(stream);
+            let block = blocks.next_block().expect("a complete block");
+            assert_eq!(&block[..], b"data: a", "{:?}", Bytes::from_static(stream));
+        }
     }
 }

@@ -23,7 +23,7 @@ const MAX_SCAN: usize = 64 * 1024;
 /// Upstream message endpoints announced by open legacy SSE streams, by local token,
 /// each with the server it belongs to. An entry lives exactly as long as its stream.
 #[derive(Clone, Default)]
-pub(crate) struct LegacyEndpoints(Arc<Mutex<HashMap<String, (String, Url)>>>);
+pub struct LegacyEndpoints(Arc<Mutex<HashMap<String, (String, Url)>>>);
 
 impl std::fmt::Debug for LegacyEndpoints {
     // The URLs carry the upstream's session ids.
@@ -35,7 +35,7 @@ impl std::fmt::Debug for LegacyEndpoints {
 impl LegacyEndpoints {
     /// The upstream endpoint behind `token`, if `server` announced it: a token never
     /// sends one server's requests (and credentials) to another's endpoint.
-    pub(crate) fn get(&self, server: &str, token: &str) -> Option<Url> {
+    pub fn get(&self, server: &str, token: &str) -> Option<Url> {
         self.lock()
             .get(token)
             .filter(|(owner, _)| owner == server)
@@ -160,7 +160,7 @@ where
                 Poll::Ready(None) => {
                     // The stream ended inside the first event: pass on what there was.
                     return match std::mem::replace(&mut this.state, State::Passing) {
-                        State::Scanning(blocks) if blocks.len() > 0 => {
+                        State::Scanning(blocks) if !blocks.is_empty() => {
                             Poll::Ready(Some(Ok(blocks.into_rest().freeze())))
                         }
                         _ => Poll::Ready(None),
