@@ -480,6 +480,8 @@ impl ServerAuth {
                     .registration
                     .clone()
                     .filter(|_| self.settings.client.is_none()),
+                // A capability URL's key has a record of its own.
+                local_key: None,
             }
         };
         let has_tokens = record.tokens.is_some();

@@ -56,6 +56,9 @@ pub struct Record {
     /// A registration latchkey made (dynamic or a metadata document). A client from
     /// the config is not stored: the config stays its source.
     pub registration: Option<Registration>,
+    /// The key of a server's capability URL (`local_key = true`), in a record of its
+    /// own (see `latchkey::local_key`), so that a logout leaves it alone.
+    pub local_key: Option<Secret>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -559,6 +562,8 @@ struct Stored {
     tokens: Option<StoredTokens>,
     #[serde(default)]
     client: Option<StoredClient>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    local_key: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -634,6 +639,7 @@ fn encode(resource: &str, record: &Record) -> Vec<u8> {
         resource_metadata_url: record.resource_metadata_url.clone(),
         tokens,
         client,
+        local_key: record.local_key.as_ref().map(|k| k.expose().to_owned()),
     };
     serde_json::to_vec_pretty(&stored).unwrap_or_default()
 }
@@ -694,6 +700,7 @@ fn decode(bytes: &[u8], resource: &str) -> Result<Record, String> {
         resource_metadata_url: stored.resource_metadata_url,
         tokens,
         registration,
+        local_key: stored.local_key.map(Secret::new),
     })
 }
 
@@ -813,6 +820,7 @@ mod tests {
                 redirect_uri: "http://127.0.0.1:33418/callback".into(),
                 registration_access_token: None,
             }),
+            local_key: Some(Secret::new("lk-1")),
         }
     }
 

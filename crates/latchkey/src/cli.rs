@@ -114,6 +114,18 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Print a server's local URL, to give an MCP client: its key URL when the
+    /// server has local_key = true (the key is made on first use).
+    Url {
+        /// The server's name in the config.
+        server: String,
+        /// Config file [default: $LATCHKEY_CONFIG, else $XDG_CONFIG_HOME/latchkey/config.toml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Replace the key: the old URL stops working when the daemon reloads.
+        #[arg(long)]
+        new: bool,
+    },
     /// Show each server's credentials: state, store, expiry and scopes (never a secret).
     Status {
         /// Config file [default: $LATCHKEY_CONFIG, else $XDG_CONFIG_HOME/latchkey/config.toml]

@@ -139,6 +139,9 @@ pub struct Server {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The reserved `oauth` key: `false` turns OAuth off for this server.
     pub oauth: OAuth,
+    /// `local_key = true`: the server is served only at its capability URL,
+    /// `/k/<key>/<name>` (`local_key.rs`).
+    pub local_key: bool,
     /// The command that logs in to this server from a terminal, for error messages.
     pub login_command: String,
 }
@@ -164,6 +167,7 @@ impl fmt::Debug for Server {
             .field("transport", &self.transport)
             .field("headers", &self.headers)
             .field("oauth", &self.oauth)
+            .field("local_key", &self.local_key)
             .finish()
     }
 }
@@ -395,7 +399,7 @@ const TOP_KEYS: &[&str] = &[
     "servers",
 ];
 
-const SERVER_KEYS: &[&str] = &["url", "transport", "headers", "oauth"];
+const SERVER_KEYS: &[&str] = &["url", "transport", "headers", "oauth", "local_key"];
 
 /// Headers that frame a request or name its connection and host (RFC 9110 §7.2,
 /// RFC 9112 §6-7, RFC 9110 §7.6.1): never configurable. In lower case, as
@@ -641,6 +645,14 @@ impl Checker<'_> {
                 format!("server name {name:?} cannot be used as a URL path segment"),
                 Some("use letters, digits, '-', '_' and '.', not starting with '.'"),
             );
+        } else if name == crate::local_key::RESERVED_NAME {
+            self.error(
+                name_span.clone(),
+                format!(
+                    "server name {name:?} is reserved: key URLs (local_key) start with /{name}/"
+                ),
+                Some("choose another name for this server"),
+            );
         }
         let value_span = value.span();
         let DeValue::Table(mut table) = value.into_inner() else {
@@ -665,6 +677,13 @@ impl Checker<'_> {
             )
             .map(Spanned::into_inner)
             .unwrap_or_default();
+        let local_key = self
+            .field::<bool>(
+                &mut table,
+                "local_key",
+                "write local_key = true to serve this server only at its key URL (`latchkey url NAME`)",
+            )
+            .is_some_and(Spanned::into_inner);
         let headers = match table.remove("headers") {
             Some(headers) => self.headers(headers, env),
             None => Vec::new(),
@@ -693,6 +712,7 @@ impl Checker<'_> {
             transport,
             headers,
             oauth,
+            local_key,
         })
     }
 

@@ -149,7 +149,7 @@ pub async fn run_service(
     let users = LocalUsers::new(&config.allowed_uids);
     let peers = crate::peer::mechanism();
     tracing::info!(%local, servers = config.servers.len(), store, peers, "latchkey listening");
-    if peers == "unavailable" {
+    if peers == "unavailable" && config.servers.iter().any(|s| !s.local_key) {
         tracing::warn!(
             "cannot tell which user a local connection comes from on this system: every local user can use these credentials. Set local_key = true on the servers, or run latchkey where /proc/net/tcp is readable"
         );
@@ -241,14 +241,10 @@ async fn serve(listener: TcpListener, app: Front, users: LocalUsers, stop: Cance
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         // Checked once per connection, before any request on it is read.
-        let admission = stream.local_addr().map_or_else(
+        let foreign = foreign(stream.local_addr().map_or_else(
             |e| Admission::Unknown(e.to_string()),
             |ours| users.admit(client, ours),
-        );
-        if !matches!(admission, Admission::Admitted | Admission::Unchecked) {
-            tracker.spawn(refuse(http.clone(), stream, admission));
-            continue;
-        }
+        ));
         let (id, evicted, crowded) = connections.open();
         // Set once the connection's first request head is read: one that never got
         // that far is dropped when evicted, the others finish their request first.
@@ -258,9 +254,12 @@ async fn serve(listener: TcpListener, app: Front, users: LocalUsers, stop: Cance
         let service = service_fn(move |request: http::Request<Incoming>| {
             seen.store(true, std::sync::atomic::Ordering::Relaxed);
             let app = app.clone();
+            let foreign = foreign.clone();
             // Boxed: hyper keeps a slot the size of this future for as long as the
             // connection lives, and an SSE stream keeps its connection open.
-            Box::pin(async move { Ok::<_, Infallible>(app.handle(request.map(Body::new)).await) })
+            Box::pin(async move {
+                Ok::<_, Infallible>(app.handle(request.map(Body::new), foreign).await)
+            })
         });
         let builder = if crowded { &guarded } else { &http };
         let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -355,48 +354,34 @@ fn connection_cap() -> usize {
     usize::try_from(soft / 4 * 3).unwrap_or(usize::MAX).max(64)
 }
 
-/// Answers every request on a connection from another user with 403, then closes it.
-async fn refuse(
-    mut http: hyper::server::conn::http1::Builder,
-    stream: tokio::net::TcpStream,
-    admission: Admission,
-) {
+/// Why a connection is not the user's own, or `None` if it is: such a connection
+/// is served key URLs only (`local_key.rs`), and its other requests get this 403
+/// text and have their connection closed.
+fn foreign(admission: Admission) -> Option<Arc<str>> {
     let why = match admission {
-        Admission::Refused(uid) => {
-            tracing::warn!(
-                uid,
-                "refused a local connection from another user; add the UID to allowed_uids if it should use these credentials"
-            );
-            format!(
-                "latchkey serves only its own user's processes; this connection is from uid {uid}. Add the UID to allowed_uids in the config to allow it.\n"
-            )
-        }
+        Admission::Admitted | Admission::Unchecked => return None,
+        Admission::Refused(uid) => format!(
+            "latchkey serves only its own user's processes; this connection is from uid {uid}. Add the UID to allowed_uids in the config to allow it, or give that client a server's key URL (local_key = true, then `latchkey url NAME`).\n"
+        ),
         Admission::Unknown(cause) => {
-            tracing::warn!(
-                cause,
-                "refused a local connection whose user could not be looked up"
-            );
-            "latchkey could not tell which user this connection comes from, so it refused it.\n"
-                .to_owned()
+            tracing::debug!(cause, "cannot look up the user of a local connection");
+            "latchkey could not tell which user this connection comes from, so it serves it only key URLs (local_key = true, then `latchkey url NAME`).\n".to_owned()
         }
-        Admission::Admitted | Admission::Unchecked => return,
     };
-    let service = service_fn(move |_request: http::Request<Incoming>| {
-        let why = why.clone();
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .status(http::StatusCode::FORBIDDEN)
-                    .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-                    .body(Body::from(why))
-                    .unwrap_or_default(),
-            )
-        }
-    });
-    let _ = http
-        .keep_alive(false)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+    Some(why.into())
+}
+
+fn refused(why: &str) -> Response {
+    tracing::warn!(
+        why = why.trim_end(),
+        "refused a request from another local user"
+    );
+    Response::builder()
+        .status(http::StatusCode::FORBIDDEN)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(http::header::CONNECTION, "close")
+        .body(Body::from(why.to_owned()))
+        .unwrap_or_default()
 }
 
 /// A failed `accept`: a connection that was reset before it was accepted is not
@@ -523,12 +508,18 @@ struct Front {
 }
 
 impl Front {
-    async fn handle(self, request: Request) -> Response {
+    /// `foreign`: the connection is another user's (see [`foreign`]).
+    async fn handle(self, mut request: Request, foreign: Option<Arc<str>>) -> Response {
         let Self {
             router,
             proxy,
             guard,
         } = self;
+        // Before anything logs the path: the key is not for the logs.
+        let keyed = crate::local_key::strip(&mut request);
+        if let Some(why) = foreign.filter(|_| !keyed) {
+            return refused(&why);
+        }
         log_request(request, |request| async move {
             crate::guard::check(&guard, request, |request| dispatch(router, proxy, request)).await
         })

@@ -48,6 +48,10 @@ pub(crate) enum ProxyError {
     SendAgain { server: String },
     #[error("{0}")]
     Forbidden(String),
+    #[error(
+        "the key of server {server:?}'s URL is not available ({cause}); fix the credential store (`latchkey doctor`), then reload latchkey"
+    )]
+    LocalKey { server: String, cause: String },
     #[error("{0}")]
     BadRequest(String),
     #[error(
@@ -68,9 +72,10 @@ impl ProxyError {
             | Self::UnknownSession => StatusCode::NOT_FOUND,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             // Never 401: the MCP client would try OAuth itself.
-            Self::Auth { .. } | Self::AuthTimeout { .. } | Self::SendAgain { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Auth { .. }
+            | Self::AuthTimeout { .. }
+            | Self::SendAgain { .. }
+            | Self::LocalKey { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod daemon;
 mod error;
 mod guard;
+pub mod local_key;
 pub mod login;
 pub mod notify;
 pub mod peer;
@@ -48,7 +49,8 @@ pub mod fuzzing {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<Box<dyn Error + Send + Sync>>,
     {
-        crate::proxy::sse_endpoint::EndpointRewriter::new(inner, base, server, endpoints)
+        let local = format!("/{server}");
+        crate::proxy::sse_endpoint::EndpointRewriter::new(inner, base, server, local, endpoints)
     }
 
     /// `${VAR}` substitution in a configured header value.

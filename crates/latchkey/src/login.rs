@@ -34,6 +34,10 @@ pub enum LoginError {
     },
     #[error("login to {name:?} failed: {message}")]
     Failed { name: String, message: String },
+    #[error("server {0:?} has no key URL to replace; set local_key = true in [servers.{0}] first")]
+    NotKeyed(String),
+    #[error(transparent)]
+    Key(#[from] crate::local_key::KeyError),
 }
 
 /// What a login achieved, for the closing message.
@@ -117,6 +121,22 @@ fn find<'a>(config: &'a Config, name: &str) -> Result<&'a crate::config::Server,
                 .collect::<Vec<_>>()
                 .join(", "),
         })
+}
+
+/// Server `name`'s local URL for an MCP client's config: with `local_key = true`
+/// its key URL (the key made on first use, or replaced with `replace`), else
+/// `http://127.0.0.1:PORT/<name>`.
+pub async fn url(config: &Config, name: &str, replace: bool) -> Result<String, LoginError> {
+    let server = find(config, name)?;
+    if !server.local_key {
+        if replace {
+            return Err(LoginError::NotKeyed(name.to_owned()));
+        }
+        return Ok(crate::local_key::url(config.listen, name, None));
+    }
+    let opened = credentials::open(config.store, config.state_dir.as_deref()).await?;
+    let key = crate::local_key::load(&opened.credentials, name, replace).await?;
+    Ok(crate::local_key::url(config.listen, name, Some(&key)))
 }
 
 /// Runs a new login for `name`, replacing any stored tokens.

@@ -103,6 +103,21 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("{server}: logged out; the stored credentials are deleted");
             Ok(())
         }
+        Command::Url {
+            server,
+            config,
+            new,
+        } => {
+            let config = config::load(&config.unwrap_or_else(config::default_path))?;
+            let url = runtime()?.block_on(latchkey::login::url(&config, &server, new))?;
+            println!("{url}");
+            if new {
+                eprintln!(
+                    "latchkey: {server} has a new key; a running daemon takes it when it reloads (systemctl --user reload latchkey), and the old URL stops working then"
+                );
+            }
+            Ok(())
+        }
         Command::Status { config, json } => {
             let config = config::load(&config.unwrap_or_else(config::default_path))?;
             let status = runtime()?.block_on(latchkey::report::status(&config))?;
@@ -213,6 +228,7 @@ fn adhoc(
             },
             headers: parsed,
             oauth: config::OAuth::Enabled(config::OAuthConfig::default()),
+            local_key: false,
             login_command: format!("latchkey login --url {}", latchkey::redacted(&url)),
         },
         store,

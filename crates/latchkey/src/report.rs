@@ -193,11 +193,25 @@ pub async fn doctor(config: &Config, config_path: &str) -> Vec<Finding> {
         },
     });
     let check = crate::peer::mechanism();
+    let unkeyed: Vec<&str> = config
+        .servers
+        .iter()
+        .filter(|s| !s.local_key)
+        .map(|s| s.name.as_str())
+        .collect();
+    let exposed = check == "unavailable" && !unkeyed.is_empty();
     findings.push(Finding {
         check: "local users".into(),
-        ok: check != "unavailable",
+        ok: !exposed,
         detail: if check == "unavailable" {
-            "cannot tell which user a local connection comes from here: every local user can use these credentials".into()
+            if exposed {
+                format!(
+                    "cannot tell which user a local connection comes from here: every local user can use {}",
+                    unkeyed.join(", ")
+                )
+            } else {
+                "cannot tell which user a local connection comes from here; every server is served only at its key URL (local_key)".into()
+            }
         } else {
             format!(
                 "only this user's processes{} may use the endpoint (checked with {check})",
@@ -208,8 +222,8 @@ pub async fn doctor(config: &Config, config_path: &str) -> Vec<Finding> {
                 }
             )
         },
-        fix: (check == "unavailable").then(|| {
-            "run latchkey where /proc/net/tcp is readable (not in a sandbox that hides it)".into()
+        fix: exposed.then(|| {
+            "set local_key = true on those servers and give clients `latchkey url NAME`, or run latchkey where /proc/net/tcp is readable (not in a sandbox that hides it)".into()
         }),
     });
     match credentials::open(config.store, config.state_dir.as_deref()).await {

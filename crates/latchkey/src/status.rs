@@ -81,7 +81,13 @@ pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Resp
             }
             json!({
                 "name": server.name,
-                "local_path": format!("/{}", server.name),
+                // Never a key: `latchkey url NAME` prints a keyed server's URL.
+                "local_path": if server.local_key {
+                    format!("/k/…/{}", server.name)
+                } else {
+                    format!("/{}", server.name)
+                },
+                "local_key": server.local_key,
                 "upstream": redacted(&server.url),
                 "transport": server.transport.as_str(),
                 "state": state,

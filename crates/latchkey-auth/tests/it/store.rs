@@ -33,6 +33,7 @@ fn record(tag: &str, scopes: usize) -> Record {
             redirect_uri: "http://127.0.0.1:33418/callback".into(),
             registration_access_token: None,
         }),
+        local_key: Some(Secret::new(format!("lk-{tag}"))),
     }
 }
 

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OAuth, OAuthConfig, Server, Transport};
 use crate::error::{ProxyError, describe, describe_chain};
+use crate::local_key;
 use latchkey_auth::registration::ConfiguredClient;
 use latchkey_auth::session::Trigger;
 use latchkey_auth::session::{AuthSettings, Browser, Credentials, ServerAuth};
@@ -138,6 +139,8 @@ pub(crate) struct Upstream {
     proxied: bool,
     /// Connections to the server, for forwarded requests (unless `proxied`).
     pool: client::Pool,
+    /// The key of its key URL, when `local_key = true`.
+    key: Option<local_key::Held>,
 }
 
 const UNKNOWN: u8 = 0;
@@ -251,12 +254,23 @@ impl Shared {
             auth,
             proxied: client::system_proxy(&server.uri),
             pool: client::Pool::new(&self.connector, &server.uri),
+            key: server.local_key.then(local_key::Held::default),
         })
+    }
+
+    /// Reads the key of every keyed server among `upstreams` from the store.
+    async fn load_keys(&self, upstreams: &[Arc<Upstream>]) {
+        let keyed = upstreams
+            .iter()
+            .filter_map(|u| Some((u.config.name.as_str(), u.key.as_ref()?)));
+        local_key::load_all(&self.credentials, keyed).await;
     }
 
     /// Loads every server's stored credentials, all at once.
     pub(crate) async fn restore(&self) {
-        restore(&self.upstreams()).await;
+        let upstreams = self.upstreams();
+        self.load_keys(&upstreams).await;
+        restore(&upstreams).await;
     }
 
     /// Puts `config`'s servers in force. A server whose table is unchanged keeps its
@@ -264,7 +278,7 @@ impl Shared {
     /// detected transport and its open streams. A new or changed server gets a fresh
     /// one, with its stored credentials loaded before it is served. A removed or
     /// changed server's standalone streams and bridged sessions end; its requests in
-    /// flight finish.
+    /// flight finish. Every keyed server's key is read again (`latchkey url --new`).
     pub(crate) async fn reload(&self, config: &Config) -> Reloaded {
         let old = self.servers.load_full();
         let mut reloaded = Reloaded::default();
@@ -289,6 +303,7 @@ impl Shared {
                 }
             })
             .collect();
+        self.load_keys(&order).await;
         restore(&fresh).await;
         let new = Servers::new(order);
         for retired in &old.order {
@@ -403,6 +418,7 @@ pub(crate) async fn forward(
     request: Request,
 ) -> Result<Response, ProxyError> {
     let upstream = proxy.upstream(&name)?;
+    local_key::admit(&name, upstream.key.as_ref(), request.extensions().get())?;
     let method = request.method();
     if !matches!(*method, Method::POST | Method::GET | Method::DELETE) {
         return Err(ProxyError::MethodNotAllowed {
@@ -515,7 +531,7 @@ async fn probe(
             }
         }
     }
-    Ok(relay(proxy, upstream, &parts.method, false, response))
+    Ok(relay(proxy, upstream, &parts.method, None, response))
 }
 
 fn is_initialize(body: &[u8]) -> bool {
@@ -549,6 +565,7 @@ pub(crate) async fn legacy_message(
     request: Request,
 ) -> Result<Response, ProxyError> {
     let upstream = proxy.upstream(&name)?;
+    local_key::admit(&name, upstream.key.as_ref(), request.extensions().get())?;
     let url = proxy
         .legacy
         .get(&name, &token)
@@ -577,10 +594,12 @@ async fn send(
 ) -> Result<Response, ProxyError> {
     let (parts, body) = request.into_parts();
     // A standalone GET stream may be a legacy SSE stream whose first event we rewrite.
-    let rewrite_endpoint =
-        parts.method == Method::GET && upstream.config.transport != Transport::StreamableHttp;
+    // Where the stream was opened: the rewritten endpoint is under it.
+    let rewrite_endpoint = (parts.method == Method::GET
+        && upstream.config.transport != Transport::StreamableHttp)
+        .then(|| local_key::path(&upstream.config.name, parts.extensions.get()));
     let mut headers = parts.headers;
-    if rewrite_endpoint {
+    if rewrite_endpoint.is_some() {
         // The rewrite needs the bytes as sent, not compressed.
         headers.remove(ACCEPT_ENCODING);
     }
@@ -759,7 +778,7 @@ fn relay(
     proxy: &Proxy,
     upstream: &Upstream,
     method: &Method,
-    rewrite_endpoint: bool,
+    rewrite_endpoint: Option<String>,
     response: http::Response<Body>,
 ) -> Response {
     let (parts, upstream_body) = response.into_parts();
@@ -782,13 +801,16 @@ fn relay(
                 .into_data_stream()
                 .take_until(upstream.streams.clone().cancelled_owned()),
         );
-        if rewrite_endpoint && !headers.contains_key(CONTENT_ENCODING) && status == StatusCode::OK {
+        if let Some(local) = rewrite_endpoint
+            .filter(|_| !headers.contains_key(CONTENT_ENCODING) && status == StatusCode::OK)
+        {
             // The rewritten event has another length.
             headers.remove(http::header::CONTENT_LENGTH);
             Body::from_stream(EndpointRewriter::new(
                 stream,
                 upstream.config.url.clone(),
                 &upstream.config.name,
+                local,
                 proxy.legacy.clone(),
             ))
         } else {

@@ -76,6 +76,9 @@ pub(crate) struct EndpointRewriter<S> {
     /// The upstream URL the stream came from; the announced endpoint is relative to it.
     base: Url,
     server: String,
+    /// The path the client opened the stream at (`/<server>`, or a key URL's
+    /// `/k/<key>/<server>`): the announced endpoint is under it.
+    local: String,
     endpoints: LegacyEndpoints,
     registration: Option<Registration>,
 }
@@ -86,12 +89,19 @@ enum State {
 }
 
 impl<S> EndpointRewriter<S> {
-    pub(crate) fn new(inner: S, base: Url, server: &str, endpoints: LegacyEndpoints) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        base: Url,
+        server: &str,
+        local: String,
+        endpoints: LegacyEndpoints,
+    ) -> Self {
         Self {
             inner,
             state: State::Scanning(Blocks::default()),
             base,
             server: server.to_owned(),
+            local,
             endpoints,
             registration: None,
         }
@@ -137,7 +147,7 @@ impl<S> EndpointRewriter<S> {
         let target = sse::resolve_endpoint(&self.base, announced)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let registration = self.endpoints.insert(&self.server, target);
-        let local = format!("/{}/messages/{}", self.server, registration.token);
+        let local = format!("{}/messages/{}", self.local, registration.token);
         self.registration = Some(registration);
         Ok(local)
     }
@@ -210,7 +220,7 @@ mod tests {
                 .collect::<Vec<_>>(),
         );
         let base = Url::parse(base).expect("url");
-        let out = EndpointRewriter::new(input, base, "srv", endpoints.clone())
+        let out = EndpointRewriter::new(input, base, "srv", "/srv".into(), endpoints.clone())
             .map(|r| {
                 r.map(|b| String::from_utf8_lossy(&b).into_owned())
                     .map_err(|e| e.to_string())

@@ -312,3 +312,203 @@ async fn another_local_user_cannot_finish_the_users_login() {
     let delivered = waiting.await.expect("join").expect("the user's redirect");
     assert!(delivered.contains("code=mine"), "{delivered}");
 }
+
+/// A free loopback port, for a config whose `listen` `latchkey url` must know.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The real binary on `config`, with the daemon's log at debug level in `log`.
+fn latchkey(config: &std::path::Path, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"));
+    command
+        .args(["--log-level", "debug"])
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("LATCHKEY_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("TEST_API_KEY", "static-key-123")
+        .kill_on_drop(true);
+    command
+}
+
+async fn printed_url(config: &std::path::Path, args: &[&str]) -> String {
+    let output = latchkey(config, args).output().await.expect("latchkey url");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// `local_key = true`: another user's client gets in at the key URL and nowhere
+/// else, and so does the user's own; the key is kept in the keyring, is the same for
+/// `latchkey url` and the daemon, reaches no log line, and `--new` replaces it.
+#[tokio::test]
+async fn another_user_gets_in_only_at_a_key_url() {
+    let upstream = latchkey_testkit::McpUpstream::start()
+        .await
+        .expect("upstream");
+    let home = crate::harness::TempDir::new("key-url");
+    let port = free_port();
+    // Names of their own: the keyring is shared with the other tests.
+    let (keyed, plain, legacy) = (
+        format!("keyed{}", std::process::id()),
+        format!("plain{}", std::process::id()),
+        format!("legacy{}", std::process::id()),
+    );
+    let config = home.0.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nstore = \"keyring\"\n\
+             [servers.{keyed}]\nurl = {:?}\nlocal_key = true\noauth = false\nheaders = {{ \"X-Api-Key\" = \"${{TEST_API_KEY}}\" }}\n\
+             [servers.{plain}]\nurl = {:?}\noauth = false\n\
+             [servers.{legacy}]\nurl = {:?}\ntransport = \"sse\"\nlocal_key = true\noauth = false\n",
+            upstream.mcp_url(),
+            upstream.mcp_url(),
+            upstream.sse_url()
+        ),
+    )
+    .expect("config");
+
+    let url = printed_url(&config, &["url", &keyed]).await;
+    let prefix = format!("http://127.0.0.1:{port}/k/");
+    let key = url
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(&format!("/{keyed}")))
+        .unwrap_or_else(|| panic!("a key URL: {url}"))
+        .to_owned();
+    assert_eq!(key.len(), 43, "256 bits in URL-safe base64: {url}");
+    assert_eq!(printed_url(&config, &["url", &keyed]).await, url, "kept");
+    assert_eq!(
+        printed_url(&config, &["url", &plain]).await,
+        format!("http://127.0.0.1:{port}/{plain}")
+    );
+
+    let log = home.0.join("daemon.log");
+    let mut daemon = latchkey(&config, &["serve"])
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("serve");
+    let base = format!("http://127.0.0.1:{port}");
+    crate::harness::eventually_async("the daemon answers", || async {
+        client().get(format!("{base}/")).send().await.is_ok()
+    })
+    .await;
+
+    let body = initialize().to_string();
+    let Some((status, answer)) = post_as_other_user(&url, &body).await else {
+        return;
+    };
+    assert_eq!(status, 200, "the key URL admits another user: {answer}");
+    let forwarded = upstream.requests();
+    assert_eq!(forwarded.len(), 1);
+    assert_eq!(forwarded[0].headers["x-api-key"], "static-key-123");
+    assert_eq!(forwarded[0].path, "/mcp", "the key stays local");
+
+    // Another user without the key, with a wrong one, or with this key on another server.
+    let wrong = format!("{prefix}{}/{keyed}", "A".repeat(43));
+    let elsewhere = format!("{prefix}{key}/{plain}");
+    for refused in [
+        format!("{base}/{keyed}"),
+        format!("{base}/{plain}"),
+        format!("{base}/"),
+        wrong.clone(),
+        elsewhere.clone(),
+    ] {
+        let (status, answer) = post_as_other_user(&refused, &body).await.expect("ran");
+        assert_eq!(status, 403, "{refused}: {answer}");
+        assert!(!answer.contains(&key), "{answer}");
+    }
+    // The user's own client: the key URL only, for a keyed server.
+    let own = client()
+        .post(format!("{base}/{keyed}"))
+        .json(&initialize())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(own.status(), StatusCode::FORBIDDEN);
+    let text = own.text().await.expect("body");
+    assert!(text.contains(&format!("latchkey url {keyed}")), "{text}");
+    for admitted in [url.clone(), format!("{base}/{plain}")] {
+        let own = client()
+            .post(&admitted)
+            .json(&initialize())
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(own.status(), StatusCode::OK, "{admitted}");
+    }
+    assert_eq!(upstream.requests().len(), 3, "only the admitted reached it");
+
+    // A legacy server's announced endpoint is under the key URL, and works from there.
+    let legacy_url = printed_url(&config, &["url", &legacy]).await;
+    let mut stream = crate::harness::stream_client()
+        .get(&legacy_url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("GET");
+    let mut seen = String::new();
+    crate::harness::read_until(&mut stream, &mut seen, "\n\n").await;
+    let legacy_key = legacy_url
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.split('/').next())
+        .expect("key");
+    assert_ne!(legacy_key, key, "one key per server");
+    let announced = format!("/k/{legacy_key}/{legacy}/messages/");
+    let endpoint = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .filter(|data| data.starts_with(&announced))
+        .unwrap_or_else(|| panic!("endpoint under {announced}: {seen}"))
+        .to_owned();
+    let (status, answer) = post_as_other_user(&format!("{base}{endpoint}"), &body)
+        .await
+        .expect("ran");
+    assert!(status == 200 || status == 202, "{status} {answer}");
+    let unkeyed = endpoint.replacen(&format!("/k/{legacy_key}"), "", 1);
+    let own = client()
+        .post(format!("{base}{unkeyed}"))
+        .json(&initialize())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(own.status(), StatusCode::FORBIDDEN, "{unkeyed}");
+
+    // A new key: the old URL stops working at the daemon's reload, the new one works.
+    let renewed = printed_url(&config, &["url", &keyed, "--new"]).await;
+    assert_ne!(renewed, url);
+    crate::service::signal(&daemon, "HUP");
+    crate::harness::eventually_async("the old key URL is refused", || async {
+        client()
+            .post(&url)
+            .json(&initialize())
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::FORBIDDEN)
+    })
+    .await;
+    let (status, answer) = post_as_other_user(&renewed, &body).await.expect("ran");
+    assert_eq!(status, 200, "{answer}");
+
+    daemon.start_kill().expect("kill");
+    drop(daemon.wait().await);
+    let logged = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        logged.contains("refused a request from another local user"),
+        "{logged}"
+    );
+    assert!(logged.contains("wrong key"), "{logged}");
+    for secret in [&key, &legacy_key.to_owned(), &renewed] {
+        let secret = secret.rsplit("/k/").next().unwrap_or(secret);
+        let secret = secret.split('/').next().unwrap_or(secret);
+        assert!(!logged.contains(secret), "a key reached the log:\n{logged}");
+    }
+}

@@ -168,6 +168,29 @@ fn duplicate_servers_and_headers_are_refused() {
     );
 }
 
+/// `local_key`: a bool per server; the name `k` is taken by key URLs (`/k/<key>/…`).
+#[test]
+fn local_key_is_a_bool_and_k_is_not_a_server_name() {
+    let config = parse(
+        "[servers.a]\nurl = \"https://a.example.com\"\nlocal_key = true\n[servers.b]\nurl = \"https://b.example.com\"\n",
+    )
+    .expect("valid");
+    let keyed: Vec<bool> = config.servers.iter().map(|s| s.local_key).collect();
+    assert_eq!(keyed, [true, false]);
+    let errors = diagnostics(
+        "[servers.k]\nurl = \"https://a.example.com\"\n[servers.b]\nurl = \"https://b.example.com\"\nlocal_key = \"yes\"\n",
+    );
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].starts_with("latchkey.toml:1:") && errors[0].contains("\"k\" is reserved"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].starts_with("latchkey.toml:5:") && errors[1].contains("local_key = true"),
+        "{errors:?}"
+    );
+}
+
 /// A configured Host sent `host: evil.invalid` upstream, and Content-Length: 0
 /// dropped bodies: headers that frame the request or name the host are refused, each
 /// at its own position.

@@ -73,7 +73,13 @@ async fn run(scenario: &str, mode: &str) -> Result<(), String> {
     } else {
         let summary: Vec<&str> = text
             .lines()
-            .filter(|l| l.contains("FAILURE") || l.contains("Passed:") || l.contains("OVERALL"))
+            .filter(|l| {
+                [
+                    "FAILURE", "Passed:", "OVERALL", "adapter:", " WARN ", " ERROR ",
+                ]
+                .iter()
+                .any(|mark| l.contains(mark))
+            })
             .collect();
         Err(format!(
             "{scenario} ({}):\n{}",
