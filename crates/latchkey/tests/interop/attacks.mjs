@@ -7,46 +7,32 @@
 // Prints one JSON object; tests/it/attacks.rs checks it, and what reached the upstreams.
 //
 //   node attacks.mjs http://127.0.0.1:PORT/hostile http://127.0.0.1:OTHER/
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { withBrowser } from './chromium.mjs';
 
 const [hostile, attacker] = process.argv.slice(2);
-const profile = mkdtempSync(join(tmpdir(), 'latchkey-chromium-'));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
 const result = {};
-try {
-  const page = context.pages()[0] ?? await context.newPage();
-  const response = await page.goto(hostile);
-  result.hostile_status = response.status();
-  result.hostile_csp = response.headers()['content-security-policy'] ?? null;
-  await page.waitForTimeout(1500);
-  result.hostile_title = await page.title();
-
-  await page.goto(attacker);
-  await page.waitForFunction(() => document.title.startsWith('done'), null, { timeout: 10000 });
-  result.attacker_title = await page.title();
-  const frame = page.frames().find((f) => f !== page.mainFrame());
-  let framed = false;
+await withBrowser(async (page) => {
   try {
-    framed = (await frame.content()).includes('<h1>latchkey');
+    const response = await page.goto(hostile);
+    result.hostile_status = response.status();
+    result.hostile_csp = response.headers()['content-security-policy'] ?? null;
+    await page.waitForTimeout(1500);
+    result.hostile_title = await page.title();
+
+    await page.goto(attacker);
+    await page.waitForFunction(() => document.title.startsWith('done'), null, { timeout: 10000 });
+    result.attacker_title = await page.title();
+    const frame = page.frames().find((f) => f !== page.mainFrame());
+    let framed = false;
+    try {
+      framed = (await frame.content()).includes('<h1>latchkey');
+    } catch (e) {
+      framed = false;
+    }
+    result.framed = framed;
+    result.frame_url = frame ? frame.url() : null;
   } catch (e) {
-    framed = false;
+    result.error = String(e);
   }
-  result.framed = framed;
-  result.frame_url = frame ? frame.url() : null;
-} catch (e) {
-  result.error = String(e);
-} finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
-}
+});
 console.log(JSON.stringify(result));

@@ -4,21 +4,9 @@
 // show `ready`. Prints one JSON object; tests/it/statuspage.rs checks it.
 //
 //   node statuspage.mjs http://127.0.0.1:PORT/ SERVER
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { withBrowser } from './chromium.mjs';
 
 const [url, server] = process.argv.slice(2);
-const profile = mkdtempSync(join(tmpdir(), 'latchkey-chromium-'));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
 const rows = (page) => page.$$eval('tr', (trs) => trs.slice(1).map((tr) => {
   const cells = [...tr.querySelectorAll('td')];
   return {
@@ -30,23 +18,21 @@ const rows = (page) => page.$$eval('tr', (trs) => trs.slice(1).map((tr) => {
   };
 }));
 const result = {};
-try {
-  const page = context.pages()[0] ?? await context.newPage();
-  const response = await page.goto(url);
-  result.status = response.status();
-  result.title = await page.title();
-  result.before = await rows(page);
-  const row = page.locator(`tr[data-server="${server}"]`);
-  await row.getByRole('button', { name: 'Authorize' }).click();
-  await page.waitForURL(url);
-  result.after_click = await rows(page);
-  // No reloads from here: the page's own refresh must bring the new state.
-  await page.waitForSelector(`tr[data-server="${server}"] td[data-state="ready"]`, { timeout: 30000 });
-  result.after = await rows(page);
-} catch (e) {
-  result.error = String(e);
-} finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
-}
+await withBrowser(async (page) => {
+  try {
+    const response = await page.goto(url);
+    result.status = response.status();
+    result.title = await page.title();
+    result.before = await rows(page);
+    const row = page.locator(`tr[data-server="${server}"]`);
+    await row.getByRole('button', { name: 'Authorize' }).click();
+    await page.waitForURL(url);
+    result.after_click = await rows(page);
+    // No reloads from here: the page's own refresh must bring the new state.
+    await page.waitForSelector(`tr[data-server="${server}"] td[data-state="ready"]`, { timeout: 30000 });
+    result.after = await rows(page);
+  } catch (e) {
+    result.error = String(e);
+  }
+});
 console.log(JSON.stringify(result));

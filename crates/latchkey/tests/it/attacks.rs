@@ -75,7 +75,9 @@ async fn post_as_other_user(url: &str, body: &str) -> Option<(u16, String)> {
 /// [`post_as_other_user`] with another method; a GET sends no body.
 async fn as_other_user(method: &str, url: &str, body: &str) -> Option<(u16, String)> {
     if rustix::process::getuid().as_raw() != 0 {
-        eprintln!("SKIPPED: the second-UID attack needs root to run a process as uid {OTHER_UID}");
+        crate::harness::skipped(&format!(
+            "the second-UID attacks need root to run a process as uid {OTHER_UID}"
+        ));
         return None;
     }
     let script = r#"

@@ -130,10 +130,10 @@ fn give_away(path: &Path) -> bool {
     match std::os::unix::fs::lchown(path, Some(OTHER), Some(OTHER)) {
         Ok(()) => true,
         Err(e) => {
-            println!(
-                "skipped: cannot give {} to user {OTHER} ({e}); this test needs root",
+            crate::harness::skipped(&format!(
+                "cannot give {} to user {OTHER} ({e}); this test needs root",
                 path.display()
-            );
+            ));
             false
         }
     }

@@ -201,6 +201,22 @@ impl Browser for NoBrowser {
     }
 }
 
+/// Says that a test is skipped and why, where the suite's summary shows it: a
+/// passing test's output is captured, so the line goes to the file that
+/// `$LATCHKEY_TEST_SKIPS` names (scripts/test sets it and prints it at the end) too.
+pub fn skipped(why: &str) {
+    eprintln!("SKIPPED: {why}");
+    if let Some(path) = std::env::var_os("LATCHKEY_TEST_SKIPS") {
+        let line = format!("{}: {why}\n", std::thread::current().name().unwrap_or("?"));
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, line.as_bytes()));
+        appended.expect("write to $LATCHKEY_TEST_SKIPS");
+    }
+}
+
 /// A directory under the temp dir for one test's files, removed on drop.
 pub struct TempDir(pub std::path::PathBuf);
 

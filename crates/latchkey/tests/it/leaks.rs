@@ -40,21 +40,7 @@ async fn no_credential_reaches_a_log_an_output_or_an_error_body() {
          [servers.down]\nurl = \"http://127.0.0.1:9/mcp?key={DOWN_SECRET}\"\noauth = false\n",
         upstream.mcp_url()
     ));
-    let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-    let browser = scratch.path().join("browser");
-    std::fs::write(
-        &browser,
-        format!(
-            "#!/bin/sh\nexec node {:?} \"$1\"\n",
-            interop.join("conformance/browser.mjs")
-        ),
-    )
-    .expect("browser script");
-    std::fs::set_permissions(
-        &browser,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
+    let browser = scratch.approving_browser(0);
     let run = |args: &[&str]| {
         let mut command = latchkey(&scratch);
         command
@@ -215,21 +201,7 @@ async fn a_hostile_error_text_cannot_forge_log_lines_or_reach_a_terminal_raw() {
         "listen = \"127.0.0.1:0\"\nstore = \"memory\"\n[servers.notes]\nurl = {:?}\n",
         upstream.mcp_url()
     ));
-    let browser = scratch.path().join("browser");
-    let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-    std::fs::write(
-        &browser,
-        format!(
-            "#!/bin/sh\nexec node {:?} \"$1\"\n",
-            interop.join("conformance/browser.mjs")
-        ),
-    )
-    .expect("browser script");
-    std::fs::set_permissions(
-        &browser,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
+    let browser = scratch.approving_browser(0);
     let mut serve = latchkey(&scratch);
     serve
         .args(["serve", "--config"])

@@ -42,6 +42,25 @@ impl Scratch {
         std::fs::read_to_string(self.0.join("stderr.log")).unwrap_or_default()
     }
 
+    /// A `$BROWSER` script that plays the person: it approves every authorization
+    /// page it is given (tests/interop/conformance/browser.mjs), after `delay_secs`.
+    pub(crate) fn approving_browser(&self, delay_secs: u32) -> PathBuf {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/conformance/browser.mjs");
+        let browser = self.0.join("browser");
+        std::fs::write(
+            &browser,
+            format!("#!/bin/sh\nsleep {delay_secs}\nexec node {script:?} \"$1\"\n"),
+        )
+        .expect("browser script");
+        std::fs::set_permissions(
+            &browser,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        browser
+    }
+
     /// The log once it has every one of `needles` (it is written by a thread of its
     /// own, a few milliseconds behind), or as it is after 5 s.
     pub(crate) async fn log_with(&self, needles: &[&str]) -> String {
@@ -692,15 +711,7 @@ fn container_config_checks() {
 #[tokio::test]
 async fn serve_raises_its_open_file_limit_to_the_hard_one() {
     let scratch = Scratch::new("nofile");
-    let notify = NotifySocket::at_path(&scratch);
-    let path = scratch.write_config(&config(""));
-    let mut command = under_prlimit(&scratch, "512:8192");
-    command
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("NOTIFY_SOCKET", &notify.env);
-    let child = spawn(command);
-    notify.ready().await;
+    let (child, _addr, _notify) = serve_under_prlimit(&scratch, "512:8192").await;
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().expect("pid")))
         .expect("limits");
     let open_files = limits
@@ -713,8 +724,14 @@ async fn serve_raises_its_open_file_limit_to_the_hard_one() {
     exits_cleanly(child, &scratch).await;
 }
 
-/// The binary as [`latchkey`] sets it up, run by `prlimit --nofile=LIMITS`.
-fn under_prlimit(scratch: &Scratch, limits: &str) -> std::process::Command {
+/// `latchkey serve` on a one-server config, as [`latchkey`] sets it up, run by
+/// `prlimit --nofile=LIMITS`; once it is ready.
+async fn serve_under_prlimit(
+    scratch: &Scratch,
+    limits: &str,
+) -> (Child, std::net::SocketAddr, NotifySocket) {
+    let notify = NotifySocket::at_path(scratch);
+    let path = scratch.write_config(&config(""));
     let base = latchkey(scratch);
     let mut command = std::process::Command::new("prlimit");
     command
@@ -725,8 +742,13 @@ fn under_prlimit(scratch: &Scratch, limits: &str) -> std::process::Command {
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(scratch.path().join("stderr.log")).expect("log file"));
-    command
+        .stderr(std::fs::File::create(scratch.path().join("stderr.log")).expect("log file"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &notify.env);
+    let child = spawn(command);
+    let addr = notify.ready().await;
+    (child, addr, notify)
 }
 
 /// The attack: more idle, never-finished connections than the daemon has file
@@ -734,15 +756,7 @@ fn under_prlimit(scratch: &Scratch, limits: &str) -> std::process::Command {
 #[tokio::test]
 async fn idle_connections_past_the_file_limit_do_not_lock_clients_out() {
     let scratch = Scratch::new("idle-flood");
-    let notify = NotifySocket::at_path(&scratch);
-    let path = scratch.write_config(&config(""));
-    let mut command = under_prlimit(&scratch, "256:256");
-    command
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("NOTIFY_SOCKET", &notify.env);
-    let child = spawn(command);
-    let addr = notify.ready().await;
+    let (child, addr, _notify) = serve_under_prlimit(&scratch, "256:256").await;
     let mut idle = Vec::new();
     for _ in 0..400 {
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");

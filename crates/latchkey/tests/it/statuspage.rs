@@ -33,20 +33,7 @@ async fn authorize_button_in_headless_chromium_reaches_ready() {
     let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     // The person at the browser approves after 3 s, so the page shows the login
     // under way and must refresh itself to see it end.
-    let browser = scratch.path().join("slow-browser");
-    std::fs::write(
-        &browser,
-        format!(
-            "#!/bin/sh\nsleep 3\nexec node {:?} \"$1\"\n",
-            interop.join("conformance/browser.mjs")
-        ),
-    )
-    .expect("browser script");
-    std::fs::set_permissions(
-        &browser,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
+    let browser = scratch.approving_browser(3);
     let mut command = latchkey(&scratch);
     command
         .args(["serve", "--config"])
