@@ -146,6 +146,72 @@ pub struct Server {
     pub login_command: String,
 }
 
+/// A bad `--url` or `--header` of `latchkey stdio --url` or `latchkey login --url`.
+#[derive(Debug, thiserror::Error)]
+pub enum AdhocError {
+    #[error("--url is not a URL: {0}")]
+    NotAUrl(url::ParseError),
+    #[error("--url must be an http or https URL")]
+    NotHttp,
+    #[error("--{0}")]
+    Uri(String),
+    #[error("--header {0:?} is not 'Name: value'")]
+    NotAHeader(String),
+    #[error("--header: {0:?} is not a header name")]
+    BadName(String),
+    // The value may be a secret: it is never quoted back.
+    #[error("--header {0}: the value has characters a header cannot carry")]
+    BadValue(String),
+}
+
+/// The config for `--url`: that one server, with the store settings of the user's
+/// config at `config` when there is one, so tokens are shared with the daemon.
+pub fn adhoc(
+    config: Option<PathBuf>,
+    url: &str,
+    headers: &[String],
+    transport: crate::cli::TransportArg,
+) -> Result<Config, AdhocError> {
+    use crate::cli::TransportArg;
+    let url = Url::parse(url).map_err(AdhocError::NotAUrl)?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(AdhocError::NotHttp);
+    }
+    let mut parsed = Vec::new();
+    for header in headers {
+        let (name, value) = header.split_once(':').ok_or_else(|| {
+            AdhocError::NotAHeader(header.split(':').next().unwrap_or_default().to_owned())
+        })?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| AdhocError::BadName(name.trim().to_owned()))?;
+        let mut value = HeaderValue::from_str(value.trim())
+            .map_err(|_| AdhocError::BadValue(name.to_string()))?;
+        value.set_sensitive(true);
+        parsed.push((name, value));
+    }
+    let (store, state_dir) = load(&config.unwrap_or_else(default_path))
+        .map(|c| (c.store, c.state_dir))
+        .unwrap_or_default();
+    Ok(Config::single(
+        Server {
+            name: "remote".to_owned(),
+            uri: request_uri(&url).map_err(AdhocError::Uri)?,
+            url: url.clone(),
+            transport: match transport {
+                TransportArg::Auto => Transport::Auto,
+                TransportArg::StreamableHttp => Transport::StreamableHttp,
+                TransportArg::Sse => Transport::Sse,
+            },
+            headers: parsed,
+            oauth: OAuth::Enabled(OAuthConfig::default()),
+            local_key: false,
+            login_command: format!("latchkey login --url {}", crate::redact::redacted(&url)),
+        },
+        store,
+        state_dir,
+    ))
+}
+
 /// `url` as an HTTP request URI. User info (`user:password@`) is refused: HTTP
 /// does not send it, and a secret there would only end up in logs.
 pub fn request_uri(url: &Url) -> Result<http::Uri, String> {
@@ -163,7 +229,7 @@ impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("name", &self.name)
-            .field("url", &crate::status::redacted(&self.url))
+            .field("url", &crate::redact::redacted(&self.url))
             .field("transport", &self.transport)
             .field("headers", &self.headers)
             .field("oauth", &self.oauth)

@@ -61,6 +61,15 @@ pub enum DaemonError {
     Listener(std::io::Error),
     #[error("the server failed: {0}")]
     Serve(std::io::Error),
+    #[error(
+        "cannot listen on {addr}: {cause}; is another latchkey running? Pick another address with --listen or the config's `listen`"
+    )]
+    Bind {
+        addr: std::net::SocketAddr,
+        cause: std::io::Error,
+    },
+    #[error("cannot use the socket passed in LISTEN_FDS: {0}")]
+    Activated(std::io::Error),
     #[error(transparent)]
     Store(#[from] crate::credentials::StoreUnavailable),
 }
@@ -86,6 +95,37 @@ pub struct Service {
     pub browser: Arc<dyn Browser>,
     pub reload: Option<Reload>,
     pub notifier: Notifier,
+}
+
+/// `latchkey serve`: listens on the socket the service manager passed (`activated`),
+/// else on `config.listen`, and runs as a service (system browser, systemd
+/// notifications, `reload`) until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    activated: Option<std::net::TcpListener>,
+    shutdown: impl Future<Output = ()>,
+    reload: Option<Reload>,
+) -> Result<(), DaemonError> {
+    let listener = match activated {
+        Some(socket) => {
+            socket
+                .set_nonblocking(true)
+                .map_err(DaemonError::Activated)?;
+            TcpListener::from_std(socket).map_err(DaemonError::Activated)?
+        }
+        None => TcpListener::bind(config.listen)
+            .await
+            .map_err(|cause| DaemonError::Bind {
+                addr: config.listen,
+                cause,
+            })?,
+    };
+    let service = Service {
+        browser: Arc::new(crate::callback::SystemBrowser),
+        reload,
+        notifier: Notifier::from_env(),
+    };
+    run_service(listener, config, shutdown, service).await
 }
 
 /// Serves `config` on `listener` until `shutdown` completes, then drains. Logins
@@ -158,7 +198,7 @@ pub async fn run_service(
 
     // In a task of its own, so that connections are still accepted while a reload
     // loads credentials.
-    let mut server = tokio::spawn(serve(listener, app, users, stop.clone()));
+    let mut server = tokio::spawn(accept_loop(listener, app, users, stop.clone()));
     tokio::pin!(shutdown);
     let mut config = config;
     loop {
@@ -204,7 +244,12 @@ fn served(result: Result<(), tokio::task::JoinError>) -> Result<(), DaemonError>
 /// 1,000 open SSE streams was several KB per stream (BENCHMARKS.md). The local
 /// endpoint speaks HTTP/1.1 only (MCP clients do); the table kept here
 /// ([`Connections`]) is one small entry per connection.
-async fn serve(listener: TcpListener, app: Front, users: LocalUsers, stop: CancellationToken) {
+async fn accept_loop(
+    listener: TcpListener,
+    app: Front,
+    users: LocalUsers,
+    stop: CancellationToken,
+) {
     let mut http = hyper::server::conn::http1::Builder::new();
     // Connections that never finish sending their headers are closed after a header
     // read timeout: always on a non-loopback address (`allow_non_loopback`), and on
@@ -487,7 +532,7 @@ fn router(proxy: Proxy) -> Router {
             status::AUTHORIZE_PATH,
             axum::routing::post(status::authorize),
         )
-        .route(status::LOGIN_PATH, get(status::login))
+        .route(crate::server::LOGIN_PATH, get(status::login))
         .route("/{server}", any(proxy::forward))
         .route("/{server}/messages/{token}", any(proxy::legacy_message))
         .with_state(proxy)

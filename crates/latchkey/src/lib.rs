@@ -17,13 +17,15 @@ pub mod login;
 pub mod notify;
 pub mod peer;
 mod proxy;
+pub mod redact;
 pub mod report;
+mod server;
 pub mod service;
 mod status;
 pub mod stdio;
 pub mod telemetry;
 
-pub use status::redacted;
+pub use redact::redacted;
 
 /// Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature, off by
 /// default): the SSE and config parsers, which live in private modules. Not an API.

@@ -23,16 +23,7 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Check { config } => {
             let path = config.unwrap_or_else(config::default_path);
-            let config = config::load(&path)?;
-            for warning in config.warnings() {
-                println!("warning: {warning}");
-            }
-            println!(
-                "{}: ok, {} server{}",
-                path.display(),
-                config.servers.len(),
-                if config.servers.len() == 1 { "" } else { "s" }
-            );
+            print!("{}", latchkey::report::check(&path)?);
             Ok(())
         }
         Command::Login {
@@ -48,7 +39,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 login(&config, &server, !no_browser)
             }
             (None, Some(url)) => {
-                let config = adhoc(config, &url, &headers, transport)?;
+                let config = config::adhoc(config, &url, &headers, transport)?;
                 login(&config, "remote", !no_browser)
             }
             (None, None) => anyhow::bail!("give a server name from the config, or --url URL"),
@@ -79,7 +70,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     (config, name)
                 }
                 (None, Some(url)) => (
-                    adhoc(config, &url, &headers, transport)?,
+                    config::adhoc(config, &url, &headers, transport)?,
                     "remote".to_owned(),
                 ),
                 (None, None) => anyhow::bail!("give a server name from the config, or --url URL"),
@@ -135,20 +126,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 &config,
                 &path.display().to_string(),
             ));
-            let mut problems = 0;
-            for finding in &findings {
-                let mark = if finding.ok { "ok " } else { "ERR" };
-                // Details quote servers' answers: escaped for the terminal.
-                println!(
-                    "[{mark}] {}: {}",
-                    finding.check,
-                    latchkey::telemetry::escape_controls(&finding.detail)
-                );
-                if let Some(fix) = &finding.fix {
-                    problems += 1;
-                    println!("      fix: {fix}");
-                }
-            }
+            print!("{}", latchkey::report::findings(&findings));
+            let problems = findings.iter().filter(|f| f.fix.is_some()).count();
             if problems > 0 {
                 anyhow::bail!("{problems} problem(s) found");
             }
@@ -177,63 +156,27 @@ fn run(command: Command) -> anyhow::Result<()> {
                 config.listen = local;
                 listen = Some(local);
             }
-            serve(config, path, listen, activated)
+            let runtime = runtime()?;
+            runtime.block_on(async {
+                let shutdown = shutdown_signal()?;
+                let reload = reload_on_hangup(path, listen)?;
+                latchkey::daemon::serve(config, activated, shutdown, reload).await?;
+                anyhow::Ok(())
+            })
         }
         Command::Service { action } => latchkey::service::run(action).map_err(Into::into),
     }
 }
 
-/// The config for `latchkey stdio --url`: that one server, with the store settings
-/// of the user's config when there is one, so tokens are shared with the daemon.
-fn adhoc(
-    config: Option<std::path::PathBuf>,
-    url: &str,
-    headers: &[String],
-    transport: latchkey::cli::TransportArg,
-) -> anyhow::Result<config::Config> {
-    use latchkey::cli::TransportArg;
-    let url = url::Url::parse(url).context("--url is not a URL")?;
-    if !matches!(url.scheme(), "http" | "https") {
-        anyhow::bail!("--url must be an http or https URL");
-    }
-    let mut parsed = Vec::new();
-    for header in headers {
-        let (name, value) = header.split_once(':').with_context(|| {
-            format!(
-                "--header {name:?} is not 'Name: value'",
-                name = header.split(':').next().unwrap_or_default()
-            )
-        })?;
-        let name = http::HeaderName::from_bytes(name.trim().as_bytes())
-            .with_context(|| format!("--header: {:?} is not a header name", name.trim()))?;
-        // The value may be a secret: it is never quoted back.
-        let mut value = http::HeaderValue::from_str(value.trim()).map_err(|_| {
-            anyhow::anyhow!("--header {name}: the value has characters a header cannot carry")
-        })?;
-        value.set_sensitive(true);
-        parsed.push((name, value));
-    }
-    let (store, state_dir) = config::load(&config.unwrap_or_else(config::default_path))
-        .map(|c| (c.store, c.state_dir))
-        .unwrap_or_default();
-    Ok(config::Config::single(
-        config::Server {
-            name: "remote".to_owned(),
-            uri: config::request_uri(&url).map_err(|e| anyhow::anyhow!("--{e}"))?,
-            url: url.clone(),
-            transport: match transport {
-                TransportArg::Auto => config::Transport::Auto,
-                TransportArg::StreamableHttp => config::Transport::StreamableHttp,
-                TransportArg::Sse => config::Transport::Sse,
-            },
-            headers: parsed,
-            oauth: config::OAuth::Enabled(config::OAuthConfig::default()),
-            local_key: false,
-            login_command: format!("latchkey login --url {}", latchkey::redacted(&url)),
-        },
-        store,
-        state_dir,
-    ))
+/// Runs a login to `server` (a browser if `open`) and says what it achieved.
+fn login(config: &config::Config, server: &str, open: bool) -> anyhow::Result<()> {
+    let runtime = runtime()?;
+    let browser = std::sync::Arc::new(latchkey::callback::TerminalBrowser { open });
+    let outcome = runtime.block_on(latchkey::login::login(config, server, browser));
+    // A read of stdin (for a pasted redirect) may still be blocked: don't wait for it.
+    runtime.shutdown_background();
+    println!("{}", outcome?.summary(server));
+    Ok(())
 }
 
 /// One thread runs everything but blocking work (keyring, files, locks), which goes
@@ -249,78 +192,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .on_thread_park(latchkey::telemetry::flush)
         .build()
         .context("cannot start the async runtime")
-}
-
-fn login(config: &config::Config, server: &str, open: bool) -> anyhow::Result<()> {
-    use latchkey::login::Outcome;
-    let runtime = runtime()?;
-    let browser = std::sync::Arc::new(latchkey::callback::TerminalBrowser { open });
-    let outcome = runtime.block_on(latchkey::login::login(config, server, browser));
-    // A read of stdin (for a pasted redirect) may still be blocked: don't wait for it.
-    runtime.shutdown_background();
-    match outcome? {
-        Outcome::NotNeeded => {
-            println!("{server}: the server answered without authorization; nothing to store");
-        }
-        Outcome::LoggedIn {
-            scopes,
-            expires_at,
-            store,
-        } => {
-            let scopes = if scopes.is_empty() {
-                "none".to_owned()
-            } else {
-                scopes.join(" ")
-            };
-            let expiry = expires_at
-                .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok())
-                .map_or_else(
-                    || "no expiry given".to_owned(),
-                    |d| format!("expires in {} s", d.as_secs()),
-                );
-            println!("{server}: logged in (scopes: {scopes}; {expiry}); stored in {store}");
-        }
-    }
-    Ok(())
-}
-
-/// `listen` is the address that overrides the config's, on start and on every
-/// reload (`--listen`, or the socket passed by socket activation).
-fn serve(
-    config: config::Config,
-    path: std::path::PathBuf,
-    listen: Option<std::net::SocketAddr>,
-    activated: Option<std::net::TcpListener>,
-) -> anyhow::Result<()> {
-    let runtime = runtime()?;
-    runtime.block_on(async {
-        let shutdown = shutdown_signal()?;
-        let reload = reload_on_hangup(path, listen)?;
-        let listener = match activated {
-            Some(socket) => {
-                socket
-                    .set_nonblocking(true)
-                    .context("cannot use the socket passed in LISTEN_FDS")?;
-                tokio::net::TcpListener::from_std(socket)
-                    .context("cannot use the socket passed in LISTEN_FDS")?
-            }
-            None => tokio::net::TcpListener::bind(config.listen)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen on {}; is another latchkey running? Pick another address with --listen or the config's `listen`",
-                        config.listen
-                    )
-                })?,
-        };
-        let service = latchkey::daemon::Service {
-            browser: std::sync::Arc::new(latchkey::callback::SystemBrowser),
-            reload,
-            notifier: latchkey::notify::Notifier::from_env(),
-        };
-        latchkey::daemon::run_service(listener, config, shutdown, service).await?;
-        Ok(())
-    })
 }
 
 /// The listening socket systemd passes as fd 3 (`LISTEN_FDS`, `LISTEN_PID`), if any.

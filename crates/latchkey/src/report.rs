@@ -10,11 +10,11 @@ use serde_json::{Value, json};
 use crate::callback::TerminalBrowser;
 use crate::config::{Config, OAuth, StoreKind};
 use crate::credentials::{self, StoreUnavailable};
-use crate::login::{LoginError, Shared, open, probe, session_for};
+use crate::server::{ServerError, Shared, open, probe, session_for};
 use latchkey_auth::store::StoreError;
 
 /// One row per server: name, state, store, expiry, scopes.
-pub async fn status(config: &Config) -> Result<Value, LoginError> {
+pub async fn status(config: &Config) -> Result<Value, ServerError> {
     let browser = Arc::new(TerminalBrowser { open: false });
     // The store is opened once for all servers, and only if one of them uses OAuth.
     let uses_oauth = config
@@ -73,7 +73,7 @@ async fn oauth_row(
                 "expires_in_secs": expires_at.map(|at| at.duration_since(now).map_or(0, |d| d.as_secs())),
                 "scopes": scopes,
                 "refresh_token": renewable,
-                "warning": (renewable == Some(false)).then_some(crate::status::NO_REFRESH_TOKEN),
+                "warning": (renewable == Some(false)).then_some(crate::server::NO_REFRESH_TOKEN),
             })
         }
         Err(e) => json!({
@@ -114,7 +114,7 @@ pub fn table(status: &Value) -> String {
                     // Error text and scopes come from servers: no escape sequences
                     // reach the terminal.
                     [text("server"), state, text("store"), expires, scopes]
-                        .map(|cell| crate::telemetry::escape_controls(&cell))
+                        .map(|cell| crate::redact::escape_controls(&cell))
                 })
                 .collect()
         })
@@ -147,6 +147,41 @@ pub struct Finding {
     pub ok: bool,
     pub detail: String,
     pub fix: Option<String>,
+}
+
+/// `latchkey check`: the config at `path`'s warnings and a one-line verdict (its
+/// problems are the error, every one with its position).
+pub fn check(path: &std::path::Path) -> Result<String, crate::config::ConfigError> {
+    let config = crate::config::load(path)?;
+    let mut text = String::new();
+    for warning in config.warnings() {
+        text.push_str(&format!("warning: {warning}\n"));
+    }
+    let count = config.servers.len();
+    text.push_str(&format!(
+        "{}: ok, {count} server{}\n",
+        path.display(),
+        if count == 1 { "" } else { "s" }
+    ));
+    Ok(text)
+}
+
+/// `latchkey doctor`'s findings as it prints them, each fix under its problem.
+pub fn findings(findings: &[Finding]) -> String {
+    let mut text = String::new();
+    for finding in findings {
+        let mark = if finding.ok { "ok " } else { "ERR" };
+        // Details quote servers' answers: escaped for the terminal.
+        text.push_str(&format!(
+            "[{mark}] {}: {}\n",
+            finding.check,
+            crate::redact::escape_controls(&finding.detail)
+        ));
+        if let Some(fix) = &finding.fix {
+            text.push_str(&format!("      fix: {fix}\n"));
+        }
+    }
+    text
 }
 
 /// Checks everything a login or a request depends on. The config was already
@@ -288,7 +323,7 @@ pub async fn doctor(config: &Config, config_path: &str) -> Vec<Finding> {
             ),
         }),
     }
-    let http = crate::proxy::http_client().ok();
+    let http = crate::server::http_client().ok();
     for server in &config.servers {
         if let OAuth::Enabled(oauth) = &server.oauth
             && oauth.redirect_port != 0
@@ -313,7 +348,7 @@ pub async fn doctor(config: &Config, config_path: &str) -> Vec<Finding> {
         }
         let Some(http) = &http else { continue };
         let reached = tokio::time::timeout(Duration::from_secs(10), probe(http, server)).await;
-        let url = crate::status::redacted(&server.url);
+        let url = crate::redact::redacted(&server.url);
         let check = format!("{}: upstream", server.name);
         let fix = |what: &str| {
             Some(format!(

@@ -11,23 +11,11 @@ use url::Url;
 
 use crate::error::ProxyError;
 use crate::proxy::Proxy;
+use crate::server::{NO_REFRESH_TOKEN, login_path};
 
 /// Where the page's "Authorize" buttons post. Server names cannot start with a dot, so
 /// this never shadows a server.
 pub(crate) const AUTHORIZE_PATH: &str = "/.latchkey/authorize/{server}";
-
-/// The sign-in start page: what `GET /`, 503 bodies and logs point a person at,
-/// instead of the authorization URL, whose `state` would let whoever reads it finish
-/// the login with their own account.
-pub(crate) const LOGIN_PATH: &str = "/.latchkey/login/{server}";
-
-/// [`LOGIN_PATH`] for one server.
-pub(crate) fn login_path(server: &str) -> String {
-    format!("/.latchkey/login/{server}")
-}
-
-/// Said of a login that gave no refresh token.
-pub(crate) const NO_REFRESH_TOKEN: &str = "no refresh token: the next expiry needs a browser login";
 
 pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Response {
     let servers: Vec<Value> = proxy
@@ -88,7 +76,7 @@ pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Resp
                     format!("/{}", server.name)
                 },
                 "local_key": server.local_key,
-                "upstream": redacted(&server.url),
+                "upstream": crate::redact::redacted(&server.url),
                 "transport": server.transport.as_str(),
                 "state": state,
                 "error": error,
@@ -113,19 +101,6 @@ pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Resp
         }))
         .into_response()
     }
-}
-
-/// The URL without its query string, whose values may be API keys, and without
-/// user info.
-pub fn redacted(url: &Url) -> String {
-    let mut shown = url.clone();
-    if shown.query().is_some() {
-        shown.set_query(Some("…"));
-    }
-    // Cannot fail for http(s) URLs, the only ones the config accepts.
-    let _ = shown.set_username("");
-    let _ = shown.set_password(None);
-    shown.to_string()
 }
 
 #[derive(serde::Deserialize)]
@@ -199,11 +174,11 @@ pub(crate) async fn login(
 }
 
 /// Starts a full login for `upstream` in the background.
-async fn start_login(proxy: &Proxy, upstream: &crate::proxy::Upstream) {
+async fn start_login(proxy: &Proxy, upstream: &crate::server::Upstream) {
     let Some(auth) = &upstream.auth else { return };
     // The server's own challenge names its scopes and metadata; without one,
     // discovery uses the well-known URLs.
-    let challenge = crate::login::probe(proxy.http(), &upstream.config)
+    let challenge = crate::server::probe(proxy.http(), &upstream.config)
         .await
         .ok()
         .and_then(|p| p.challenge);

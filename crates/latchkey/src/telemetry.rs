@@ -246,7 +246,7 @@ pub fn init(level: &str, json: bool) {
 /// line or reach a terminal as an escape sequence.
 fn plain_fields() -> impl for<'w> FormatFields<'w> {
     format::debug_fn(|writer, field, value| {
-        let mut escaped = Escaped(writer);
+        let mut escaped = crate::redact::Escaped(writer);
         if field.name() == "message" {
             std::fmt::Write::write_fmt(&mut escaped, format_args!("{value:?}"))
         } else {
@@ -254,28 +254,6 @@ fn plain_fields() -> impl for<'w> FormatFields<'w> {
         }
     })
     .delimited(" ")
-}
-
-/// A `fmt::Write` that writes control characters (C0, DEL, C1) as Rust escapes.
-struct Escaped<W>(W);
-
-impl<W: std::fmt::Write> std::fmt::Write for Escaped<W> {
-    fn write_str(&mut self, mut text: &str) -> std::fmt::Result {
-        while let Some(at) = text.find(char::is_control) {
-            self.0.write_str(&text[..at])?;
-            let c = text[at..].chars().next().unwrap_or_default();
-            write!(self.0, "{}", c.escape_default())?;
-            text = &text[at + c.len_utf8()..];
-        }
-        self.0.write_str(text)
-    }
-}
-
-/// `text` with control characters escaped, for a terminal.
-pub fn escape_controls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let _ = std::fmt::Write::write_str(&mut Escaped(&mut out), text);
-    out
 }
 
 /// Whether stderr is connected to the journal: systemd sets `JOURNAL_STREAM` to
@@ -380,14 +358,6 @@ mod tests {
         assert!(logged.get() >= LATER_MAX, "{}", logged.get());
         flush();
         assert_eq!(logged.get(), count);
-    }
-
-    #[test]
-    fn control_characters_are_escaped() {
-        assert_eq!(
-            super::escape_controls("bad\nFAKE level=INFO \u{1b}[2J\u{9b}31m\tok é"),
-            "bad\\nFAKE level=INFO \\u{1b}[2J\\u{9b}31m\\tok é"
-        );
     }
 
     #[test]

@@ -28,8 +28,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::{Proxy, Upstream, sse};
+use super::{Proxy, sse};
 use crate::error::{ProxyError, describe};
+use crate::server::Upstream;
 
 /// The largest client message a bridged session accepts (it has to be read whole to
 /// find its ids).
@@ -153,7 +154,7 @@ impl Shared {
 fn upstream_error(upstream: &Upstream, cause: String) -> ProxyError {
     ProxyError::Upstream {
         server: upstream.config.name.clone(),
-        url: crate::status::redacted(&upstream.config.url),
+        url: crate::redact::redacted(&upstream.config.url),
         cause,
     }
 }

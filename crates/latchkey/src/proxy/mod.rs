@@ -7,18 +7,16 @@
 //! upstream request with it. The per-request work is header edits.
 
 mod bridge;
-mod client;
 mod headers;
 mod oauth;
 pub(crate) mod sse;
 pub(crate) mod sse_endpoint;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use arc_swap::ArcSwap;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -26,31 +24,25 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderMap, Method, StatusCode, Uri};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, OAuth, OAuthConfig, Server, Transport};
+use crate::config::{Config, Transport};
 use crate::error::{ProxyError, describe, describe_chain};
 use crate::local_key;
-use latchkey_auth::registration::ConfiguredClient;
+use crate::server::{
+    self, AGENT, LEGACY, Parts, STREAMABLE, UNKNOWN, Upstream, http_client, oauth_clients,
+};
 use latchkey_auth::session::Trigger;
-use latchkey_auth::session::{AuthSettings, Browser, Credentials, ServerAuth};
-use latchkey_auth::target::Clients;
+use latchkey_auth::session::{Browser, Credentials};
 use latchkey_auth::{BearerChallenge, Secret};
 use oauth::Payload;
-pub(crate) use oauth::UpstreamAuth;
 use sse_endpoint::EndpointRewriter;
 pub(crate) use sse_endpoint::LegacyEndpoints;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SESSION_ID: &str = "mcp-session-id";
 /// Logins (or refreshes) one request may wait for before its answer is passed on.
 const AUTH_ROUNDS: u32 = 2;
-/// Sent when the client sends no `User-Agent` of its own.
-const AGENT: HeaderValue =
-    HeaderValue::from_static(concat!("latchkey/", env!("CARGO_PKG_VERSION")));
-/// The least time a browser login gets before its redirect listener closes.
-const FLOW_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Everything the request handlers share. Each request gets a handle (one
 /// reference count), not a copy of the fields.
@@ -72,20 +64,12 @@ pub(crate) struct Shared {
     /// as long as it runs, whatever is swapped in meanwhile.
     servers: ArcSwap<Servers>,
     /// What a reload needs to build the `Upstream` of a new or changed server.
-    browser: Arc<dyn Browser>,
-    credentials: Credentials,
+    parts: Parts,
     /// For the status page, the HTTP+SSE bridge and servers behind a proxy: the
     /// server's own requests, which may go to any address.
     client: reqwest::Client,
-    /// For OAuth requests, which follow `latchkey_auth::target`'s rule.
-    oauth: Clients,
-    /// Opens the connections of each server's pool (the hot path).
-    connector: client::Connector,
     legacy: LegacyEndpoints,
     bridges: Arc<bridge::Bridges>,
-    /// Cancelled at shutdown: standalone SSE streams (GET) end then, so that draining
-    /// waits only for requests that will finish.
-    shutdown: CancellationToken,
     /// The status page's anti-CSRF token: its forms carry it, and an action without
     /// it is refused.
     pub(crate) csrf: Secret,
@@ -121,32 +105,6 @@ pub(crate) struct Reloaded {
     pub(crate) unchanged: usize,
 }
 
-/// One configured server and what latchkey has seen of it.
-#[derive(Debug)]
-pub(crate) struct Upstream {
-    pub(crate) config: Server,
-    /// Ends this server's standalone GET streams: at shutdown (a child of the
-    /// proxy's token), or when a reload removes or changes the server, so that its
-    /// clients reconnect to what the config now says.
-    streams: CancellationToken,
-    failing: AtomicBool,
-    last_error: Mutex<Option<String>>,
-    /// For `transport = "auto"`: what the server turned out to speak.
-    detected: AtomicU8,
-    /// `None` for `oauth = false`.
-    pub(crate) auth: Option<UpstreamAuth>,
-    /// The environment sends this server's requests through a proxy.
-    proxied: bool,
-    /// Connections to the server, for forwarded requests (unless `proxied`).
-    pool: client::Pool,
-    /// The key of its key URL, when `local_key = true`.
-    key: Option<local_key::Held>,
-}
-
-const UNKNOWN: u8 = 0;
-const STREAMABLE: u8 = 1;
-const LEGACY: u8 = 2;
-
 impl Upstream {
     /// Adds the configured headers and, for an OAuth server, the current token. The
     /// HTTP+SSE bridge uses this; it has no login retry of its own.
@@ -177,32 +135,6 @@ impl Upstream {
             Transport::StreamableHttp => false,
         }
     }
-
-    /// The last transport failure, if the most recent attempt failed.
-    pub(crate) fn last_error(&self) -> Option<String> {
-        if !self.failing.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn record(&self, outcome: Result<(), &str>) {
-        match outcome {
-            // The common case costs one atomic load.
-            Ok(()) if !self.failing.load(Ordering::Relaxed) => {}
-            Ok(()) => self.failing.store(false, Ordering::Relaxed),
-            Err(cause) => {
-                *self
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(cause.to_owned());
-                self.failing.store(true, Ordering::Relaxed);
-            }
-        }
-    }
 }
 
 impl Proxy {
@@ -214,56 +146,38 @@ impl Proxy {
     ) -> Result<Self, reqwest::Error> {
         let shared = Shared {
             servers: ArcSwap::from_pointee(Servers::default()),
-            browser,
-            credentials,
+            // Standalone SSE streams (GET) end at shutdown, so that draining waits
+            // only for requests that will finish.
+            parts: Parts {
+                oauth: oauth_clients()?,
+                browser,
+                credentials,
+                connector: server::Connector::new(),
+                shutdown,
+            },
             client: http_client()?,
-            oauth: oauth_clients()?,
-            connector: client::Connector::new(),
             legacy: LegacyEndpoints::default(),
             bridges: Arc::default(),
-            shutdown,
             csrf: latchkey_auth::authorize::random_secret(32),
             allowed_uids: config.allowed_uids.clone(),
         };
-        let order = config.servers.iter().map(|s| shared.build(s)).collect();
+        let order = config
+            .servers
+            .iter()
+            .map(|s| Upstream::new(s, &shared.parts))
+            .collect();
         shared.servers.store(Arc::new(Servers::new(order)));
         Ok(Self(Arc::new(shared)))
     }
 }
 
 impl Shared {
-    fn build(&self, server: &Server) -> Arc<Upstream> {
-        let auth = match &server.oauth {
-            OAuth::Disabled => None,
-            OAuth::Enabled(oauth) => Some(UpstreamAuth {
-                session: ServerAuth::new(
-                    auth_settings(server, oauth),
-                    self.oauth.clone(),
-                    self.browser.clone(),
-                    self.credentials.clone(),
-                ),
-                timeout: oauth.auth_timeout,
-            }),
-        };
-        Arc::new(Upstream {
-            config: server.clone(),
-            streams: self.shutdown.child_token(),
-            failing: AtomicBool::new(false),
-            last_error: Mutex::new(None),
-            detected: AtomicU8::new(UNKNOWN),
-            auth,
-            proxied: client::system_proxy(&server.uri),
-            pool: client::Pool::new(&self.connector, &server.uri),
-            key: server.local_key.then(local_key::Held::default),
-        })
-    }
-
     /// Reads the key of every keyed server among `upstreams` from the store.
     async fn load_keys(&self, upstreams: &[Arc<Upstream>]) {
         let keyed = upstreams
             .iter()
             .filter_map(|u| Some((u.config.name.as_str(), u.key.as_ref()?)));
-        local_key::load_all(&self.credentials, keyed).await;
+        local_key::load_all(&self.parts.credentials, keyed).await;
     }
 
     /// Loads every server's stored credentials, all at once.
@@ -297,7 +211,7 @@ impl Shared {
                     } else {
                         reloaded.added.push(server.name.clone());
                     }
-                    let upstream = self.build(server);
+                    let upstream = Upstream::new(server, &self.parts);
                     fresh.push(upstream.clone());
                     upstream
                 }
@@ -369,46 +283,6 @@ async fn restore(upstreams: &[Arc<Upstream>]) {
         })
     });
     futures_util::future::join_all(loads).await;
-}
-
-/// The upstream HTTP client, for the proxy and for `latchkey login`.
-pub(crate) fn http_client() -> Result<reqwest::Client, reqwest::Error> {
-    http_builder().build()
-}
-
-/// The clients for OAuth requests: the same settings, and the target rule.
-pub(crate) fn oauth_clients() -> Result<Clients, reqwest::Error> {
-    Clients::new(http_builder)
-}
-
-fn http_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        // A transparent proxy hands redirects to the client; following them here
-        // would also send the credentials to wherever they point.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(AGENT)
-        .use_preconfigured_tls(client::reqwest_tls())
-}
-
-pub(crate) fn auth_settings(server: &Server, oauth: &OAuthConfig) -> AuthSettings {
-    AuthSettings {
-        server: server.name.clone(),
-        resource_url: server.url.clone(),
-        grant: oauth.grant,
-        client: oauth.client_id.clone().map(|client_id| ConfiguredClient {
-            client_id,
-            client_secret: oauth.client_secret.clone(),
-            private_key: oauth.private_key.clone(),
-        }),
-        client_metadata_url: oauth.client_metadata_url.as_ref().map(ToString::to_string),
-        redirect_port: oauth.redirect_port,
-        send_resource: oauth.send_resource,
-        authorize_params: oauth.authorize_params.clone(),
-        // The browser flow may outlast one request's wait; it keeps going for the next.
-        flow_timeout: oauth.auth_timeout.max(FLOW_TIMEOUT),
-        issuer: oauth.issuer.clone(),
-    }
 }
 
 /// `POST|GET|DELETE /<server>`: forward to the server's URL.
@@ -574,7 +448,7 @@ pub(crate) async fn legacy_message(
         })?;
     let uri = crate::config::request_uri(&url).map_err(|cause| ProxyError::Upstream {
         server: name.clone(),
-        url: crate::status::redacted(&url),
+        url: crate::redact::redacted(&url),
         cause,
     })?;
     if request.method() != Method::POST {
@@ -745,7 +619,7 @@ async fn transmit(
             upstream.record(Err(&cause));
             Err(ProxyError::Upstream {
                 server: server.name.clone(),
-                url: crate::status::redacted(&server.url),
+                url: crate::redact::redacted(&server.url),
                 cause,
             })
         }

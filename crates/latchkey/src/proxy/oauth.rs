@@ -1,29 +1,18 @@
 //! The proxy's side of OAuth: the token on each request, the wait for a login, and
 //! keeping request bodies so that a request refused with 401 can be sent again.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use axum::body::Body;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
-use latchkey_auth::session::{AuthStatus, ServerAuth, Trigger};
+use latchkey_auth::session::{AuthStatus, Trigger};
 
-use super::Upstream;
 use crate::error::ProxyError;
+use crate::server::{Upstream, UpstreamAuth};
 
 /// Request bodies up to this size are kept for a retry after a login; bigger ones
 /// stream, and their client is asked to send them again.
 const REPLAY_LIMIT: usize = 8 * 1024 * 1024;
-
-/// An OAuth-protected server's token source.
-#[derive(Debug)]
-pub(crate) struct UpstreamAuth {
-    pub(crate) session: Arc<ServerAuth>,
-    /// How long a request waits for a login.
-    pub(crate) timeout: Duration,
-}
 
 impl UpstreamAuth {
     /// Waits (up to the server's `auth_timeout`) for new tokens.
@@ -44,7 +33,7 @@ impl UpstreamAuth {
                 server,
                 command: upstream.config.login_command.clone(),
                 sign_in: matches!(self.session.status(), AuthStatus::Authorizing { .. })
-                    .then(|| crate::status::login_path(&upstream.config.name)),
+                    .then(|| crate::server::login_path(&upstream.config.name)),
             }),
         }
     }
