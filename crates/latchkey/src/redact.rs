@@ -45,7 +45,10 @@ mod tests {
     #[test]
     fn queries_and_user_info_are_not_shown() {
         let url = url::Url::parse("https://user:pw@mcp.example.com/mcp?key=K").expect("url");
-        assert_eq!(super::redacted(&url), "https://mcp.example.com/mcp?…");
+        assert_eq!(
+            super::redacted(&url),
+            "https://mcp.example.com/mcp?%E2%80%A6"
+        );
     }
 
     #[test]
