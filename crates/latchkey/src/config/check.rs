@@ -16,7 +16,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use url::Url;
 
-use super::{Config, DEFAULT_LISTEN, DEFAULT_SHUTDOWN_TIMEOUT, StoreKind, check_listen};
+use super::{Config, DEFAULT_LISTEN, StoreKind, check_listen};
 
 /// A problem found in a config file, with where it is and how to fix it.
 #[derive(Debug, Clone)]
@@ -165,17 +165,7 @@ impl Checker<'_> {
         let servers = top.remove("servers");
         self.take_unknown(&mut top, TOP_KEYS, "top-level keys are");
 
-        let mut config = Config {
-            listen: DEFAULT_LISTEN,
-            allow_non_loopback: false,
-            allowed_origins: Vec::new(),
-            allowed_hosts: Vec::new(),
-            allowed_uids: Vec::new(),
-            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            store: StoreKind::Auto,
-            state_dir: None,
-            servers: Vec::new(),
-        };
+        let mut config = Config::default();
         self.top(&mut top, &mut config);
 
         match servers {

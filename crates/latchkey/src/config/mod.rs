@@ -64,15 +64,27 @@ impl Config {
     /// --url`, which needs no config file.
     pub fn single(server: Server, store: StoreKind, state_dir: Option<PathBuf>) -> Self {
         Self {
+            store,
+            state_dir,
+            servers: vec![server],
+            ..Self::default()
+        }
+    }
+}
+
+/// What a config file without any top-level key means.
+impl Default for Config {
+    fn default() -> Self {
+        Self {
             listen: DEFAULT_LISTEN,
             allow_non_loopback: false,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             allowed_uids: Vec::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            store,
-            state_dir,
-            servers: vec![server],
+            store: StoreKind::Auto,
+            state_dir: None,
+            servers: Vec::new(),
         }
     }
 }
