@@ -33,17 +33,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             headers,
             transport,
             no_browser,
-        } => match (server, url) {
-            (Some(server), _) => {
-                let config = config::load(&config.unwrap_or_else(config::default_path))?;
-                login(&config, &server, !no_browser)
-            }
-            (None, Some(url)) => {
-                let config = config::adhoc(config, &url, &headers, transport)?;
-                login(&config, "remote", !no_browser)
-            }
-            (None, None) => anyhow::bail!("give a server name from the config, or --url URL"),
-        },
+        } => {
+            let (config, name) =
+                config::target(config, server, url.as_deref(), &headers, transport)?;
+            login(&config, &name, !no_browser)
+        }
         Command::Stdio {
             server,
             config,
@@ -51,30 +45,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             headers,
             transport,
         } => {
-            let (config, name) = match (server, url) {
-                (Some(name), _) => {
-                    let path = config.unwrap_or_else(config::default_path);
-                    let config = config::load(&path)?;
-                    if !config.servers.iter().any(|s| s.name == name) {
-                        anyhow::bail!(
-                            "no server {name:?} in {}; configured: {}",
-                            path.display(),
-                            config
-                                .servers
-                                .iter()
-                                .map(|s| s.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        );
-                    }
-                    (config, name)
-                }
-                (None, Some(url)) => (
-                    config::adhoc(config, &url, &headers, transport)?,
-                    "remote".to_owned(),
-                ),
-                (None, None) => anyhow::bail!("give a server name from the config, or --url URL"),
-            };
+            let (config, name) =
+                config::target(config, server, url.as_deref(), &headers, transport)?;
             let runtime = runtime()?;
             let served = runtime.block_on(async {
                 let shutdown = shutdown_signal()?;

@@ -113,6 +113,56 @@ pub(crate) fn substitute_env(
     Ok(Secret::new(out))
 }
 
+/// What a command that takes `SERVER` or `--url` was pointed at.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Adhoc(#[from] AdhocError),
+    #[error("no server {name:?} in the config; configured: {known} (config file: {path})")]
+    UnknownServer {
+        name: String,
+        path: String,
+        known: String,
+    },
+    #[error("give a server name from the config, or --url URL")]
+    Missing,
+}
+
+/// The config and server name for `latchkey stdio` and `login`: server `name` of
+/// the config at `config` (which must have it), or `--url` with its headers as the
+/// one server `remote`.
+pub fn target(
+    config: Option<PathBuf>,
+    name: Option<String>,
+    url: Option<&str>,
+    headers: &[String],
+    transport: crate::cli::TransportArg,
+) -> Result<(Config, String), TargetError> {
+    match (name, url) {
+        (Some(name), _) => {
+            let path = config.unwrap_or_else(default_path);
+            let config = load(&path)?;
+            if !config.servers.iter().any(|s| s.name == name) {
+                return Err(TargetError::UnknownServer {
+                    name,
+                    path: path.display().to_string(),
+                    known: config
+                        .servers
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            Ok((config, name))
+        }
+        (None, Some(url)) => Ok((adhoc(config, url, headers, transport)?, "remote".to_owned())),
+        (None, None) => Err(TargetError::Missing),
+    }
+}
+
 /// A bad `--url` or `--header` of `latchkey stdio --url` or `latchkey login --url`.
 #[derive(Debug, thiserror::Error)]
 pub enum AdhocError {

@@ -11,7 +11,9 @@ mod load;
 pub use check::{ConfigError, Diagnostic};
 #[cfg(feature = "fuzzing")]
 pub(crate) use load::substitute_env;
-pub use load::{AdhocError, adhoc, check_listen, default_path, load, parse, xdg_dir};
+pub use load::{
+    AdhocError, TargetError, adhoc, check_listen, default_path, load, parse, target, xdg_dir,
+};
 
 use std::fmt;
 use std::net::SocketAddr;
