@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 
-use crate::harness::{Daemon, TempDir, client, initialize};
+use crate::harness::{Daemon, Store, TempDir, client, protected};
 
 /// The user that plants files: `nobody`.
 const OTHER: u32 = 65534;
@@ -202,7 +202,7 @@ async fn a_state_dir_others_may_write_to_or_that_another_user_owns_is_refused() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_dir_planted_as_a_link_is_refused_and_nothing_is_made_where_it_points() {
-    let setup = crate::oauth::protected(AuthOptions::default()).await;
+    let setup = protected().start().await;
     let dir = TempDir::new("linked-state");
     // A directory every user may write to, like /tmp or a careless XDG_RUNTIME_DIR,
     // and one of the victim's own that the link points into.
@@ -221,7 +221,7 @@ async fn a_state_dir_planted_as_a_link_is_refused_and_nothing_is_made_where_it_p
         &dir.0,
         &format!(
             "store = \"file\"\nstate_dir = {link:?}\n[servers.notes]\nurl = {:?}\n",
-            setup.upstream.mcp_url()
+            setup.mcp_url()
         ),
     );
     let made = || std::fs::read_dir(&elsewhere).map_or(0, Iterator::count);
@@ -261,19 +261,11 @@ async fn a_record_another_user_planted_is_refused_and_its_token_never_sent() {
         return;
     }
     let daemon = Daemon::builder()
-        .top("store = \"file\"")
-        .top(&format!("state_dir = {state:?}"))
+        .store(Store::File(state))
         .server("notes", &upstream.mcp_url(), &[])
         .start()
         .await;
-    let response = client()
-        .post(daemon.url("/notes"))
-        .header("accept", "application/json, text/event-stream")
-        .json(&initialize())
-        .send()
-        .await
-        .expect("request");
-    drop(response.bytes().await);
+    drop(daemon.initialize("/notes").await.bytes().await);
     let sent: Vec<_> = upstream
         .requests()
         .iter()
