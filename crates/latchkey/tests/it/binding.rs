@@ -64,6 +64,10 @@ impl Scene {
             store,
             oauth: oauth(&moving),
         };
+        Self::run(moving, log, config).await
+    }
+
+    async fn run(moving: MovingUpstream, log: Log, config: Config) -> Self {
         let daemon = config.start(&moving).await;
         Self {
             moving,
@@ -83,13 +87,7 @@ impl Scene {
         } = self;
         daemon.shutdown().await.expect("the daemon stops");
         meanwhile(&moving);
-        let daemon = config.start(&moving).await;
-        Self {
-            moving,
-            daemon,
-            log,
-            config,
-        }
+        Self::run(moving, log, config).await
     }
 
     /// An `initialize` through the daemon: its status and JSON body.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use latchkey_testkit::McpUpstream;
 
-use crate::binary::Serve;
-use crate::harness::{TempDir, client, initialize, protected};
+use crate::binary::{Serve, Served};
+use crate::harness::{TempDir, assert_ok, client, initialize, protected, read_head, tls_acceptor};
 
 /// The binary, with its state and lock directories in a scratch directory of this
 /// test process, never the user's.
@@ -141,6 +141,13 @@ fn serve_refuses_a_non_loopback_listen_flag() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("allow_non_loopback"));
 }
 
+/// Sends `serve` SIGname; it must exit 0. All it logged.
+async fn exits_zero(serve: Served, name: &str) -> String {
+    let (code, logs) = serve.stop(name).await;
+    assert_eq!(code, Some(0), "{logs}");
+    logs
+}
+
 /// `latchkey --log-level LEVEL serve` on port 0 with `config`.
 fn serve(config: &Path, level: &str) -> Serve {
     let mut command = latchkey();
@@ -170,8 +177,7 @@ async fn sigterm_exits_zero_and_logs_carry_no_header_values() {
         .expect("request");
     assert_eq!(response.status(), 200);
     response.bytes().await.expect("body");
-    let (code, logs) = serve.stop("TERM").await;
-    assert_eq!(code, Some(0), "{logs}");
+    let logs = exits_zero(serve, "TERM").await;
     assert!(
         logs.contains("server=notes")
             && logs.contains("method=POST")
@@ -193,8 +199,7 @@ async fn sigint_exits_zero_too() {
     let dir = TempDir::new("sigint");
     let path = dir.write_config("[servers.a]\nurl = \"https://a.example.com/mcp\"\n");
     let serve = serve(&path, "info").logged().start().await;
-    let (code, logs) = serve.stop("INT").await;
-    assert_eq!(code, Some(0), "{logs}");
+    let logs = exits_zero(serve, "INT").await;
     assert!(logs.contains("stopped"), "{logs}");
 }
 
@@ -217,15 +222,8 @@ async fn a_full_login_leaves_no_secret_in_a_debug_log() {
         .env("BROWSER", &browser_command)
         .start()
         .await;
-    let response = client()
-        .post(serve.url("/notes"))
-        .json(&initialize())
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
-    let (code, logs) = serve.stop("TERM").await;
-    assert_eq!(code, Some(0), "{logs}");
+    assert_ok(serve.post_json("/notes", &initialize()).await).await;
+    let logs = exits_zero(serve, "TERM").await;
     assert!(logs.contains("authorized"), "the login happened: {logs}");
     assert!(logs.contains("DEBUG"), "the log is at debug level: {logs}");
     let token = setup
@@ -254,7 +252,6 @@ async fn forward_proxy() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
-    use tokio::io::AsyncReadExt as _;
     use tokio::io::AsyncWriteExt as _;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -266,14 +263,9 @@ async fn forward_proxy() -> (
         while let Ok((mut client, _)) = listener.accept().await {
             let lines = lines.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n") {
-                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
+                let Some(head) = read_head(&mut client, b"\r\n").await else {
+                    return;
+                };
                 let line = String::from_utf8_lossy(&head).trim_end().to_owned();
                 let target = line
                     .split_whitespace()
@@ -313,16 +305,10 @@ async fn forwarded_requests_go_through_the_proxy_the_environment_names() {
         .env("no_proxy", "")
         .start()
         .await;
-    let response = client()
-        .post(serve.url("/notes"))
-        .json(&initialize())
-        .send()
-        .await
-        .expect("request");
+    let response = serve.post_json("/notes", &initialize()).await;
     assert_eq!(response.status(), 200);
     response.bytes().await.expect("body");
-    let (code, logs) = serve.stop("TERM").await;
-    assert_eq!(code, Some(0), "{logs}");
+    exits_zero(serve, "TERM").await;
     let seen = seen.lock().expect("lines").clone();
     assert!(
         seen.iter()
@@ -415,26 +401,9 @@ async fn h2_upstream() -> (
     std::sync::Arc<std::sync::Mutex<Vec<http::Version>>>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex};
-    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/tls");
-    let certs = CertificateDer::pem_file_iter(format!("{tls}/server.pem"))
-        .expect("server.pem")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("certificates");
-    let key = PrivateKeyDer::from_pem_file(format!("{tls}/server.key")).expect("server.key");
-    let mut config = rustls::ServerConfig::builder_with_provider(
-        rustls::crypto::ring::default_provider().into(),
-    )
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("certificate and key");
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tls_acceptor("server", &[b"h2"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -504,8 +473,7 @@ async fn an_https_upstream_that_offers_http2_gets_one_shared_connection() {
         call(client()).await;
     }
     futures_util::future::join_all((0..8).map(|_| call(client()))).await;
-    let (code, logs) = serve.stop("TERM").await;
-    assert_eq!(code, Some(0), "{logs}");
+    let logs = exits_zero(serve, "TERM").await;
     assert_eq!(connections.load(Ordering::SeqCst), 1, "{logs}");
     let versions = versions.lock().expect("versions").clone();
     assert_eq!(versions.len(), 11);

@@ -210,6 +210,35 @@ impl Local {
             .to_owned()
     }
 
+    /// Opens the GET stream of `session` at `path`, which must succeed, and reads it
+    /// until the upstream's first event; the stream and what it has read.
+    pub async fn open_stream(&self, path: &str, session: &str) -> (reqwest::Response, String) {
+        let mut stream = stream_client()
+            .get(self.url(path))
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", session)
+            .send()
+            .await
+            .expect("GET stream");
+        assert_eq!(stream.status(), 200);
+        let mut seen = String::new();
+        read_until(&mut stream, &mut seen, "stream open").await;
+        (stream, seen)
+    }
+
+    /// The status page as a client taking `accept` gets it.
+    pub async fn page(&self, accept: &str) -> String {
+        client()
+            .get(self.url("/"))
+            .header("accept", accept)
+            .send()
+            .await
+            .expect("GET /")
+            .text()
+            .await
+            .expect("page")
+    }
+
     /// The status page, as JSON.
     pub async fn status(&self) -> Value {
         client()
@@ -221,6 +250,12 @@ impl Local {
             .await
             .expect("status JSON")
     }
+}
+
+/// Fails unless `response` is a 200; the failure shows its body.
+pub async fn assert_ok(response: reqwest::Response) {
+    let status = response.status();
+    assert_eq!(status, 200, "{status}: {:?}", response.text().await);
 }
 
 /// An MCP upstream that requires tokens from a testkit authorization server, which
@@ -522,6 +557,61 @@ pub fn skipped(why: &str) {
             .and_then(|mut file| std::io::Write::write_all(&mut file, line.as_bytes()));
         appended.expect("write to $LATCHKEY_TEST_SKIPS");
     }
+}
+
+/// A TLS acceptor with the certificate `tests/it/tls/NAME.pem` and its key, offering
+/// the ALPN protocols `alpn`.
+pub fn tls_acceptor(name: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/tls");
+    let certs = CertificateDer::pem_file_iter(format!("{tls}/{name}.pem"))
+        .expect("the certificate file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(format!("{tls}/{name}.key")).expect("the key file");
+    let mut config = rustls::ServerConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("certificate and key");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Reads `stream` a byte at a time up to the end of `terminator`, so that nothing
+/// after it is taken; `None` if it closes first.
+pub async fn read_head(stream: &mut tokio::net::TcpStream, terminator: &[u8]) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(terminator) {
+        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(head)
+}
+
+/// tests/interop: the pinned third-party clients and servers, and their scripts.
+pub fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// `path` under [`interop_dir`], which must be there: scripts/test installs what the
+/// repository does not hold (node_modules, the virtualenvs).
+pub fn interop(path: &str) -> PathBuf {
+    let full = interop_dir().join(path);
+    assert!(
+        full.exists(),
+        "{} is missing: run scripts/test, which installs the pinned third-party parts",
+        full.display()
+    );
+    full
 }
 
 /// A directory under the temp dir for one test's files, removed on drop.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::binary::{Serve, latchkey, serve};
-use crate::harness::{TempDir, client, protected};
+use crate::harness::{TempDir, protected};
 
 const API_KEY: &str = "apikey-Lk-7f3a9c";
 const QUERY_SECRET: &str = "qsecret-Lk-51e0";
@@ -92,13 +92,7 @@ async fn no_credential_reaches_a_log_an_output_or_an_error_body() {
     let answer = daemon.initialize("/nope").await;
     record("404", answer.text().await.expect("body"));
     for accept in ["application/json", "text/html"] {
-        let page = client()
-            .get(daemon.url("/"))
-            .header("accept", accept)
-            .send()
-            .await
-            .expect("GET /");
-        record(accept, page.text().await.expect("page"));
+        record(accept, daemon.page(accept).await);
     }
     for args in [&["status", "--json"][..], &["doctor"], &["logout", "notes"]] {
         let out = tokio::process::Command::from(run(args))

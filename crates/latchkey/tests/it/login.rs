@@ -11,8 +11,8 @@ use tokio::process::{Child, Command};
 
 use crate::binary::{Serve, Served};
 use crate::harness::{
-    Daemon, DaemonBuilder, Local, Protected, ScriptedBrowser, Store, TempDir, client,
-    no_redirect_client, protected,
+    Daemon, DaemonBuilder, Local, Protected, ScriptedBrowser, Store, TempDir, assert_ok, client,
+    interop, interop_dir, no_redirect_client, protected,
 };
 
 /// A scratch home: a config with a file store and server `notes`, and the state and
@@ -56,6 +56,22 @@ impl Home {
         std::fs::read_dir(dir)
             .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default()
+    }
+
+    /// Logs in once, through a daemon on this store whose browser approves.
+    async fn log_in(&self, setup: &Protected) {
+        let daemon = logged_in(setup.daemon(&[]).store(self.store())).await;
+        daemon.shutdown().await.expect("shutdown");
+    }
+
+    /// `latchkey status --json`.
+    async fn status(&self) -> serde_json::Value {
+        let status = self
+            .command(&["status", "--json"])
+            .output()
+            .await
+            .expect("status");
+        serde_json::from_slice(&status.stdout).expect("json")
     }
 
     /// `latchkey serve` on this home's config, on port 0.
@@ -186,8 +202,7 @@ async fn no_browser_login_takes_the_pasted_redirect_and_a_daemon_uses_the_token(
         assert_eq!(mode(records[0].parent().expect("dir")), 0o700);
     }
     // The running daemon finds the new tokens on its first 401.
-    let response = running.initialize("/notes").await;
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert_ok(running.initialize("/notes").await).await;
     running.shutdown().await.expect("shutdown");
     daemon_uses_the_stored_token(&home, &setup).await;
     assert_eq!(
@@ -277,8 +292,7 @@ async fn login_names_unknown_servers_and_disabled_oauth() {
 async fn a_restarted_daemon_refreshes_stored_tokens_without_a_browser() {
     let setup = protected().token_lifetime(1).start().await;
     let home = Home::new("restart", &setup.mcp_url());
-    let first = logged_in(setup.daemon(&[]).store(home.store())).await;
-    first.shutdown().await.expect("shutdown");
+    home.log_in(&setup).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // The default harness browser fails any login: only a refresh can succeed.
     daemon_uses_the_stored_token(&home, &setup).await;
@@ -293,17 +307,8 @@ async fn a_restarted_daemon_refreshes_stored_tokens_without_a_browser() {
 async fn logout_revokes_and_deletes_and_status_shows_it() {
     let setup = protected().start().await;
     let home = Home::new("logout", &setup.mcp_url());
-    logged_in(setup.daemon(&[]).store(home.store()))
-        .await
-        .shutdown()
-        .await
-        .expect("shutdown");
-    let status = home
-        .command(&["status", "--json"])
-        .output()
-        .await
-        .expect("status");
-    let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    home.log_in(&setup).await;
+    let json = home.status().await;
     let row = &json["servers"][0];
     assert_eq!(row["state"], "ready", "{json}");
     assert_eq!(
@@ -339,12 +344,7 @@ async fn logout_revokes_and_deletes_and_status_shows_it() {
         revoked[0].starts_with("rt-") && revoked[1].starts_with("at-"),
         "{revoked:?}"
     );
-    let status = home
-        .command(&["status", "--json"])
-        .output()
-        .await
-        .expect("status");
-    let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    let json = home.status().await;
     assert_eq!(json["servers"][0]["state"], "needs_auth", "{json}");
 }
 
@@ -372,11 +372,7 @@ async fn logout_reaches_a_running_daemon_and_a_running_bridge() {
         text + "[servers.notes.oauth]\nauth_timeout_secs = 2\n",
     )
     .expect("config");
-    logged_in(setup.daemon(&[]).store(home.store()))
-        .await
-        .shutdown()
-        .await
-        .expect("shutdown");
+    home.log_in(&setup).await;
     let daemon = home.serve().start().await;
     let mut bridge = crate::stdio::Bridge::start(home.command(&["stdio", "notes"]));
     assert!(bridge.initialize().await.get("result").is_some());
@@ -447,6 +443,19 @@ async fn initialize_burst(daemons: &[Served]) -> Vec<u16> {
     futures_util::future::join_all(requests).await
 }
 
+/// The cross-process rule's verdict: one login, then exactly one refresh for all four
+/// processes. Stops `daemons`.
+async fn one_refresh_for_all(setup: &Protected, daemons: Vec<Served>) {
+    assert_eq!(
+        setup.auth.token_requests(),
+        ["authorization_code", "refresh_token"],
+        "one login, then exactly one refresh for all four processes"
+    );
+    for daemon in daemons {
+        daemon.kill().await;
+    }
+}
+
 /// The cross-process rule: an expired token hit by 200 concurrent requests spread
 /// over 4 daemons sharing one store costs exactly one refresh grant, even though the
 /// server rotates refresh tokens (a second refresh with the old one would fail).
@@ -458,11 +467,7 @@ async fn two_hundred_requests_over_four_processes_cost_one_refresh() {
         .start()
         .await;
     let home = Home::new("fleet", &setup.mcp_url());
-    logged_in(setup.daemon(&[]).store(home.store()))
-        .await
-        .shutdown()
-        .await
-        .expect("shutdown");
+    home.log_in(&setup).await;
     let mut daemons = Vec::new();
     for _ in 0..4 {
         daemons.push(home.serve().start().await);
@@ -472,14 +477,7 @@ async fn two_hundred_requests_over_four_processes_cost_one_refresh() {
     let statuses = initialize_burst(&daemons).await;
     assert_eq!(statuses.len(), 200);
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert_eq!(
-        setup.auth.token_requests(),
-        ["authorization_code", "refresh_token"],
-        "one login, then exactly one refresh for all four processes"
-    );
-    for daemon in daemons {
-        daemon.kill().await;
-    }
+    one_refresh_for_all(&setup, daemons).await;
 }
 
 /// `/run/user/$UID` with its `bus` socket, as a desktop login (pam_systemd) lays them
@@ -600,20 +598,13 @@ async fn a_bridge_with_a_bare_environment_shares_the_keyring_and_the_locks() {
         answers.iter().all(|a| a.get("result").is_some()),
         "{answers:?}"
     );
-    assert_eq!(
-        setup.auth.token_requests(),
-        ["authorization_code", "refresh_token"],
-        "one login, then exactly one refresh for all four processes"
-    );
-    for daemon in daemons {
-        daemon.kill().await;
-    }
+    one_refresh_for_all(&setup, daemons).await;
 }
 
 /// The official SDK client through the daemon binary, with `$BROWSER` a script
 /// that approves at once; returns the text of the `echo` call.
 async fn sdk_call(daemon: &Local) -> String {
-    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let interop = interop_dir();
     let mut command = Command::new("node");
     command
         .arg(interop.join("sdk-call.mjs"))
@@ -632,9 +623,7 @@ async fn sdk_call(daemon: &Local) -> String {
 async fn sdk_client_sees_refresh_revocation_and_restart_handled() {
     let setup = protected().token_lifetime(2).start().await;
     let home = Home::new("sdk", &setup.mcp_url());
-    let browser =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/conformance/browser.mjs");
-    let browser = format!("node {}", browser.display());
+    let browser = format!("node {}", interop("conformance/browser.mjs").display());
     let start = || home.serve().env("BROWSER", &browser).start();
     let daemon = start().await;
     assert!(sdk_call(&daemon).await.contains("through latchkey"));

@@ -8,7 +8,16 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{ScriptedBrowser, client, no_redirect_client, protected};
+use crate::harness::{
+    Daemon, Protected, ScriptedBrowser, assert_ok, no_redirect_client, protected,
+};
+
+/// A daemon in front of `setup`, and the person who approves its logins at once.
+async fn in_front_of(setup: &Protected) -> (Daemon, Arc<ScriptedBrowser>) {
+    let browser = ScriptedBrowser::approving();
+    let daemon = setup.daemon(&[]).browser(browser.clone()).start().await;
+    (daemon, browser)
+}
 
 /// A `tools/call` of the upstream's `echo`, which a step-up may guard.
 fn echo_call() -> Value {
@@ -19,8 +28,7 @@ fn echo_call() -> Value {
 #[tokio::test]
 async fn the_first_401_runs_the_flow_and_the_client_never_notices() {
     let setup = protected().start().await;
-    let browser = ScriptedBrowser::approving();
-    let daemon = setup.daemon(&[]).browser(browser.clone()).start().await;
+    let (daemon, browser) = in_front_of(&setup).await;
     let response = daemon.initialize("/notes").await;
     assert_eq!(
         response.status(),
@@ -74,11 +82,7 @@ async fn the_first_401_runs_the_flow_and_the_client_never_notices() {
 async fn a_login_without_a_refresh_token_says_the_next_expiry_needs_a_browser() {
     for (no_refresh_tokens, warned) in [(true, true), (false, false)] {
         let setup = protected().refresh_tokens(!no_refresh_tokens).start().await;
-        let daemon = setup
-            .daemon(&[])
-            .browser(ScriptedBrowser::approving())
-            .start()
-            .await;
+        let (daemon, _) = in_front_of(&setup).await;
         assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
         let status = daemon.status().await;
         let auth = &status["servers"][0]["auth"];
@@ -94,8 +98,8 @@ async fn a_login_without_a_refresh_token_says_the_next_expiry_needs_a_browser() 
 #[tokio::test]
 async fn concurrent_requests_share_one_login() {
     let setup = protected().start().await;
-    let browser = ScriptedBrowser::approving();
-    let daemon = Arc::new(setup.daemon(&[]).browser(browser.clone()).start().await);
+    let (daemon, browser) = in_front_of(&setup).await;
+    let daemon = Arc::new(daemon);
     let calls = (0..12).map(|_| {
         let daemon = daemon.clone();
         tokio::spawn(async move { daemon.initialize("/notes").await.status() })
@@ -111,8 +115,7 @@ async fn concurrent_requests_share_one_login() {
 #[tokio::test]
 async fn tokens_about_to_expire_are_refreshed_without_a_browser() {
     let setup = protected().token_lifetime(2).start().await;
-    let browser = ScriptedBrowser::approving();
-    let daemon = setup.daemon(&[]).browser(browser.clone()).start().await;
+    let (daemon, browser) = in_front_of(&setup).await;
     assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
     assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
     assert_eq!(setup.auth.token_requests(), ["authorization_code"]);
@@ -195,11 +198,7 @@ async fn oauth_false_passes_the_401_through() {
 #[tokio::test]
 async fn a_server_without_any_registration_route_says_which_key_to_set() {
     let setup = protected().dcr(false).start().await;
-    let daemon = setup
-        .daemon(&[])
-        .browser(ScriptedBrowser::approving())
-        .start()
-        .await;
+    let (daemon, _) = in_front_of(&setup).await;
     let response = daemon.initialize("/notes").await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = response.json().await.expect("json");
@@ -217,17 +216,10 @@ async fn a_server_without_any_registration_route_says_which_key_to_set() {
 #[tokio::test]
 async fn revoked_tokens_mean_a_new_login_with_the_same_client() {
     let setup = protected().start().await;
-    let browser = ScriptedBrowser::approving();
-    let daemon = setup.daemon(&[]).browser(browser.clone()).start().await;
+    let (daemon, browser) = in_front_of(&setup).await;
     assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
     setup.auth.revoke_all();
-    let response = daemon.initialize("/notes").await;
-    assert_eq!(
-        response.status(),
-        StatusCode::OK,
-        "{:?}",
-        response.text().await
-    );
+    assert_ok(daemon.initialize("/notes").await).await;
     assert_eq!(
         setup.auth.token_requests(),
         ["authorization_code", "refresh_token", "authorization_code"],
@@ -244,8 +236,7 @@ async fn revoked_tokens_mean_a_new_login_with_the_same_client() {
 #[tokio::test]
 async fn insufficient_scope_steps_up_to_the_union_and_retries() {
     let setup = protected().write_scope_for_tools().start().await;
-    let browser = ScriptedBrowser::approving();
-    let daemon = setup.daemon(&[]).browser(browser.clone()).start().await;
+    let (daemon, browser) = in_front_of(&setup).await;
     let session = daemon.open_session("/notes").await;
     assert_eq!(setup.last_grant().scope, "mcp:read offline_access");
     let response = daemon
@@ -299,17 +290,8 @@ async fn a_client_id_metadata_document_is_used_instead_of_registering() {
 #[tokio::test]
 async fn the_status_page_authorize_button_logs_in_and_refuses_forged_posts() {
     let setup = protected().start().await;
-    let browser = ScriptedBrowser::approving();
-    let daemon = setup.daemon(&[]).browser(browser.clone()).start().await;
-    let page = client()
-        .get(daemon.url("/"))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("html");
+    let (daemon, browser) = in_front_of(&setup).await;
+    let page = daemon.page("text/html").await;
     let action = "/.latchkey/authorize/notes";
     assert!(page.contains(action), "an Authorize button: {page}");
     let csrf = page
@@ -367,11 +349,7 @@ mod review {
     #[tokio::test]
     async fn an_absurd_token_lifetime_does_not_wedge_the_server() {
         let setup = protected().token_lifetime(u64::MAX).start().await;
-        let daemon = setup
-            .daemon(&[])
-            .browser(ScriptedBrowser::approving())
-            .start()
-            .await;
+        let (daemon, _) = in_front_of(&setup).await;
         for _ in 0..2 {
             assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
         }
@@ -384,8 +362,7 @@ mod review {
             .withholding_write()
             .start()
             .await;
-        let browser = ScriptedBrowser::approving();
-        let daemon = setup.daemon(&[]).browser(browser.clone()).start().await;
+        let (daemon, browser) = in_front_of(&setup).await;
         let response = daemon.initialize("/notes").await;
         let session = response.headers()["mcp-session-id"].clone();
         let mut last = String::new();
@@ -410,22 +387,12 @@ mod review {
     #[tokio::test]
     async fn a_failed_early_refresh_still_uses_the_live_token() {
         let setup = protected().token_lifetime(4).start().await;
-        let daemon = setup
-            .daemon(&[])
-            .browser(ScriptedBrowser::approving())
-            .start()
-            .await;
+        let (daemon, _) = in_front_of(&setup).await;
         assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
         // The authorization server goes away; the token stays good for 1.5 s more.
         setup.auth.stop();
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        let response = daemon.initialize("/notes").await;
-        assert_eq!(
-            response.status(),
-            StatusCode::OK,
-            "{:?}",
-            response.text().await
-        );
+        assert_ok(daemon.initialize("/notes").await).await;
     }
 
     #[tokio::test]
@@ -435,17 +402,10 @@ mod review {
             .refusing_refresh("invalid_target")
             .start()
             .await;
-        let browser = ScriptedBrowser::approving();
-        let daemon = setup.daemon(&[]).browser(browser.clone()).start().await;
+        let (daemon, browser) = in_front_of(&setup).await;
         assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let response = daemon.initialize("/notes").await;
-        assert_eq!(
-            response.status(),
-            StatusCode::OK,
-            "{:?}",
-            response.text().await
-        );
+        assert_ok(daemon.initialize("/notes").await).await;
         assert_eq!(
             setup.auth.token_requests(),
             ["authorization_code", "refresh_token", "authorization_code"]

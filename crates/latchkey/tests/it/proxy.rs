@@ -5,29 +5,41 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    ACCEPT_BOTH, API_KEY, API_KEY_HEADER, Daemon, client, eventually, initialize, read_until,
-    stream_client,
+    ACCEPT_BOTH, API_KEY, API_KEY_HEADER, Daemon, DaemonBuilder, client, eventually, initialize,
+    read_until, stream_client,
 };
 
-/// The testkit upstream, and a daemon with its Streamable HTTP endpoint as server
-/// `notes`, with `extra` lines.
-async fn streamable(extra: &[&str]) -> (McpUpstream, Daemon) {
+/// The testkit upstream, and a daemon that `config` sets up in front of it.
+async fn in_front(
+    config: impl FnOnce(&McpUpstream, DaemonBuilder) -> DaemonBuilder,
+) -> (McpUpstream, Daemon) {
     let upstream = McpUpstream::start().await.expect("upstream");
-    let daemon = Daemon::builder()
-        .server("notes", &upstream.mcp_url(), extra)
-        .start()
-        .await;
+    let daemon = config(&upstream, Daemon::builder()).start().await;
     (upstream, daemon)
 }
 
-/// [`streamable`] with its HTTP+SSE endpoint as server `old`.
+/// [`in_front`], its Streamable HTTP endpoint as server `notes` with `extra` lines.
+async fn streamable(extra: &[&str]) -> (McpUpstream, Daemon) {
+    in_front(|upstream, daemon| daemon.server("notes", &upstream.mcp_url(), extra)).await
+}
+
+/// [`in_front`], its HTTP+SSE endpoint as server `old` with `extra` lines.
 async fn legacy(extra: &[&str]) -> (McpUpstream, Daemon) {
-    let upstream = McpUpstream::start().await.expect("upstream");
-    let daemon = Daemon::builder()
-        .server("old", &upstream.sse_url(), extra)
-        .start()
-        .await;
-    (upstream, daemon)
+    in_front(|upstream, daemon| daemon.server("old", &upstream.sse_url(), extra)).await
+}
+
+/// A session at `notes`, and its GET stream as a client that sends no Accept opens
+/// it, read until the upstream's first event.
+async fn session_with_stream(daemon: &Daemon) -> (String, reqwest::Response) {
+    let session = daemon.open_session("/notes").await;
+    let mut stream = stream_client()
+        .get(daemon.url("/notes"))
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .expect("GET stream");
+    read_until(&mut stream, &mut String::new(), "stream open").await;
+    (session, stream)
 }
 
 fn rpc(id: u64, method: &str, params: Value) -> Value {
@@ -165,16 +177,7 @@ async fn post_with_sse_reply_relays_each_event_as_it_arrives() {
 async fn get_stream_delivers_server_notifications() {
     let (upstream, daemon) = streamable(&[]).await;
     let session = daemon.open_session("/notes").await;
-    let mut stream = stream_client()
-        .get(daemon.url("/notes"))
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &session)
-        .send()
-        .await
-        .expect("GET stream");
-    assert_eq!(stream.status(), StatusCode::OK);
-    let mut seen = String::new();
-    read_until(&mut stream, &mut seen, "stream open").await;
+    let (mut stream, mut seen) = daemon.open_stream("/notes", &session).await;
     assert!(upstream.notify(
         &session,
         json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
@@ -185,14 +188,7 @@ async fn get_stream_delivers_server_notifications() {
 #[tokio::test]
 async fn client_disconnect_cancels_the_upstream_request() {
     let (upstream, daemon) = streamable(&[]).await;
-    let session = daemon.open_session("/notes").await;
-    let mut stream = stream_client()
-        .get(daemon.url("/notes"))
-        .header("mcp-session-id", &session)
-        .send()
-        .await
-        .expect("GET stream");
-    read_until(&mut stream, &mut String::new(), "stream open").await;
+    let (session, stream) = session_with_stream(&daemon).await;
     let ping = json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {}});
     assert!(upstream.notify(&session, ping.clone()), "stream is open");
     drop(stream);
@@ -425,15 +421,14 @@ async fn auto_transport_remembers_a_streamable_server() {
 
 #[tokio::test]
 async fn streamable_http_transport_leaves_sse_streams_alone() {
-    let upstream = McpUpstream::start().await.expect("upstream");
-    let daemon = Daemon::builder()
-        .server(
+    let (_upstream, daemon) = in_front(|upstream, daemon| {
+        daemon.server(
             "raw",
             &upstream.sse_url(),
             &["transport = \"streamable-http\""],
         )
-        .start()
-        .await;
+    })
+    .await;
     let mut stream = stream_client()
         .get(daemon.url("/raw"))
         .send()
@@ -502,14 +497,19 @@ async fn unknown_server_and_method_get_clear_errors() {
     assert_eq!(response.headers()["allow"], "GET, POST, DELETE");
 }
 
+/// [`streamable`], with `https://app.example.com` an allowed browser origin.
+async fn allowing_app_origin() -> (McpUpstream, Daemon) {
+    in_front(|upstream, daemon| {
+        daemon
+            .top("allowed_origins = [\"https://app.example.com\"]")
+            .server("notes", &upstream.mcp_url(), &[])
+    })
+    .await
+}
+
 #[tokio::test]
 async fn dns_rebinding_and_cross_site_origins_are_refused() {
-    let upstream = McpUpstream::start().await.expect("upstream");
-    let daemon = Daemon::builder()
-        .top("allowed_origins = [\"https://app.example.com\"]")
-        .server("notes", &upstream.mcp_url(), &[])
-        .start()
-        .await;
+    let (upstream, daemon) = allowing_app_origin().await;
     let port = daemon.addr.port();
     let post = |host: String, origin: Option<&str>| {
         let mut request = client()
@@ -599,15 +599,7 @@ async fn status_page_lists_servers_as_json_and_html() {
     assert_eq!(json["servers"][0]["name"], "notes");
     assert_eq!(json["servers"][0]["state"], "ready");
     assert_eq!(json["servers"][0]["transport"], "auto");
-    let html = client()
-        .get(daemon.url("/"))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .expect("GET")
-        .text()
-        .await
-        .expect("text");
+    let html = daemon.page("text/html").await;
     assert!(
         html.contains("<tr data-server=\"notes\"><td>notes</td>")
             && !html.contains("href=\"/notes\""),
@@ -618,14 +610,7 @@ async fn status_page_lists_servers_as_json_and_html() {
 #[tokio::test]
 async fn shutdown_drains_in_flight_requests_and_ends_standalone_streams() {
     let (upstream, daemon) = streamable(&[]).await;
-    let session = daemon.open_session("/notes").await;
-    let mut get_stream = stream_client()
-        .get(daemon.url("/notes"))
-        .header("mcp-session-id", &session)
-        .send()
-        .await
-        .expect("GET");
-    read_until(&mut get_stream, &mut String::new(), "stream open").await;
+    let (session, mut get_stream) = session_with_stream(&daemon).await;
     let mut in_flight = stream_client()
         .post(daemon.url("/notes"))
         .header("accept", ACCEPT_BOTH)
@@ -793,12 +778,7 @@ async fn a_bridged_session_starts_only_with_initialize() {
 
 #[tokio::test]
 async fn allowed_browser_origins_get_cors() {
-    let upstream = McpUpstream::start().await.expect("upstream");
-    let daemon = Daemon::builder()
-        .top("allowed_origins = [\"https://app.example.com\"]")
-        .server("notes", &upstream.mcp_url(), &[])
-        .start()
-        .await;
+    let (_upstream, daemon) = allowing_app_origin().await;
     let preflight = client()
         .request(reqwest::Method::OPTIONS, daemon.url("/notes"))
         .header("origin", "https://app.example.com")
@@ -853,12 +833,12 @@ async fn allowed_browser_origins_get_cors() {
 
 #[tokio::test]
 async fn another_loopback_listen_address_is_its_own_host() {
-    let upstream = McpUpstream::start().await.expect("upstream");
-    let daemon = Daemon::builder()
-        .listen("127.0.0.2:0")
-        .server("notes", &upstream.mcp_url(), &[])
-        .start()
-        .await;
+    let (_upstream, daemon) = in_front(|upstream, daemon| {
+        daemon
+            .listen("127.0.0.2:0")
+            .server("notes", &upstream.mcp_url(), &[])
+    })
+    .await;
     let response = daemon.post_json("/notes", &initialize()).await;
     assert_eq!(response.status(), StatusCode::OK);
 }

@@ -13,9 +13,7 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 
 use crate::binary::{NotifySocket, Serve, Served, latchkey, serve};
-use crate::harness::{
-    Daemon, DaemonBuilder, Local, TempDir, initialize, read_until, stream_client,
-};
+use crate::harness::{Daemon, DaemonBuilder, TempDir, initialize, read_until};
 
 fn server_names(status: &Value) -> Vec<String> {
     status["servers"]
@@ -24,20 +22,6 @@ fn server_names(status: &Value) -> Vec<String> {
         .iter()
         .map(|s| s["name"].as_str().expect("name").to_owned())
         .collect()
-}
-
-async fn open_stream(local: &Local, path: &str, session: &str) -> (reqwest::Response, String) {
-    let mut stream = stream_client()
-        .get(local.url(path))
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", session)
-        .send()
-        .await
-        .expect("GET stream");
-    assert_eq!(stream.status(), StatusCode::OK);
-    let mut seen = String::new();
-    read_until(&mut stream, &mut seen, "stream open").await;
-    (stream, seen)
 }
 
 /// A config needs a server: one that is never asked.
@@ -120,9 +104,9 @@ async fn sighup_reload_adds_removes_and_changes_servers_with_streams_open() {
     };
 
     let kept_session = daemon.open_session("/kept").await;
-    let (mut kept_stream, mut kept_seen) = open_stream(&daemon, "/kept", &kept_session).await;
+    let (mut kept_stream, mut kept_seen) = daemon.open_stream("/kept", &kept_session).await;
     let changed_session = daemon.open_session("/changed").await;
-    let (mut changed_stream, _) = open_stream(&daemon, "/changed", &changed_session).await;
+    let (mut changed_stream, _) = daemon.open_stream("/changed", &changed_session).await;
 
     // `changed` moves to the second upstream with another header; `added` appears.
     config(&[

@@ -3,13 +3,12 @@
 //! states, then the "Authorize" button against the testkit authorization server,
 //! with `$BROWSER` a script that approves at once, until the page shows `ready`.
 
-use std::path::Path;
 use std::process::Stdio;
 
 use serde_json::Value;
 
 use crate::binary::serve;
-use crate::harness::{TempDir, protected};
+use crate::harness::{TempDir, interop_dir, protected};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorize_button_in_headless_chromium_reaches_ready() {
@@ -22,7 +21,7 @@ async fn authorize_button_in_headless_chromium_reaches_ready() {
         .daemon(&[])
         .server("plain", &plain.mcp_url(), &["oauth = false"]);
     let path = scratch.write_config(&config.toml());
-    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let interop = interop_dir();
     // The person at the browser approves after 3 s, so the page shows the login
     // under way and must refresh itself to see it end.
     let browser = scratch.approving_browser(3);

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{TempDir, client_summary, protected};
+use crate::harness::{TempDir, client_summary, interop_dir, protected};
 use crate::interop::Everything;
 
 fn latchkey(scratch: &TempDir) -> Command {
@@ -318,7 +318,7 @@ async fn stdin_closed_mid_request_lets_it_finish_then_ends_the_session() {
 async fn typescript_sdk_stdio_client_to_server_everything() {
     let everything = Everything::start("streamableHttp").await;
     let scratch = TempDir::new("stdio-sdk");
-    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let interop = interop_dir();
     let mut command = Command::new("node");
     command
         .arg(interop.join("client.mjs"))
@@ -350,7 +350,7 @@ async fn typescript_sdk_stdio_client_to_server_everything() {
 async fn python_sdk_stdio_client_to_server_everything() {
     let everything = Everything::start("streamableHttp").await;
     let scratch = TempDir::new("stdio-python");
-    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let interop = interop_dir();
     let python = interop.join(".venv/bin/python");
     assert!(
         python.exists(),
@@ -438,7 +438,7 @@ async fn typescript_sdk_by_name_and_sigterm_ends_the_session() {
         ),
     )
     .expect("config");
-    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let interop = interop_dir();
     let mut command = Command::new("node");
     command
         .arg(interop.join("sdk-call.mjs"))

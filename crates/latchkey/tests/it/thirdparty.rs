@@ -20,7 +20,7 @@
 //! sees a 401; and the debug log holds neither the access token (read from the example
 //! server's own log) nor `Bearer ` nor `code_verifier` nor an authorization code parameter.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,21 +30,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::binary::Serve;
-use crate::harness::TempDir;
-
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-fn existing(path: PathBuf) -> PathBuf {
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test, or `npm ci` in {}",
-        path.display(),
-        interop_dir().display()
-    );
-    path
-}
+use crate::harness::{TempDir, interop, interop_dir};
 
 /// Everything a child writes to one pipe, read line by line as it comes, so the pipe
 /// never fills and the test can look at the whole text at the end.
@@ -111,9 +97,9 @@ impl Example {
     /// before announcing both listeners, and two other ports are tried. (It listens on
     /// every interface, not only loopback: the example has no host setting.)
     async fn start() -> Self {
-        let entry = existing(interop_dir().join(
+        let entry = interop(
             "node_modules/@modelcontextprotocol/sdk/dist/esm/examples/server/simpleStreamableHttp.js",
-        ));
+        );
         for _ in 0..5 {
             let (mcp_port, auth_port) = (free_port(), free_port());
             if mcp_port == auth_port {
@@ -172,7 +158,7 @@ impl Example {
 
 /// `latchkey serve` on port 0, debug log kept, `$BROWSER` the scripted person.
 fn latchkey(config: &Path) -> Serve {
-    let browser = existing(interop_dir().join("conformance/browser.mjs"));
+    let browser = interop("conformance/browser.mjs");
     let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
     command
         .args(["--log-level", "debug", "serve", "--listen", "127.0.0.1:0"])
@@ -190,20 +176,15 @@ fn latchkey(config: &Path) -> Serve {
 async fn typescript_sdk_oauth_example_server_through_the_binary() {
     let example = Example::start().await;
     let dir = TempDir::new("thirdparty");
-    let config = dir.0.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "store = \"memory\"\n[servers.demo]\nurl = {:?}\n[servers.demo.oauth]\nauth_timeout_secs = 10\n",
-            example.mcp_url()
-        ),
-    )
-    .expect("write config");
+    let config = dir.write_config(&format!(
+        "store = \"memory\"\n[servers.demo]\nurl = {:?}\n[servers.demo.oauth]\nauth_timeout_secs = 10\n",
+        example.mcp_url()
+    ));
     let latchkey = latchkey(&config).start().await;
 
     let name = format!("latchkey-{}", std::process::id());
     let output = Command::new("node")
-        .arg(existing(interop_dir().join("thirdparty/client.mjs")))
+        .arg(interop("thirdparty/client.mjs"))
         .arg(latchkey.url("/demo"))
         .arg(&name)
         .current_dir(interop_dir())
