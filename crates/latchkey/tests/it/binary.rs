@@ -123,7 +123,6 @@ impl Serve {
     /// Keeps its stderr for [`Served::log`], read as it comes so the pipe never fills.
     pub fn logged(mut self) -> Self {
         self.logged = true;
-        self.command.stderr(Stdio::piped());
         self
     }
 
@@ -134,6 +133,9 @@ impl Serve {
             logged,
         } = self;
         let notify = notify.unwrap_or_else(NotifySocket::abstract_name);
+        if logged {
+            command.stderr(Stdio::piped());
+        }
         let mut child = command
             .env("NOTIFY_SOCKET", &notify.env)
             .kill_on_drop(true)
@@ -190,7 +192,12 @@ impl Deref for Served {
 impl Served {
     /// Sends it `SIGname`.
     pub fn signal(&self, name: &str) {
-        signal(&self.child, name);
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}");
     }
 
     /// What it has logged so far, with [`Serve::logged`].
@@ -217,10 +224,8 @@ impl Served {
         self.signal(name);
         let code = self.wait().await.code();
         if let Some(reader) = self.reader.take() {
-            tokio::time::timeout(Duration::from_secs(10), reader)
-                .await
-                .expect("its stderr ends with it")
-                .expect("the log reader did not panic");
+            // Its stderr ends with it, unless a child of its own ($BROWSER) holds it.
+            drop(tokio::time::timeout(Duration::from_secs(10), reader).await);
         }
         (code, self.log())
     }
@@ -295,14 +300,4 @@ impl NotifySocket {
             .and_then(|rest| rest.trim_end_matches('/').parse().ok())
             .unwrap_or_else(|| panic!("STATUS names the address: {status:?}"))
     }
-}
-
-/// Sends `SIGname` to `child`.
-pub fn signal(child: &Child, name: &str) {
-    let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{name} {pid}");
 }
