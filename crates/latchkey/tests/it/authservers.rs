@@ -25,18 +25,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-fn existing(path: PathBuf) -> PathBuf {
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test, which installs the pinned third-party servers",
-        path.display()
-    );
-    path
-}
+use crate::binary::{Serve, Served};
+use crate::harness::{interop, interop_dir};
 
 /// A third-party MCP server with its authorization server, and its control API.
 struct Fixture {
@@ -51,8 +41,8 @@ struct Fixture {
 impl Fixture {
     async fn oidc_provider() -> Self {
         let dir = interop_dir();
-        let script = existing(dir.join("oidc/server.mjs"));
-        let browser = existing(dir.join("oidc/browser.mjs"));
+        let script = interop("oidc/server.mjs");
+        let browser = interop("oidc/browser.mjs");
         let mut command = Command::new("node");
         command.arg(script).current_dir(&dir);
         Self::start(command, format!("node {}", browser.display())).await
@@ -60,8 +50,8 @@ impl Fixture {
 
     async fn fastmcp() -> Self {
         let dir = interop_dir().join("fastmcp");
-        let python = existing(dir.join(".venv/bin/python"));
-        let browser = existing(dir.join("browser.py"));
+        let python = interop("fastmcp/.venv/bin/python");
+        let browser = interop("fastmcp/browser.py");
         let mut command = Command::new(&python);
         command.arg(dir.join("server.py")).current_dir(&dir);
         Self::start(
@@ -164,10 +154,7 @@ struct Latchkey {
 }
 
 enum Running {
-    Daemon {
-        child: Child,
-        addr: String,
-    },
+    Daemon(Served),
     Stdio {
         child: Child,
         stdin: ChildStdin,
@@ -221,25 +208,10 @@ impl Latchkey {
     async fn start(&mut self) {
         self.running = Some(match self.form {
             Form::Daemon => {
-                let mut child = self
-                    .command(&["serve", "--listen", "127.0.0.1:0"])
-                    .spawn()
-                    .expect("spawn latchkey serve");
-                let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-                let addr = tokio::time::timeout(Duration::from_secs(20), async {
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        eprintln!("latchkey: {line}");
-                        if let Some(rest) = line.split("local=").nth(1) {
-                            return rest.split_whitespace().next().map(str::to_owned);
-                        }
-                    }
-                    None
-                })
-                .await
-                .expect("latchkey serve listens within 20 s")
-                .expect("latchkey serve printed its address");
-                echo(lines);
-                Running::Daemon { child, addr }
+                let command = self.command(&["serve", "--listen", "127.0.0.1:0"]);
+                let mut daemon = Serve::new(command).start().await;
+                echo(BufReader::new(daemon.child.stderr.take().expect("stderr")).lines());
+                Running::Daemon(daemon)
             }
             Form::Stdio => {
                 let mut child = self
@@ -266,12 +238,13 @@ impl Latchkey {
     }
 
     async fn stop(&mut self) {
-        if let Some(running) = self.running.take() {
-            let mut child = match running {
-                Running::Daemon { child, .. } | Running::Stdio { child, .. } => child,
-            };
-            child.start_kill().expect("kill");
-            drop(child.wait().await);
+        match self.running.take() {
+            Some(Running::Daemon(daemon)) => daemon.kill().await,
+            Some(Running::Stdio { mut child, .. }) => {
+                child.start_kill().expect("kill");
+                drop(child.wait().await);
+            }
+            None => {}
         }
     }
 
@@ -284,7 +257,7 @@ impl Latchkey {
     async fn whoami(&mut self) -> Result<String, String> {
         let running = self.running.as_mut().expect("started");
         let result = match running {
-            Running::Daemon { addr, .. } => daemon_call(addr).await?,
+            Running::Daemon(daemon) => daemon_call(&daemon.url("/remote")).await?,
             Running::Stdio { .. } => {
                 running
                     .rpc("tools/call", json!({"name": "whoami", "arguments": {}}))
@@ -371,12 +344,11 @@ fn initialize_params() -> Value {
 
 /// A whole Streamable HTTP session through the daemon, as a client without any OAuth
 /// of its own: initialize, initialized, `tools/call whoami`. Returns the call's result.
-async fn daemon_call(addr: &str) -> Result<Value, String> {
+async fn daemon_call(url: &str) -> Result<Value, String> {
     let http = reqwest::Client::new();
-    let url = format!("http://{addr}/remote");
     let post = |body: Value, session: Option<String>| {
         let mut request = http
-            .post(&url)
+            .post(url)
             .header("accept", "application/json, text/event-stream")
             .json(&body);
         if let Some(session) = session {

@@ -10,8 +10,7 @@ use latchkey_testkit::{AuthOptions, AuthServer, MovingUpstream, moving_upstream}
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::harness::{Daemon, TempDir, client, eventually, initialize};
-use crate::oauth::ScriptedBrowser;
+use crate::harness::{Daemon, ScriptedBrowser, Store, TempDir, eventually, last_token};
 
 /// The client registered by hand at A, and its secret.
 const CLIENT_ID: &str = "latchkey-notes";
@@ -25,9 +24,9 @@ struct Scene {
     config: Config,
 }
 
-/// The daemon's config: top-level lines, and those of `[servers.notes.oauth]`.
+/// The daemon's config: its store, and the lines of `[servers.notes.oauth]`.
 struct Config {
-    top: Vec<String>,
+    store: Store,
     oauth: Vec<String>,
 }
 
@@ -39,24 +38,22 @@ impl Config {
             "auth_timeout_secs = 10",
         ];
         lines.extend(self.oauth.iter().map(String::as_str));
-        let builder = self
-            .top
-            .iter()
-            .fold(Daemon::builder(), |b, line| b.top(line));
-        builder
+        Daemon::builder()
+            .store(self.store.clone())
             .server("notes", &moving.upstream.mcp_url(), &lines)
-            .start_with_browser(Arc::new(ScriptedBrowser::default()))
+            .browser(ScriptedBrowser::approving())
+            .start()
             .await
     }
 }
 
 impl Scene {
-    /// Starts the upstream with A set up by `a` (B as `b`), then a daemon with the
-    /// top-level lines `top` and the `[servers.notes.oauth]` lines `oauth` gives.
+    /// Starts the upstream with A set up by `a` (B as `b`), then a daemon with
+    /// `store` and the `[servers.notes.oauth]` lines `oauth` gives.
     async fn start(
         a: AuthOptions,
         b: AuthOptions,
-        top: Vec<String>,
+        store: Store,
         oauth: impl FnOnce(&MovingUpstream) -> Vec<String>,
     ) -> Self {
         let log = Log::capture();
@@ -64,9 +61,13 @@ impl Scene {
             .await
             .expect("moving upstream");
         let config = Config {
-            top,
+            store,
             oauth: oauth(&moving),
         };
+        Self::run(moving, log, config).await
+    }
+
+    async fn run(moving: MovingUpstream, log: Log, config: Config) -> Self {
         let daemon = config.start(&moving).await;
         Self {
             moving,
@@ -86,24 +87,12 @@ impl Scene {
         } = self;
         daemon.shutdown().await.expect("the daemon stops");
         meanwhile(&moving);
-        let daemon = config.start(&moving).await;
-        Self {
-            moving,
-            daemon,
-            log,
-            config,
-        }
+        Self::run(moving, log, config).await
     }
 
     /// An `initialize` through the daemon: its status and JSON body.
     async fn request(&self) -> (StatusCode, Value) {
-        let response = client()
-            .post(self.daemon.url("/notes"))
-            .header("accept", "application/json, text/event-stream")
-            .json(&initialize())
-            .send()
-            .await
-            .expect("request");
+        let response = self.daemon.initialize("/notes").await;
         let status = response.status();
         let text = response.text().await.expect("body");
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -236,7 +225,7 @@ async fn a_move_to_another_server_revokes_at_the_old_and_registers_and_logs_in_a
     let scene = Scene::start(
         AuthOptions::default(),
         AuthOptions::default(),
-        Vec::new(),
+        Store::Memory,
         |_| Vec::new(),
     )
     .await;
@@ -257,21 +246,7 @@ async fn a_move_to_another_server_revokes_at_the_old_and_registers_and_logs_in_a
         "one new registration at B: {registered:?}"
     );
     assert_eq!(b.token_requests(), ["authorization_code"], "one login at B");
-    let last_token = scene
-        .moving
-        .upstream
-        .requests()
-        .iter()
-        .rev()
-        .find_map(|r| {
-            r.headers
-                .get("authorization")?
-                .to_str()
-                .ok()?
-                .strip_prefix("Bearer ")
-                .map(str::to_owned)
-        })
-        .expect("a request with a token");
+    let last_token = last_token(&scene.moving.upstream);
     assert!(
         b.access_token(&last_token).is_some(),
         "B's token: {last_token}"
@@ -289,7 +264,7 @@ async fn a_move_to_another_server_revokes_at_the_old_and_registers_and_logs_in_a
 async fn a_configured_secret_never_goes_to_the_server_moved_to() {
     // B would take the same client (as a server that accepts anything would), so a
     // latchkey that sends the secret there gets as far as B's token endpoint.
-    let scene = Scene::start(preregistered(), preregistered(), Vec::new(), |_| {
+    let scene = Scene::start(preregistered(), preregistered(), Store::Memory, |_| {
         configured_client()
     })
     .await;
@@ -323,7 +298,7 @@ async fn a_configured_secret_never_goes_to_the_server_moved_to() {
 
 #[tokio::test]
 async fn a_pinned_issuer_is_never_left() {
-    let scene = Scene::start(preregistered(), preregistered(), Vec::new(), |moving| {
+    let scene = Scene::start(preregistered(), preregistered(), Store::Memory, |moving| {
         let mut lines = configured_client();
         lines.push(format!("issuer = {:?}", moving.a.issuer()));
         lines
@@ -352,11 +327,8 @@ async fn a_record_from_before_the_binding_keeps_the_secret_at_the_issuer_of_its_
     // Records written before latchkey remembered where a configured secret was used
     // say only which issuer the tokens are from.
     let state = TempDir::new("binding-upgrade");
-    let top = vec![
-        "store = \"file\"".to_owned(),
-        format!("state_dir = {:?}", state.0),
-    ];
-    let scene = Scene::start(preregistered(), preregistered(), top, |_| {
+    let store = Store::File(state.0.clone());
+    let scene = Scene::start(preregistered(), preregistered(), store, |_| {
         configured_client()
     })
     .await;

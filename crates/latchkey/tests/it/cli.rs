@@ -1,12 +1,13 @@
 //! The `latchkey` binary as a user runs it.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use latchkey_testkit::McpUpstream;
 
-use crate::harness::{client, initialize};
+use crate::binary::{Serve, Served};
+use crate::harness::{TempDir, assert_ok, client, initialize, protected, read_head, tls_acceptor};
 
 /// The binary, with its state and lock directories in a scratch directory of this
 /// test process, never the user's.
@@ -19,37 +20,6 @@ fn latchkey() -> Command {
         .env("XDG_STATE_HOME", scratch.join("state"))
         .env("XDG_RUNTIME_DIR", scratch.join("run"));
     command
-}
-
-fn write_config(dir: &tempdir::Dir, text: &str) -> std::path::PathBuf {
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-mod tempdir {
-    /// A directory under the target dir, removed on drop.
-    pub struct Dir(std::path::PathBuf);
-
-    impl Dir {
-        pub fn new(name: &str) -> Self {
-            let path =
-                std::env::temp_dir().join(format!("latchkey-it-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).expect("temp dir");
-            Self(path)
-        }
-
-        pub fn path(&self) -> &std::path::Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 #[test]
@@ -70,8 +40,8 @@ fn version_and_help_with_examples() {
 
 #[test]
 fn check_prints_every_error_with_position_and_fails() {
-    let dir = tempdir::Dir::new("check");
-    let path = write_config(&dir, "bogus = 1\n[servers.a]\nurl = \"nope\"\n");
+    let dir = TempDir::new("check");
+    let path = dir.write_config("bogus = 1\n[servers.a]\nurl = \"nope\"\n");
     let out = latchkey()
         .args(["check", "--config"])
         .arg(&path)
@@ -95,10 +65,8 @@ fn check_prints_every_error_with_position_and_fails() {
 /// with a warning naming the server and the fix; loopback and oauth = false are quiet.
 #[test]
 fn check_warns_of_oauth_over_cleartext_http() {
-    let dir = tempdir::Dir::new("cleartext");
-    let path = write_config(
-        &dir,
-        "[servers.lan]\nurl = \"http://mcp.lan:8000/mcp\"\n[servers.local]\nurl = \"http://127.0.0.1:8000/mcp\"\n[servers.plain]\nurl = \"http://mcp.lan:9000/mcp\"\noauth = false\n",
+    let dir = TempDir::new("cleartext");
+    let path = dir.write_config("[servers.lan]\nurl = \"http://mcp.lan:8000/mcp\"\n[servers.local]\nurl = \"http://127.0.0.1:8000/mcp\"\n[servers.plain]\nurl = \"http://mcp.lan:9000/mcp\"\noauth = false\n",
     );
     let out = latchkey()
         .args(["check", "--config"])
@@ -122,7 +90,7 @@ fn check_warns_of_oauth_over_cleartext_http() {
 
 #[test]
 fn check_finds_the_default_config_and_the_env_override() {
-    let dir = tempdir::Dir::new("default");
+    let dir = TempDir::new("default");
     std::fs::create_dir_all(dir.path().join("latchkey")).expect("mkdir");
     std::fs::write(
         dir.path().join("latchkey/config.toml"),
@@ -141,9 +109,7 @@ fn check_finds_the_default_config_and_the_env_override() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 1 server"));
 
-    let other = write_config(
-        &dir,
-        "[servers.b]\nurl = \"https://b.example.com\"\n[servers.c]\nurl = \"https://c.example.com\"\n",
+    let other = dir.write_config("[servers.b]\nurl = \"https://b.example.com\"\n[servers.c]\nurl = \"https://c.example.com\"\n",
     );
     let out = latchkey()
         .arg("check")
@@ -164,8 +130,8 @@ fn check_finds_the_default_config_and_the_env_override() {
 
 #[test]
 fn serve_refuses_a_non_loopback_listen_flag() {
-    let dir = tempdir::Dir::new("listen");
-    let path = write_config(&dir, "[servers.a]\nurl = \"https://a.example.com/mcp\"\n");
+    let dir = TempDir::new("listen");
+    let path = dir.write_config("[servers.a]\nurl = \"https://a.example.com/mcp\"\n");
     let out = latchkey()
         .args(["serve", "--listen", "0.0.0.0:0", "--config"])
         .arg(&path)
@@ -175,90 +141,34 @@ fn serve_refuses_a_non_loopback_listen_flag() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("allow_non_loopback"));
 }
 
-struct Serve {
-    child: Child,
-    addr: String,
-    logs: std::sync::mpsc::Receiver<String>,
+/// Sends `serve` SIGname; it must exit 0. All it logged.
+async fn exits_zero(serve: Served, name: &str) -> String {
+    let (code, logs) = serve.stop(name).await;
+    assert_eq!(code, Some(0), "{logs}");
+    logs
 }
 
-/// Starts `latchkey serve` on port 0 and reads its address from the log.
-fn serve(config: &std::path::Path, level: &str) -> Serve {
-    serve_with(config, level, &[])
-}
-
-fn serve_with(config: &std::path::Path, level: &str, env: &[(&str, &str)]) -> Serve {
+/// `latchkey --log-level LEVEL serve` on port 0 with `config`.
+fn serve(config: &Path, level: &str) -> Serve {
     let mut command = latchkey();
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command
-        .args([
-            "--log-level",
-            level,
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(config)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).expect("read") > 0,
-            "latchkey exited before listening"
-        );
-        if let Some(rest) = line.split("local=").nth(1) {
-            break rest.split_whitespace().next().expect("addr").to_owned();
-        }
-    };
-    // Keep reading so the pipe never fills; the test reads the rest after exit.
-    child.stderr = None;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        let _ = tx.send(rest);
-    });
-    Serve {
-        child,
-        addr,
-        logs: rx,
-    }
-}
-
-fn terminate(mut serve: Serve, signal: &str) -> (Option<i32>, String) {
-    let status = Command::new("kill")
-        .args([signal, &serve.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let status = serve.child.wait().expect("wait");
-    let logs = serve
-        .logs
-        .recv_timeout(Duration::from_secs(10))
-        .expect("logs");
-    (status.code(), logs)
+    command
+        .args(["--log-level", level, "serve", "--listen", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(config);
+    Serve::new(command)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_zero_and_logs_carry_no_header_values() {
     let upstream = McpUpstream::start().await.expect("upstream");
-    let dir = tempdir::Dir::new("serve");
-    let path = write_config(
-        &dir,
-        &format!(
-            "[servers.notes]\nurl = {:?}\nheaders = {{ \"X-Api-Key\" = \"static-secret-4711\" }}\n",
-            upstream.mcp_url()
-        ),
-    );
-    let serve = serve(&path, "trace");
+    let dir = TempDir::new("serve");
+    let path = dir.write_config(&format!(
+        "[servers.notes]\nurl = {:?}\nheaders = {{ \"X-Api-Key\" = \"static-secret-4711\" }}\n",
+        upstream.mcp_url()
+    ));
+    let serve = serve(&path, "trace").logged().start().await;
     let response = client()
-        .post(format!("http://{}/notes", serve.addr))
+        .post(serve.url("/notes"))
         .header("authorization", "Bearer client-secret-0815")
         .header("cookie", "sid=cookie-secret-2342")
         .json(&initialize())
@@ -267,8 +177,7 @@ async fn sigterm_exits_zero_and_logs_carry_no_header_values() {
         .expect("request");
     assert_eq!(response.status(), 200);
     response.bytes().await.expect("body");
-    let (code, logs) = terminate(serve, "-TERM");
-    assert_eq!(code, Some(0), "{logs}");
+    let logs = exits_zero(serve, "TERM").await;
     assert!(
         logs.contains("server=notes")
             && logs.contains("method=POST")
@@ -285,13 +194,12 @@ async fn sigterm_exits_zero_and_logs_carry_no_header_values() {
     }
 }
 
-#[test]
-fn sigint_exits_zero_too() {
-    let dir = tempdir::Dir::new("sigint");
-    let path = write_config(&dir, "[servers.a]\nurl = \"https://a.example.com/mcp\"\n");
-    let serve = serve(&path, "info");
-    let (code, logs) = terminate(serve, "-INT");
-    assert_eq!(code, Some(0), "{logs}");
+#[tokio::test]
+async fn sigint_exits_zero_too() {
+    let dir = TempDir::new("sigint");
+    let path = dir.write_config("[servers.a]\nurl = \"https://a.example.com/mcp\"\n");
+    let serve = serve(&path, "info").logged().start().await;
+    let logs = exits_zero(serve, "INT").await;
     assert!(logs.contains("stopped"), "{logs}");
 }
 
@@ -300,25 +208,22 @@ fn sigint_exits_zero_too() {
 /// latchkey's loopback listener. The debug-level log must hold no token or code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_login_leaves_no_secret_in_a_debug_log() {
-    let setup = crate::oauth::protected(latchkey_testkit::AuthOptions::default()).await;
-    let dir = tempdir::Dir::new("oauth-log");
+    let setup = protected().start().await;
+    let dir = TempDir::new("oauth-log");
     let browser = dir.path().join("browser.mjs");
     std::fs::write(&browser, "await fetch(process.argv[2]);\n").expect("write browser");
-    let path = write_config(
-        &dir,
-        &format!("[servers.notes]\nurl = {:?}\n", setup.upstream.mcp_url()),
-    );
+    let path = dir.write_config(&format!(
+        "[servers.notes]\nurl = {:?}\n",
+        setup.upstream.mcp_url()
+    ));
     let browser_command = format!("node {}", browser.display());
-    let serve = serve_with(&path, "debug", &[("BROWSER", &browser_command)]);
-    let response = client()
-        .post(format!("http://{}/notes", serve.addr))
-        .json(&initialize())
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
-    let (code, logs) = terminate(serve, "-TERM");
-    assert_eq!(code, Some(0), "{logs}");
+    let serve = serve(&path, "debug")
+        .logged()
+        .env("BROWSER", &browser_command)
+        .start()
+        .await;
+    assert_ok(serve.post_json("/notes", &initialize()).await).await;
+    let logs = exits_zero(serve, "TERM").await;
     assert!(logs.contains("authorized"), "the login happened: {logs}");
     assert!(logs.contains("DEBUG"), "the log is at debug level: {logs}");
     let token = setup
@@ -347,7 +252,6 @@ async fn forward_proxy() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
-    use tokio::io::AsyncReadExt as _;
     use tokio::io::AsyncWriteExt as _;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -359,14 +263,9 @@ async fn forward_proxy() -> (
         while let Ok((mut client, _)) = listener.accept().await {
             let lines = lines.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n") {
-                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
+                let Some(head) = read_head(&mut client, b"\r\n").await else {
+                    return;
+                };
                 let line = String::from_utf8_lossy(&head).trim_end().to_owned();
                 let target = line
                     .split_whitespace()
@@ -392,32 +291,24 @@ async fn forward_proxy() -> (
 async fn forwarded_requests_go_through_the_proxy_the_environment_names() {
     let upstream = McpUpstream::start().await.expect("upstream");
     let (proxy, seen) = forward_proxy().await;
-    let dir = tempdir::Dir::new("http-proxy");
-    let path = write_config(
-        &dir,
-        &format!("[servers.notes]\nurl = {:?}\n", upstream.mcp_url()),
-    );
+    let dir = TempDir::new("http-proxy");
+    let path = dir.write_config(&format!(
+        "[servers.notes]\nurl = {:?}\n",
+        upstream.mcp_url()
+    ));
     let proxy_url = format!("http://{proxy}");
-    let serve = serve_with(
-        &path,
-        "info",
-        &[
-            ("HTTP_PROXY", &proxy_url),
-            ("http_proxy", &proxy_url),
-            ("NO_PROXY", ""),
-            ("no_proxy", ""),
-        ],
-    );
-    let response = client()
-        .post(format!("http://{}/notes", serve.addr))
-        .json(&initialize())
-        .send()
-        .await
-        .expect("request");
+    let serve = serve(&path, "info")
+        .logged()
+        .env("HTTP_PROXY", &proxy_url)
+        .env("http_proxy", &proxy_url)
+        .env("NO_PROXY", "")
+        .env("no_proxy", "")
+        .start()
+        .await;
+    let response = serve.post_json("/notes", &initialize()).await;
     assert_eq!(response.status(), 200);
     response.bytes().await.expect("body");
-    let (code, logs) = terminate(serve, "-TERM");
-    assert_eq!(code, Some(0), "{logs}");
+    exits_zero(serve, "TERM").await;
     let seen = seen.lock().expect("lines").clone();
     assert!(
         seen.iter()
@@ -440,15 +331,14 @@ async fn an_upstream_that_stalls_its_tls_handshake_gets_a_502_naming_it() {
             held.push(socket);
         }
     });
-    let dir = tempdir::Dir::new("tls-stall");
-    let path = write_config(
-        &dir,
-        &format!("[servers.slow]\nurl = \"https://{stalled}/mcp\"\noauth = false\n"),
-    );
-    let serve = serve(&path, "info");
+    let dir = TempDir::new("tls-stall");
+    let path = dir.write_config(&format!(
+        "[servers.slow]\nurl = \"https://{stalled}/mcp\"\noauth = false\n"
+    ));
+    let serve = serve(&path, "info").logged().start().await;
     let started = std::time::Instant::now();
     let response = client()
-        .post(format!("http://{}/slow", serve.addr))
+        .post(serve.url("/slow"))
         .json(&initialize())
         .timeout(Duration::from_secs(30))
         .send()
@@ -458,42 +348,21 @@ async fn an_upstream_that_stalls_its_tls_handshake_gets_a_502_naming_it() {
     let body = response.text().await.expect("body");
     assert!(body.contains("no connection within 10 s"), "{body}");
     assert!(started.elapsed() < Duration::from_secs(20));
-    terminate(serve, "-TERM");
+    serve.stop("TERM").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stderr_nobody_reads_never_stops_the_proxy() {
     let upstream = McpUpstream::start().await.expect("upstream");
-    let dir = tempdir::Dir::new("stderr-full");
-    let path = write_config(
-        &dir,
-        &format!("[servers.notes]\nurl = {:?}\n", upstream.mcp_url()),
-    );
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let dir = TempDir::new("stderr-full");
+    let path = dir.write_config(&format!(
+        "[servers.notes]\nurl = {:?}\n",
+        upstream.mcp_url()
+    ));
     // stderr is a pipe that is never read: it fills after 64 KiB of log.
-    let mut child = latchkey()
-        .args([
-            "--log-level",
-            "debug",
-            "serve",
-            "--listen",
-            &addr.to_string(),
-            "--config",
-        ])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut serve = serve(&path, "debug").stderr(Stdio::piped()).start().await;
     let client = client();
-    let url = format!("http://{addr}/notes");
-    for _ in 0..200 {
-        if client.get(format!("http://{addr}/")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let url = serve.url("/notes");
     // Far more log than the pipe and latchkey's backlog hold (some 500 KB); every
     // request must still be answered.
     for _ in 0..4000 {
@@ -508,20 +377,16 @@ async fn a_stderr_nobody_reads_never_stops_the_proxy() {
         response.bytes().await.expect("body");
     }
     // Reading again lets the backlog out; the lines after it say what was dropped.
-    let mut stderr = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
+    let mut stderr = serve.child.stderr.take().expect("stderr");
+    let reader = tokio::spawn(async move {
         let mut logs = String::new();
-        let _ = stderr.read_to_string(&mut logs);
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut logs).await;
         logs
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    assert_eq!(child.wait().expect("wait").code(), Some(0));
-    let logs = reader.join().expect("reader");
+    serve.signal("TERM");
+    assert_eq!(serve.wait().await.code(), Some(0));
+    let logs = reader.await.expect("reader");
     let tail = &logs[logs.len().saturating_sub(2000)..];
     assert!(logs.contains("log write(s) dropped"), "{tail}");
     assert!(logs.contains("stopped"), "{tail}");
@@ -536,26 +401,9 @@ async fn h2_upstream() -> (
     std::sync::Arc<std::sync::Mutex<Vec<http::Version>>>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex};
-    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/tls");
-    let certs = CertificateDer::pem_file_iter(format!("{tls}/server.pem"))
-        .expect("server.pem")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("certificates");
-    let key = PrivateKeyDer::from_pem_file(format!("{tls}/server.key")).expect("server.key");
-    let mut config = rustls::ServerConfig::builder_with_provider(
-        rustls::crypto::ring::default_provider().into(),
-    )
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("certificate and key");
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tls_acceptor("server", &[b"h2"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -595,16 +443,19 @@ async fn h2_upstream() -> (
 async fn an_https_upstream_that_offers_http2_gets_one_shared_connection() {
     use std::sync::atomic::Ordering;
     let (url, connections, versions) = h2_upstream().await;
-    let dir = tempdir::Dir::new("h2");
-    let path = write_config(
-        &dir,
-        &format!("[servers.h2]\nurl = {url:?}\ntransport = \"streamable-http\"\noauth = false\n"),
-    );
+    let dir = TempDir::new("h2");
+    let path = dir.write_config(&format!(
+        "[servers.h2]\nurl = {url:?}\ntransport = \"streamable-http\"\noauth = false\n"
+    ));
     // The test CA is trusted the way a user's own CA would be.
     let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/tls/ca.pem");
-    let serve = serve_with(&path, "info", &[("SSL_CERT_FILE", ca)]);
+    let serve = serve(&path, "info")
+        .logged()
+        .env("SSL_CERT_FILE", ca)
+        .start()
+        .await;
     let call = |client: reqwest::Client| {
-        let url = format!("http://{}/h2", serve.addr);
+        let url = serve.url("/h2");
         async move {
             let response = client
                 .post(url)
@@ -622,8 +473,7 @@ async fn an_https_upstream_that_offers_http2_gets_one_shared_connection() {
         call(client()).await;
     }
     futures_util::future::join_all((0..8).map(|_| call(client()))).await;
-    let (code, logs) = terminate(serve, "-TERM");
-    assert_eq!(code, Some(0), "{logs}");
+    let logs = exits_zero(serve, "TERM").await;
     assert_eq!(connections.load(Ordering::SeqCst), 1, "{logs}");
     let versions = versions.lock().expect("versions").clone();
     assert_eq!(versions.len(), 11);

@@ -25,11 +25,11 @@ use latchkey_auth::registration::Registration;
 use latchkey_auth::store::{FileStore, Record, Store as _};
 use latchkey_auth::token::{ClientAuth, TokenSet};
 use latchkey_testkit::{AuthOptions, AuthServer, McpUpstream, PrmAt, Protection};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 
-use crate::harness::{Daemon, TempDir, client, initialize};
+use crate::harness::{Daemon, Store, TempDir, protected, read_head, tls_acceptor};
 
 /// The user that plants files: `nobody`.
 const OTHER: u32 = 65534;
@@ -202,7 +202,7 @@ async fn a_state_dir_others_may_write_to_or_that_another_user_owns_is_refused() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_dir_planted_as_a_link_is_refused_and_nothing_is_made_where_it_points() {
-    let setup = crate::oauth::protected(AuthOptions::default()).await;
+    let setup = protected().start().await;
     let dir = TempDir::new("linked-state");
     // A directory every user may write to, like /tmp or a careless XDG_RUNTIME_DIR,
     // and one of the victim's own that the link points into.
@@ -221,7 +221,7 @@ async fn a_state_dir_planted_as_a_link_is_refused_and_nothing_is_made_where_it_p
         &dir.0,
         &format!(
             "store = \"file\"\nstate_dir = {link:?}\n[servers.notes]\nurl = {:?}\n",
-            setup.upstream.mcp_url()
+            setup.mcp_url()
         ),
     );
     let made = || std::fs::read_dir(&elsewhere).map_or(0, Iterator::count);
@@ -261,34 +261,18 @@ async fn a_record_another_user_planted_is_refused_and_its_token_never_sent() {
         return;
     }
     let daemon = Daemon::builder()
-        .top("store = \"file\"")
-        .top(&format!("state_dir = {state:?}"))
+        .store(Store::File(state))
         .server("notes", &upstream.mcp_url(), &[])
         .start()
         .await;
-    let response = client()
-        .post(daemon.url("/notes"))
-        .header("accept", "application/json, text/event-stream")
-        .json(&initialize())
-        .send()
-        .await
-        .expect("request");
-    drop(response.bytes().await);
+    drop(daemon.initialize("/notes").await.bytes().await);
     let sent: Vec<_> = upstream
         .requests()
         .iter()
         .filter_map(|r| r.headers.get("authorization").cloned())
         .collect();
     assert!(sent.is_empty(), "the planted token went upstream: {sent:?}");
-    let status = client()
-        .get(daemon.url("/"))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .expect("status")
-        .text()
-        .await
-        .expect("status body");
+    let status = daemon.page("application/json").await;
     let shown = path.display().to_string();
     assert!(
         status.contains(&shown) && status.contains(&format!("belongs to user {OTHER}")),
@@ -322,23 +306,7 @@ async fn canary() -> (SocketAddr, Arc<AtomicUsize>) {
 /// gets TLS with the certificate for 203.0.113.7 and 203.0.113.8, relayed as plain
 /// bytes to that site's loopback server; any other CONNECT gets a 502.
 async fn internet(sites: &[(&str, SocketAddr)]) -> SocketAddr {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/tls");
-    let certs = CertificateDer::pem_file_iter(format!("{tls}/public.pem"))
-        .expect("public.pem")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("certificates");
-    let key = PrivateKeyDer::from_pem_file(format!("{tls}/public.key")).expect("public.key");
-    let config = rustls::ServerConfig::builder_with_provider(
-        rustls::crypto::ring::default_provider().into(),
-    )
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("certificate and key");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tls_acceptor("public", &[]);
     let sites: Arc<HashMap<String, SocketAddr>> = Arc::new(
         sites
             .iter()
@@ -351,14 +319,9 @@ async fn internet(sites: &[(&str, SocketAddr)]) -> SocketAddr {
         while let Ok((mut client, _)) = listener.accept().await {
             let (acceptor, sites) = (acceptor.clone(), sites.clone());
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
+                let Some(head) = read_head(&mut client, b"\r\n\r\n").await else {
+                    return;
+                };
                 let head = String::from_utf8_lossy(&head).into_owned();
                 let site = head
                     .strip_prefix("CONNECT ")

@@ -1,29 +1,60 @@
-//! Test harness: a latchkey daemon on port 0 in the test's runtime, built from config
-//! text so that every test also goes through the real config parser.
+//! Test harness: the scenes tests are set in, each from a builder, so that a test
+//! states only what it is about. A latchkey daemon on port 0 in the test's runtime
+//! with the servers and the store a test names ([`Daemon::builder`]), built from
+//! config text so that every test also goes through the real config parser; an
+//! upstream protected by an authorization server with its switches ([`protected`]);
+//! the person at the browser ([`ScriptedBrowser`]); and a client's requests to the
+//! local endpoint, of a daemon here or of a `latchkey serve` ([`Local`]).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use latchkey::callback::Listener;
 use latchkey::daemon::{self, DaemonError};
-use latchkey_auth::session::{BoxFuture, Browser, Redirect};
+use latchkey_auth::Secret;
+use latchkey_auth::session::{BoxFuture, Browser, Redirect, RedirectCheck};
+use latchkey_testkit::{AuthOptions, AuthServer, Grant, McpUpstream, protected_upstream};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use url::Url;
 
-#[derive(Debug)]
+/// A server table's line that sends the upstream `X-Api-Key: API_KEY`, the value
+/// of `$TEST_API_KEY` (which a daemon here is given).
+pub const API_KEY_HEADER: &str = "headers = { \"X-Api-Key\" = \"${TEST_API_KEY}\" }";
+pub const API_KEY: &str = "static-key-123";
+
+/// Where a daemon keeps its credentials.
+#[derive(Clone)]
+pub enum Store {
+    Memory,
+    /// A file store in this `state_dir`.
+    File(PathBuf),
+    Keyring,
+}
+
 pub struct DaemonBuilder {
     listen: String,
+    store: Store,
     top: Vec<String>,
     servers: Vec<String>,
+    browser: Arc<dyn Browser>,
 }
 
 impl Default for DaemonBuilder {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:0".into(),
+            // Credentials stay in memory unless a test chooses a store.
+            store: Store::Memory,
             top: Vec::new(),
             servers: Vec::new(),
+            browser: Arc::new(NoBrowser),
         }
     }
 }
@@ -34,13 +65,18 @@ impl DaemonBuilder {
         self
     }
 
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = store;
+        self
+    }
+
     /// A top-level config line, such as `allowed_origins = ["https://app.example"]`.
     pub fn top(mut self, line: &str) -> Self {
         self.top.push(line.to_owned());
         self
     }
 
-    /// A `[servers.NAME]` table with `url` and any extra lines.
+    /// A `[servers.NAME]` table with `url` and any extra lines; one call a server.
     pub fn server(mut self, name: &str, url: &str, extra: &[&str]) -> Self {
         let mut table = format!("[servers.{name}]\nurl = {url:?}\n");
         for line in extra {
@@ -51,12 +87,18 @@ impl DaemonBuilder {
         self
     }
 
+    /// The person logins open a browser for; without one, every login fails.
+    pub fn browser(mut self, browser: Arc<dyn Browser>) -> Self {
+        self.browser = browser;
+        self
+    }
+
+    /// The config text, for a daemon here or for the binary.
     pub fn toml(&self) -> String {
-        // Credentials stay in memory unless a test chooses a store.
-        let store = if self.top.iter().any(|l| l.starts_with("store")) {
-            ""
-        } else {
-            "store = \"memory\"\n"
+        let store = match &self.store {
+            Store::Memory => "store = \"memory\"\n".to_owned(),
+            Store::File(dir) => format!("store = \"file\"\nstate_dir = {dir:?}\n"),
+            Store::Keyring => "store = \"keyring\"\n".to_owned(),
         };
         format!(
             "listen = {:?}\nshutdown_timeout_secs = 5\n{store}{}\n{}",
@@ -67,14 +109,9 @@ impl DaemonBuilder {
     }
 
     pub async fn start(self) -> Daemon {
-        self.start_with_browser(std::sync::Arc::new(NoBrowser))
-            .await
-    }
-
-    pub async fn start_with_browser(self, browser: std::sync::Arc<dyn Browser>) -> Daemon {
         let text = self.toml();
         let config = latchkey::config::parse(Path::new("test.toml"), &text, |name| {
-            (name == "TEST_API_KEY").then(|| "static-key-123".to_owned())
+            (name == "TEST_API_KEY").then(|| API_KEY.to_owned())
         })
         .unwrap_or_else(|e| panic!("test config is valid: {e}\n{text}"));
         let listener = TcpListener::bind(config.listen).await.expect("bind port 0");
@@ -84,26 +121,33 @@ impl DaemonBuilder {
             listener,
             config,
             stop.clone().cancelled_owned(),
-            browser,
+            self.browser,
         ));
-        Daemon { addr, stop, handle }
+        Daemon {
+            local: Local { addr },
+            stop,
+            handle,
+        }
     }
 }
 
-#[derive(Debug)]
 pub struct Daemon {
-    pub addr: SocketAddr,
+    local: Local,
     stop: CancellationToken,
     handle: JoinHandle<Result<(), DaemonError>>,
+}
+
+impl Deref for Daemon {
+    type Target = Local;
+
+    fn deref(&self) -> &Local {
+        &self.local
+    }
 }
 
 impl Daemon {
     pub fn builder() -> DaemonBuilder {
         DaemonBuilder::default()
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
     }
 
     /// Starts the shutdown and waits for `run` to return.
@@ -113,6 +157,306 @@ impl Daemon {
             .await
             .expect("daemon stops within its drain timeout")
             .expect("daemon task did not panic")
+    }
+}
+
+/// What an MCP client says it takes.
+pub const ACCEPT_BOTH: &str = "application/json, text/event-stream";
+
+/// latchkey's local endpoint, as a client on this machine sees it.
+pub struct Local {
+    pub addr: SocketAddr,
+}
+
+impl Local {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A POST of `body` to `path` as an MCP client sends it: JSON or SSE accepted.
+    pub fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        client()
+            .post(self.url(path))
+            .header("accept", ACCEPT_BOTH)
+            .json(body)
+    }
+
+    /// An `initialize` to `path`, as an MCP client sends it; whatever the answer.
+    pub async fn initialize(&self, path: &str) -> reqwest::Response {
+        self.post(path, &initialize())
+            .send()
+            .await
+            .expect("initialize")
+    }
+
+    /// A POST of `body` as plain JSON, from a client that says nothing of what it
+    /// takes; whatever the answer.
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        client()
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// Initializes a session at `path`, which must succeed; returns its id.
+    pub async fn open_session(&self, path: &str) -> String {
+        let response = self.initialize(path).await;
+        assert_eq!(response.status(), 200, "initialize via {path}");
+        response.headers()["mcp-session-id"]
+            .to_str()
+            .expect("session id")
+            .to_owned()
+    }
+
+    /// Opens the GET stream of `session` at `path`, which must succeed, and reads it
+    /// until the upstream's first event; the stream and what it has read.
+    pub async fn open_stream(&self, path: &str, session: &str) -> (reqwest::Response, String) {
+        let mut stream = stream_client()
+            .get(self.url(path))
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", session)
+            .send()
+            .await
+            .expect("GET stream");
+        assert_eq!(stream.status(), 200);
+        let mut seen = String::new();
+        read_until(&mut stream, &mut seen, "stream open").await;
+        (stream, seen)
+    }
+
+    /// The status page as a client taking `accept` gets it.
+    pub async fn page(&self, accept: &str) -> String {
+        client()
+            .get(self.url("/"))
+            .header("accept", accept)
+            .send()
+            .await
+            .expect("GET /")
+            .text()
+            .await
+            .expect("page")
+    }
+
+    /// The status page, as JSON.
+    pub async fn status(&self) -> Value {
+        client()
+            .get(self.url("/"))
+            .send()
+            .await
+            .expect("GET /")
+            .json()
+            .await
+            .expect("status JSON")
+    }
+}
+
+/// Fails unless `response` is a 200; the failure shows its body.
+pub async fn assert_ok(response: reqwest::Response) {
+    let status = response.status();
+    assert_eq!(status, 200, "{status}: {:?}", response.text().await);
+}
+
+/// An MCP upstream that requires tokens from a testkit authorization server, which
+/// the switches below set up (the defaults: dynamic registration, PKCE, refresh
+/// tokens, an hour's access tokens).
+pub fn protected() -> ProtectedBuilder {
+    ProtectedBuilder(AuthOptions::default())
+}
+
+pub struct ProtectedBuilder(AuthOptions);
+
+impl ProtectedBuilder {
+    pub fn token_lifetime(mut self, secs: u64) -> Self {
+        self.0.token_lifetime = secs;
+        self
+    }
+
+    /// A new refresh token on every refresh; the old one is revoked.
+    pub fn rotating_refresh_tokens(mut self) -> Self {
+        self.0.rotate_refresh_tokens = true;
+        self
+    }
+
+    /// Whether it issues refresh tokens at all.
+    pub fn refresh_tokens(mut self, issued: bool) -> Self {
+        self.0.no_refresh_tokens = !issued;
+        self
+    }
+
+    /// Every refresh is refused with this OAuth error.
+    pub fn refusing_refresh(mut self, error: &str) -> Self {
+        self.0.refuse_refresh = Some(error.to_owned());
+        self
+    }
+
+    /// Whether it offers dynamic client registration.
+    pub fn dcr(mut self, offered: bool) -> Self {
+        self.0.dcr = offered;
+        self
+    }
+
+    /// Client ID metadata documents: any `https://` client_id is a public client.
+    pub fn cimd(mut self) -> Self {
+        self.0.cimd = true;
+        self
+    }
+
+    /// The device authorization grant (RFC 8628).
+    pub fn device_flow(mut self) -> Self {
+        self.0.device = true;
+        self
+    }
+
+    /// `tools/call` needs `mcp:write`: a token without it meets a step-up.
+    pub fn write_scope_for_tools(mut self) -> Self {
+        self.0.write_scope_for_tools = true;
+        self
+    }
+
+    /// `mcp:write` is never granted, however often it is asked for.
+    pub fn withholding_write(mut self) -> Self {
+        self.0.withhold_write = true;
+        self
+    }
+
+    /// Before every client id, secret, code and token it issues.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.0.prefix);
+        self
+    }
+
+    pub async fn start(self) -> Protected {
+        let (upstream, auth) = protected_upstream("127.0.0.1:0".parse().expect("address"), self.0)
+            .await
+            .expect("protected upstream");
+        Protected { auth, upstream }
+    }
+}
+
+pub struct Protected {
+    pub auth: AuthServer,
+    pub upstream: McpUpstream,
+}
+
+impl Protected {
+    pub fn mcp_url(&self) -> String {
+        self.upstream.mcp_url()
+    }
+
+    /// A daemon with this upstream as server `notes`, with `extra` lines in its table.
+    pub fn daemon(&self, extra: &[&str]) -> DaemonBuilder {
+        Daemon::builder().server("notes", &self.mcp_url(), extra)
+    }
+
+    /// The token of the upstream's last request with one, as it was issued.
+    pub fn last_grant(&self) -> Grant {
+        let token = last_token(&self.upstream);
+        self.auth.access_token(&token).expect("issued token")
+    }
+
+    /// Authorization code grants so far: the logins in a browser.
+    pub fn logins(&self) -> usize {
+        self.auth
+            .token_requests()
+            .iter()
+            .filter(|g| *g == "authorization_code")
+            .count()
+    }
+}
+
+/// The bearer token of the last request that `upstream` got with one.
+pub fn last_token(upstream: &McpUpstream) -> String {
+    upstream
+        .requests()
+        .iter()
+        .rev()
+        .find_map(|r| {
+            let value = r.headers.get("authorization")?.to_str().ok()?;
+            value.strip_prefix("Bearer ").map(str::to_owned)
+        })
+        .expect("a request with a token")
+}
+
+/// The person at the browser: a scripted HTTP client that follows the authorization
+/// URL to latchkey's real loopback listener, as a person who approves at once would.
+#[derive(Debug, Default)]
+pub struct ScriptedBrowser {
+    opened: AtomicUsize,
+    /// Never finishes the login (a person who walked away).
+    absent: bool,
+}
+
+impl ScriptedBrowser {
+    pub fn approving() -> Arc<Self> {
+        Arc::default()
+    }
+
+    pub fn absent() -> Arc<Self> {
+        Arc::new(Self {
+            absent: true,
+            ..Self::default()
+        })
+    }
+
+    /// How many logins it was opened for.
+    pub fn opened(&self) -> usize {
+        self.opened.load(Ordering::SeqCst)
+    }
+}
+
+impl Browser for ScriptedBrowser {
+    fn bind(&self, port: u16) -> BoxFuture<'_, Result<Box<dyn Redirect>, String>> {
+        Box::pin(async move {
+            let listener = Listener::bind(port).await.map_err(|e| e.to_string())?;
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Scripted {
+                listener,
+                absent: self.absent,
+            }) as Box<dyn Redirect>)
+        })
+    }
+}
+
+struct Scripted {
+    listener: Listener,
+    absent: bool,
+}
+
+impl Redirect for Scripted {
+    fn redirect_uri(&self) -> String {
+        self.listener.redirect_uri().to_owned()
+    }
+
+    fn complete(
+        self: Box<Self>,
+        url: Url,
+        timeout: Duration,
+        check: RedirectCheck,
+    ) -> BoxFuture<'static, Result<Secret, String>> {
+        Box::pin(async move {
+            let listener = self.listener.expecting(&url);
+            if !self.absent {
+                tokio::spawn(async move {
+                    let _ = reqwest::get(url).await;
+                });
+            }
+            listener
+                .wait(timeout, check)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// For tests that must never open a browser: any login attempt fails.
+#[derive(Debug)]
+pub struct NoBrowser;
+
+impl Browser for NoBrowser {
+    fn bind(&self, _port: u16) -> BoxFuture<'_, Result<Box<dyn Redirect>, String>> {
+        Box::pin(async { Err("this test opens no browser".to_owned()) })
     }
 }
 
@@ -140,6 +484,14 @@ pub async fn client_summary(
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// A client that shows redirects instead of following them.
+pub fn no_redirect_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client")
 }
@@ -191,16 +543,6 @@ pub async fn eventually_async<F: std::future::Future<Output = bool>>(
     }
 }
 
-/// For tests that must never open a browser: any login attempt fails.
-#[derive(Debug)]
-pub struct NoBrowser;
-
-impl Browser for NoBrowser {
-    fn bind(&self, _port: u16) -> BoxFuture<'_, Result<Box<dyn Redirect>, String>> {
-        Box::pin(async { Err("this test opens no browser".to_owned()) })
-    }
-}
-
 /// Says that a test is skipped and why, where the suite's summary shows it: a
 /// passing test's output is captured, so the line goes to the file that
 /// `$LATCHKEY_TEST_SKIPS` names (scripts/test sets it and prints it at the end) too.
@@ -217,8 +559,63 @@ pub fn skipped(why: &str) {
     }
 }
 
+/// A TLS acceptor with the certificate `tests/it/tls/NAME.pem` and its key, offering
+/// the ALPN protocols `alpn`.
+pub fn tls_acceptor(name: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/tls");
+    let certs = CertificateDer::pem_file_iter(format!("{tls}/{name}.pem"))
+        .expect("the certificate file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(format!("{tls}/{name}.key")).expect("the key file");
+    let mut config = rustls::ServerConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("certificate and key");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Reads `stream` a byte at a time up to the end of `terminator`, so that nothing
+/// after it is taken; `None` if it closes first.
+pub async fn read_head(stream: &mut tokio::net::TcpStream, terminator: &[u8]) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(terminator) {
+        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(head)
+}
+
+/// tests/interop: the pinned third-party clients and servers, and their scripts.
+pub fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// `path` under [`interop_dir`], which must be there: scripts/test installs what the
+/// repository does not hold (node_modules, the virtualenvs).
+pub fn interop(path: &str) -> PathBuf {
+    let full = interop_dir().join(path);
+    assert!(
+        full.exists(),
+        "{} is missing: run scripts/test, which installs the pinned third-party parts",
+        full.display()
+    );
+    full
+}
+
 /// A directory under the temp dir for one test's files, removed on drop.
-pub struct TempDir(pub std::path::PathBuf);
+pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> Self {
@@ -226,6 +623,17 @@ impl TempDir {
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("temp dir");
         Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `config.toml` here; its path.
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let path = self.0.join("config.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
     }
 }
 

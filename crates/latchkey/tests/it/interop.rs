@@ -3,7 +3,6 @@
 //! in `tests/interop/package-lock.json` and installed by `scripts/test`; if they are
 //! missing these tests fail, they never skip.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -11,22 +10,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::harness::Daemon;
-
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-fn node_package(path: &str) -> PathBuf {
-    let full = interop_dir().join("node_modules").join(path);
-    assert!(
-        full.exists(),
-        "{} is missing: run scripts/test, or `npm ci` in {}",
-        full.display(),
-        interop_dir().display()
-    );
-    full
-}
+use crate::harness::{Daemon, interop, interop_dir};
 
 /// `server-everything` in one of its HTTP modes, on a free loopback port.
 pub(crate) struct Everything {
@@ -39,7 +23,7 @@ impl Everything {
     /// port taken by another test in between shows up as an exit, and another port
     /// is tried, rather than as a client talking to the wrong server.
     pub(crate) async fn start(mode: &str) -> Self {
-        let entry = node_package("@modelcontextprotocol/server-everything/dist/index.js");
+        let entry = interop("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -108,7 +92,13 @@ async fn sdk_client(url: &str) -> Value {
     serde_json::from_str(summary).expect("summary is JSON")
 }
 
-fn assert_full_session(summary: &Value) {
+/// The SDK client's whole session with server-everything in `mode`, through the
+/// daemon's server `name`, which is server-everything's `path`.
+async fn full_session(mode: &str, name: &str, path: &str) {
+    let everything = Everything::start(mode).await;
+    let url = format!("http://127.0.0.1:{}{path}", everything.port);
+    let daemon = Daemon::builder().server(name, &url, &[]).start().await;
+    let summary = sdk_client(&daemon.url(&format!("/{name}"))).await;
     assert_eq!(summary["ok"], true, "{summary}");
     assert!(summary["tools"].as_u64().unwrap_or(0) > 0, "{summary}");
     assert_eq!(summary["resourceRead"], true, "{summary}");
@@ -116,36 +106,15 @@ fn assert_full_session(summary: &Value) {
         summary["notifications"].as_u64().unwrap_or(0) > 0,
         "{summary}"
     );
+    daemon.shutdown().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typescript_sdk_client_to_server_everything_streamable_http() {
-    let everything = Everything::start("streamableHttp").await;
-    let daemon = Daemon::builder()
-        .server(
-            "everything",
-            &format!("http://127.0.0.1:{}/mcp", everything.port),
-            &[],
-        )
-        .start()
-        .await;
-    let summary = sdk_client(&daemon.url("/everything")).await;
-    assert_full_session(&summary);
-    daemon.shutdown().await.expect("clean shutdown");
+    full_session("streamableHttp", "everything", "/mcp").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typescript_sdk_streamable_client_bridged_to_server_everything_sse() {
-    let everything = Everything::start("sse").await;
-    let daemon = Daemon::builder()
-        .server(
-            "legacy",
-            &format!("http://127.0.0.1:{}/sse", everything.port),
-            &[],
-        )
-        .start()
-        .await;
-    let summary = sdk_client(&daemon.url("/legacy")).await;
-    assert_full_session(&summary);
-    daemon.shutdown().await.expect("clean shutdown");
+    full_session("sse", "legacy", "/sse").await;
 }

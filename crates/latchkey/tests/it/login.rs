@@ -6,31 +6,36 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use latchkey_testkit::AuthOptions;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::harness::{Daemon, client, initialize};
-use crate::oauth::protected;
+use crate::binary::{Serve, Served};
+use crate::harness::{
+    Daemon, DaemonBuilder, Local, Protected, ScriptedBrowser, Store, TempDir, assert_ok, client,
+    interop, interop_dir, no_redirect_client, protected,
+};
 
-/// A scratch home: config, state and lock directories, removed on drop.
-struct Home(PathBuf);
+/// A scratch home: a config with a file store and server `notes`, and the state and
+/// lock directories.
+struct Home(TempDir);
 
 impl Home {
     fn new(name: &str, server_url: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("latchkey-it-login-{name}-{}", std::process::id()));
-        drop(std::fs::remove_dir_all(&dir));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        std::fs::write(
-            dir.join("config.toml"),
-            format!(
-                "store = \"file\"\nstate_dir = {:?}\n[servers.notes]\nurl = {server_url:?}\n",
-                dir.join("state")
-            ),
-        )
-        .expect("config");
-        Self(dir)
+        let home = Self(TempDir::new(&format!("login-{name}")));
+        home.0.write_config(&format!(
+            "store = \"file\"\nstate_dir = {:?}\n[servers.notes]\nurl = {server_url:?}\n",
+            home.state()
+        ));
+        home
+    }
+
+    fn state(&self) -> PathBuf {
+        self.0.path().join("state")
+    }
+
+    /// The config's store, for a daemon here.
+    fn store(&self) -> Store {
+        Store::File(self.state())
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -38,7 +43,7 @@ impl Home {
         command
             .args(args)
             .arg("--config")
-            .arg(self.0.join("config.toml"))
+            .arg(self.0.path().join("config.toml"))
             .env_remove("LATCHKEY_CONFIG")
             .env_remove("RUST_LOG")
             .env("BROWSER", "/bin/false")
@@ -47,16 +52,31 @@ impl Home {
     }
 
     fn records(&self) -> Vec<PathBuf> {
-        let dir = self.0.join("state/credentials");
+        let dir = self.state().join("credentials");
         std::fs::read_dir(dir)
             .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default()
     }
-}
 
-impl Drop for Home {
-    fn drop(&mut self) {
-        drop(std::fs::remove_dir_all(&self.0));
+    /// Logs in once, through a daemon on this store whose browser approves.
+    async fn log_in(&self, setup: &Protected) {
+        let daemon = logged_in(setup.daemon(&[]).store(self.store())).await;
+        daemon.shutdown().await.expect("shutdown");
+    }
+
+    /// `latchkey status --json`.
+    async fn status(&self) -> serde_json::Value {
+        let status = self
+            .command(&["status", "--json"])
+            .output()
+            .await
+            .expect("status");
+        serde_json::from_slice(&status.stdout).expect("json")
+    }
+
+    /// `latchkey serve` on this home's config, on port 0.
+    fn serve(&self) -> Serve {
+        Serve::new(self.command(&["serve", "--listen", "127.0.0.1:0"])).stderr(Stdio::null())
     }
 }
 
@@ -112,35 +132,25 @@ fn mode(path: &Path) -> u32 {
 }
 
 /// A daemon on the same store answers the first request with the stored token.
-async fn daemon_uses_the_stored_token(home: &Home, url: &str) {
-    let daemon = Daemon::builder()
-        .top("store = \"file\"")
-        .top(&format!("state_dir = {:?}", home.0.join("state")))
-        .server("notes", url, &[])
-        .start()
-        .await;
-    let response = client()
-        .post(daemon.url("/notes"))
-        .header("accept", "application/json, text/event-stream")
-        .json(&initialize())
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
+async fn daemon_uses_the_stored_token(home: &Home, setup: &Protected) {
+    let daemon = setup.daemon(&[]).store(home.store()).start().await;
+    assert_eq!(daemon.initialize("/notes").await.status(), 200);
     daemon.shutdown().await.expect("shutdown");
+}
+
+/// Starts `daemon` with a browser that approves, and logs in through it.
+async fn logged_in(daemon: DaemonBuilder) -> Daemon {
+    let daemon = daemon.browser(ScriptedBrowser::approving()).start().await;
+    assert_eq!(daemon.initialize("/notes").await.status(), 200);
+    daemon
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_browser_login_takes_the_pasted_redirect_and_a_daemon_uses_the_token() {
-    let setup = protected(AuthOptions::default()).await;
-    let home = Home::new("paste", &setup.upstream.mcp_url());
+    let setup = protected().start().await;
+    let home = Home::new("paste", &setup.mcp_url());
     // A daemon already running, which cannot log in itself (its browser fails).
-    let running = Daemon::builder()
-        .top("store = \"file\"")
-        .top(&format!("state_dir = {:?}", home.0.join("state")))
-        .server("notes", &setup.upstream.mcp_url(), &[])
-        .start()
-        .await;
+    let running = setup.daemon(&[]).store(home.store()).start().await;
     let mut child = login(&home);
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let seen = read_until(&mut lines, |l| l.contains("paste that page's address")).await;
@@ -154,10 +164,7 @@ async fn no_browser_login_takes_the_pasted_redirect_and_a_daemon_uses_the_token(
         .expect("the authorization URL is printed");
     assert!(url.contains("code_challenge_method=S256"), "{url}");
     // The person's browser, on another machine: it gets the redirect but cannot load it.
-    let redirect = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
+    let redirect = no_redirect_client()
         .get(&url)
         .send()
         .await
@@ -195,16 +202,9 @@ async fn no_browser_login_takes_the_pasted_redirect_and_a_daemon_uses_the_token(
         assert_eq!(mode(records[0].parent().expect("dir")), 0o700);
     }
     // The running daemon finds the new tokens on its first 401.
-    let response = client()
-        .post(running.url("/notes"))
-        .header("accept", "application/json, text/event-stream")
-        .json(&initialize())
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert_ok(running.initialize("/notes").await).await;
     running.shutdown().await.expect("shutdown");
-    daemon_uses_the_stored_token(&home, &setup.upstream.mcp_url()).await;
+    daemon_uses_the_stored_token(&home, &setup).await;
     assert_eq!(
         setup.auth.token_requests(),
         ["authorization_code"],
@@ -214,12 +214,8 @@ async fn no_browser_login_takes_the_pasted_redirect_and_a_daemon_uses_the_token(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_browser_login_uses_the_device_flow_when_offered() {
-    let setup = protected(AuthOptions {
-        device: true,
-        ..AuthOptions::default()
-    })
-    .await;
-    let home = Home::new("device", &setup.upstream.mcp_url());
+    let setup = protected().device_flow().start().await;
+    let home = Home::new("device", &setup.mcp_url());
     let mut child = login(&home);
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let seen = read_until(&mut lines, |l| l.contains("which has the code filled in")).await;
@@ -259,7 +255,7 @@ async fn no_browser_login_uses_the_device_flow_when_offered() {
         "registered for the device grant: {}",
         client.request
     );
-    daemon_uses_the_stored_token(&home, &setup.upstream.mcp_url()).await;
+    daemon_uses_the_stored_token(&home, &setup).await;
     assert_eq!(
         setup.auth.token_requests().len(),
         grants.len(),
@@ -281,11 +277,8 @@ async fn login_names_unknown_servers_and_disabled_oauth() {
         stderr.contains("no server \"nope\" in the config; configured: notes"),
         "{stderr}"
     );
-    std::fs::write(
-        home.0.join("config.toml"),
-        "[servers.notes]\nurl = \"https://a.example.com/mcp\"\noauth = false\n",
-    )
-    .expect("config");
+    home.0
+        .write_config("[servers.notes]\nurl = \"https://a.example.com/mcp\"\noauth = false\n");
     let output = home
         .command(&["login", "notes"])
         .output()
@@ -295,38 +288,14 @@ async fn login_names_unknown_servers_and_disabled_oauth() {
     assert!(stderr.contains("has oauth = false"), "{stderr}");
 }
 
-/// A daemon on `home`'s store that logs in with a scripted browser.
-async fn logged_in_daemon(home: &Home, url: &str) -> Daemon {
-    let daemon = Daemon::builder()
-        .top("store = \"file\"")
-        .top(&format!("state_dir = {:?}", home.0.join("state")))
-        .server("notes", url, &[])
-        .start_with_browser(std::sync::Arc::new(crate::oauth::ScriptedBrowser::default()))
-        .await;
-    let response = client()
-        .post(daemon.url("/notes"))
-        .header("accept", "application/json, text/event-stream")
-        .json(&initialize())
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
-    daemon
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_daemon_refreshes_stored_tokens_without_a_browser() {
-    let setup = protected(AuthOptions {
-        token_lifetime: 1,
-        ..AuthOptions::default()
-    })
-    .await;
-    let home = Home::new("restart", &setup.upstream.mcp_url());
-    let first = logged_in_daemon(&home, &setup.upstream.mcp_url()).await;
-    first.shutdown().await.expect("shutdown");
+    let setup = protected().token_lifetime(1).start().await;
+    let home = Home::new("restart", &setup.mcp_url());
+    home.log_in(&setup).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // The default harness browser fails any login: only a refresh can succeed.
-    daemon_uses_the_stored_token(&home, &setup.upstream.mcp_url()).await;
+    daemon_uses_the_stored_token(&home, &setup).await;
     assert_eq!(
         setup.auth.token_requests(),
         ["authorization_code", "refresh_token"],
@@ -336,19 +305,10 @@ async fn a_restarted_daemon_refreshes_stored_tokens_without_a_browser() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_revokes_and_deletes_and_status_shows_it() {
-    let setup = protected(AuthOptions::default()).await;
-    let home = Home::new("logout", &setup.upstream.mcp_url());
-    logged_in_daemon(&home, &setup.upstream.mcp_url())
-        .await
-        .shutdown()
-        .await
-        .expect("shutdown");
-    let status = home
-        .command(&["status", "--json"])
-        .output()
-        .await
-        .expect("status");
-    let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    let setup = protected().start().await;
+    let home = Home::new("logout", &setup.mcp_url());
+    home.log_in(&setup).await;
+    let json = home.status().await;
     let row = &json["servers"][0];
     assert_eq!(row["state"], "ready", "{json}");
     assert_eq!(
@@ -384,26 +344,13 @@ async fn logout_revokes_and_deletes_and_status_shows_it() {
         revoked[0].starts_with("rt-") && revoked[1].starts_with("at-"),
         "{revoked:?}"
     );
-    let status = home
-        .command(&["status", "--json"])
-        .output()
-        .await
-        .expect("status");
-    let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    let json = home.status().await;
     assert_eq!(json["servers"][0]["state"], "needs_auth", "{json}");
 }
 
 /// The state a running daemon shows for `notes` on its status page.
-async fn shown_state(addr: &str) -> String {
-    let page: serde_json::Value = client()
-        .get(format!("http://{addr}/"))
-        .send()
-        .await
-        .expect("status page")
-        .json()
-        .await
-        .expect("JSON");
-    page["servers"][0]["state"]
+async fn shown_state(daemon: &Local) -> String {
+    daemon.status().await["servers"][0]["state"]
         .as_str()
         .unwrap_or_default()
         .to_owned()
@@ -415,26 +362,21 @@ async fn shown_state(addr: &str) -> String {
 /// logout, and the next request needs a new login (which this browser cannot give).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_reaches_a_running_daemon_and_a_running_bridge() {
-    let setup = protected(AuthOptions::default()).await;
-    let url = setup.upstream.mcp_url();
-    let home = Home::new("logout-everywhere", &url);
+    let setup = protected().start().await;
+    let home = Home::new("logout-everywhere", &setup.mcp_url());
     // No browser can open here: waiting requests get their answer after 2 s.
-    let config = home.0.join("config.toml");
+    let config = home.0.path().join("config.toml");
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(
         &config,
         text + "[servers.notes.oauth]\nauth_timeout_secs = 2\n",
     )
     .expect("config");
-    logged_in_daemon(&home, &url)
-        .await
-        .shutdown()
-        .await
-        .expect("shutdown");
-    let (mut daemon, addr) = serve(&home).await;
+    home.log_in(&setup).await;
+    let daemon = home.serve().start().await;
     let mut bridge = crate::stdio::Bridge::start(home.command(&["stdio", "notes"]));
     assert!(bridge.initialize().await.get("result").is_some());
-    assert_eq!(shown_state(&addr).await, "ready");
+    assert_eq!(shown_state(&daemon).await, "ready");
     let grants = setup.auth.token_requests();
 
     let output = home
@@ -445,18 +387,12 @@ async fn logout_reaches_a_running_daemon_and_a_running_bridge() {
     assert!(output.status.success(), "{output:?}");
     assert!(home.records().is_empty());
     crate::harness::eventually_async("the daemon shows needs_auth", || async {
-        shown_state(&addr).await == "needs_auth"
+        shown_state(&daemon).await == "needs_auth"
     })
     .await;
     // Give the bridge its tick too, then use both.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let response = client()
-        .post(format!("http://{addr}/notes"))
-        .header("accept", "application/json, text/event-stream")
-        .json(&initialize())
-        .send()
-        .await
-        .expect("request");
+    let response = daemon.initialize("/notes").await;
     let status = response.status();
     let body = response.text().await.expect("body");
     assert_eq!(status, 503, "a new login is needed: {body}");
@@ -478,48 +414,18 @@ async fn logout_reaches_a_running_daemon_and_a_running_bridge() {
         "nothing written back after the logout: {:?}",
         home.records()
     );
-    daemon.start_kill().expect("kill");
-    drop(daemon.wait().await);
+    daemon.kill().await;
     drop(bridge);
-}
-
-/// `latchkey serve` on `home`'s config, on port 0; returns it and its address.
-async fn serve(home: &Home) -> (Child, String) {
-    serve_with(home, "/bin/false").await
-}
-
-/// [`serve`] with `$BROWSER` set.
-async fn serve_with(home: &Home, browser: &str) -> (Child, String) {
-    let mut command = home.command(&["serve", "--listen", "127.0.0.1:0"]);
-    command.env("BROWSER", browser);
-    serve_command(command).await
-}
-
-/// Starts a `latchkey serve` command; returns it and its address.
-async fn serve_command(mut command: Command) -> (Child, String) {
-    let mut child = command.stderr(Stdio::piped()).spawn().expect("spawn serve");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let seen = read_until(&mut lines, |l| l.contains("local=")).await;
-    let addr = seen
-        .last()
-        .and_then(|l| l.split("local=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("address")
-        .to_owned();
-    drop(tokio::spawn(async move {
-        while let Ok(Some(_)) = lines.next_line().await {}
-    }));
-    (child, addr)
 }
 
 /// 50 concurrent `initialize` requests to each daemon; their HTTP statuses (0 for
 /// no answer).
-async fn initialize_burst(daemons: &[(Child, String)]) -> Vec<u16> {
+async fn initialize_burst(daemons: &[Served]) -> Vec<u16> {
     let http = client();
-    let requests = daemons.iter().flat_map(|(_, addr)| {
+    let requests = daemons.iter().flat_map(|daemon| {
         let http = http.clone();
         (0..50).map(move |i| {
-            let (http, url) = (http.clone(), format!("http://{addr}/notes"));
+            let (http, url) = (http.clone(), daemon.url("/notes"));
             async move {
                 let body = serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "initialize",
                     "params": {"protocolVersion": "2025-06-18", "capabilities": {},
@@ -537,41 +443,41 @@ async fn initialize_burst(daemons: &[(Child, String)]) -> Vec<u16> {
     futures_util::future::join_all(requests).await
 }
 
+/// The cross-process rule's verdict: one login, then exactly one refresh for all four
+/// processes. Stops `daemons`.
+async fn one_refresh_for_all(setup: &Protected, daemons: Vec<Served>) {
+    assert_eq!(
+        setup.auth.token_requests(),
+        ["authorization_code", "refresh_token"],
+        "one login, then exactly one refresh for all four processes"
+    );
+    for daemon in daemons {
+        daemon.kill().await;
+    }
+}
+
 /// The cross-process rule: an expired token hit by 200 concurrent requests spread
 /// over 4 daemons sharing one store costs exactly one refresh grant, even though the
 /// server rotates refresh tokens (a second refresh with the old one would fail).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_requests_over_four_processes_cost_one_refresh() {
-    let setup = protected(AuthOptions {
-        token_lifetime: 2,
-        rotate_refresh_tokens: true,
-        ..AuthOptions::default()
-    })
-    .await;
-    let home = Home::new("fleet", &setup.upstream.mcp_url());
-    logged_in_daemon(&home, &setup.upstream.mcp_url())
-        .await
-        .shutdown()
-        .await
-        .expect("shutdown");
+    let setup = protected()
+        .token_lifetime(2)
+        .rotating_refresh_tokens()
+        .start()
+        .await;
+    let home = Home::new("fleet", &setup.mcp_url());
+    home.log_in(&setup).await;
     let mut daemons = Vec::new();
     for _ in 0..4 {
-        daemons.push(serve(&home).await);
+        daemons.push(home.serve().start().await);
     }
     // Past the expiry margin (half of a 2 s lifetime) and the expiry itself.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let statuses = initialize_burst(&daemons).await;
     assert_eq!(statuses.len(), 200);
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert_eq!(
-        setup.auth.token_requests(),
-        ["authorization_code", "refresh_token"],
-        "one login, then exactly one refresh for all four processes"
-    );
-    for (mut child, _) in daemons {
-        child.start_kill().expect("kill");
-        drop(child.wait().await);
-    }
+    one_refresh_for_all(&setup, daemons).await;
 }
 
 /// `/run/user/$UID` with its `bus` socket, as a desktop login (pam_systemd) lays them
@@ -636,43 +542,30 @@ impl Drop for DesktopLogin {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridge_with_a_bare_environment_shares_the_keyring_and_the_locks() {
     let desktop = DesktopLogin::lay_out();
-    let setup = protected(AuthOptions {
-        token_lifetime: 2,
-        rotate_refresh_tokens: true,
-        ..AuthOptions::default()
-    })
-    .await;
-    let url = setup.upstream.mcp_url();
-    let home = Home::new("bare-env", &url);
-    std::fs::write(
-        home.0.join("config.toml"),
-        format!("store = \"keyring\"\n[servers.notes]\nurl = {url:?}\n"),
-    )
-    .expect("config");
-    let login = Daemon::builder()
-        .top("store = \"keyring\"")
-        .server("notes", &url, &[])
-        .start_with_browser(std::sync::Arc::new(crate::oauth::ScriptedBrowser::default()))
+    let setup = protected()
+        .token_lifetime(2)
+        .rotating_refresh_tokens()
+        .start()
         .await;
-    let response = client()
-        .post(login.url("/notes"))
-        .header("accept", "application/json, text/event-stream")
-        .json(&initialize())
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
+    let home = Home::new("bare-env", &setup.mcp_url());
+    home.0.write_config(&format!(
+        "store = \"keyring\"\n[servers.notes]\nurl = {:?}\n",
+        setup.mcp_url()
+    ));
+    let login = logged_in(setup.daemon(&[]).store(Store::Keyring)).await;
     login.shutdown().await.expect("shutdown");
 
     // The daemons have what a desktop session gives them.
     let mut daemons = Vec::new();
     for _ in 0..3 {
-        let mut command = home.command(&["serve", "--listen", "127.0.0.1:0"]);
-        command
-            .env("HOME", &home.0)
+        let daemon = home
+            .serve()
+            .env("HOME", home.0.path())
             .env("XDG_RUNTIME_DIR", &desktop.run)
-            .env_remove("XDG_STATE_HOME");
-        daemons.push(serve_command(command).await);
+            .env_remove("XDG_STATE_HOME")
+            .start()
+            .await;
+        daemons.push(daemon);
     }
     let mut bare = home.command(&["stdio", "notes"]);
     bare.env_clear();
@@ -681,7 +574,7 @@ async fn a_bridge_with_a_bare_environment_shares_the_keyring_and_the_locks() {
             bare.env(key, value);
         }
     }
-    bare.env("HOME", &home.0);
+    bare.env("HOME", home.0.path());
     let mut bridge = crate::stdio::Bridge::start(bare);
     assert!(bridge.initialize().await.get("result").is_some());
     assert_eq!(setup.auth.token_requests(), ["authorization_code"]);
@@ -705,25 +598,17 @@ async fn a_bridge_with_a_bare_environment_shares_the_keyring_and_the_locks() {
         answers.iter().all(|a| a.get("result").is_some()),
         "{answers:?}"
     );
-    assert_eq!(
-        setup.auth.token_requests(),
-        ["authorization_code", "refresh_token"],
-        "one login, then exactly one refresh for all four processes"
-    );
-    for (mut child, _) in daemons {
-        child.start_kill().expect("kill");
-        drop(child.wait().await);
-    }
+    one_refresh_for_all(&setup, daemons).await;
 }
 
 /// The official SDK client through the daemon binary, with `$BROWSER` a script
 /// that approves at once; returns the text of the `echo` call.
-async fn sdk_call(addr: &str) -> String {
-    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+async fn sdk_call(daemon: &Local) -> String {
+    let interop = interop_dir();
     let mut command = Command::new("node");
     command
         .arg(interop.join("sdk-call.mjs"))
-        .arg(format!("http://{addr}/notes"))
+        .arg(daemon.url("/notes"))
         .arg("echo")
         .arg(r#"{"text":"through latchkey"}"#)
         .current_dir(&interop);
@@ -731,35 +616,22 @@ async fn sdk_call(addr: &str) -> String {
     summary["text"].as_str().unwrap_or_default().to_owned()
 }
 
-fn logins(auth: &latchkey_testkit::AuthServer) -> usize {
-    auth.token_requests()
-        .iter()
-        .filter(|g| *g == "authorization_code")
-        .count()
-}
-
 /// Issue 4's end-to-end promise with an official SDK client: an expired token is
 /// refreshed with no browser visit, a revoked grant costs exactly one new browser
 /// authorization, and a restarted daemon reuses the stored tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_client_sees_refresh_revocation_and_restart_handled() {
-    let setup = protected(AuthOptions {
-        token_lifetime: 2,
-        ..AuthOptions::default()
-    })
-    .await;
-    let home = Home::new("sdk", &setup.upstream.mcp_url());
-    let browser =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/conformance/browser.mjs");
-    let browser = format!("node {}", browser.display());
-    let start = || serve_with(&home, &browser);
-    let (mut daemon, addr) = start().await;
-    assert!(sdk_call(&addr).await.contains("through latchkey"));
-    assert_eq!(logins(&setup.auth), 1, "the first login");
+    let setup = protected().token_lifetime(2).start().await;
+    let home = Home::new("sdk", &setup.mcp_url());
+    let browser = format!("node {}", interop("conformance/browser.mjs").display());
+    let start = || home.serve().env("BROWSER", &browser).start();
+    let daemon = start().await;
+    assert!(sdk_call(&daemon).await.contains("through latchkey"));
+    assert_eq!(setup.logins(), 1, "the first login");
 
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert!(sdk_call(&addr).await.contains("through latchkey"));
-    assert_eq!(logins(&setup.auth), 1, "expired: refreshed, no browser");
+    assert!(sdk_call(&daemon).await.contains("through latchkey"));
+    assert_eq!(setup.logins(), 1, "expired: refreshed, no browser");
     assert!(
         setup
             .auth
@@ -768,20 +640,15 @@ async fn sdk_client_sees_refresh_revocation_and_restart_handled() {
     );
 
     setup.auth.revoke_all();
-    assert!(sdk_call(&addr).await.contains("through latchkey"));
-    assert_eq!(
-        logins(&setup.auth),
-        2,
-        "revoked: exactly one new authorization"
-    );
+    assert!(sdk_call(&daemon).await.contains("through latchkey"));
+    assert_eq!(setup.logins(), 2, "revoked: exactly one new authorization");
 
-    daemon.start_kill().expect("stop");
-    drop(daemon.wait().await);
+    daemon.kill().await;
     let before = setup.auth.token_requests().len();
-    let (mut daemon, addr) = start().await;
-    assert!(sdk_call(&addr).await.contains("through latchkey"));
+    let daemon = start().await;
+    assert!(sdk_call(&daemon).await.contains("through latchkey"));
     assert_eq!(
-        logins(&setup.auth),
+        setup.logins(),
         2,
         "restarted: the stored tokens, no browser"
     );
@@ -791,8 +658,7 @@ async fn sdk_client_sees_refresh_revocation_and_restart_handled() {
             .all(|g| g == "refresh_token"),
         "at most a refresh after the restart"
     );
-    daemon.start_kill().expect("stop");
-    drop(daemon.wait().await);
+    daemon.kill().await;
 }
 
 #[tokio::test]
@@ -800,14 +666,10 @@ async fn doctor_names_each_problem_with_its_fix() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
     let home = Home::new("doctor", "http://127.0.0.1:1/mcp");
-    std::fs::write(
-        home.0.join("config.toml"),
-        format!(
-            "store = \"file\"\nstate_dir = {:?}\n[servers.notes]\nurl = \"http://127.0.0.1:1/mcp\"\n[servers.notes.oauth]\nredirect_port = {port}\n",
-            home.0.join("state")
-        ),
-    )
-    .expect("config");
+    home.0.write_config(&format!(
+        "store = \"file\"\nstate_dir = {:?}\n[servers.notes]\nurl = \"http://127.0.0.1:1/mcp\"\n[servers.notes.oauth]\nredirect_port = {port}\n",
+        home.state()
+    ));
     let output = home.command(&["doctor"]).output().await.expect("doctor");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "{stdout}");

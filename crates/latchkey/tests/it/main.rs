@@ -2,6 +2,7 @@
 
 mod attacks;
 mod authservers;
+mod binary;
 mod binding;
 mod callback;
 mod cli;

@@ -3,103 +3,33 @@
 //! scripted HTTP client that follows the redirect to latchkey's real loopback listener.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use latchkey::callback::Listener;
-use latchkey_auth::Secret;
-use latchkey_auth::session::{BoxFuture, Browser, Redirect, RedirectCheck};
-use latchkey_testkit::{AuthOptions, AuthServer, McpUpstream, protected_upstream};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use url::Url;
 
-use crate::harness::{Daemon, client, initialize};
+use crate::harness::{
+    Daemon, Protected, ScriptedBrowser, assert_ok, no_redirect_client, protected,
+};
 
-/// Follows the authorization URL, as a person who approves at once would.
-#[derive(Debug, Default)]
-pub(crate) struct ScriptedBrowser {
-    opened: AtomicUsize,
-    /// Never finishes the login (a person who walked away).
-    absent: bool,
+/// A daemon in front of `setup`, and the person who approves its logins at once.
+async fn in_front_of(setup: &Protected) -> (Daemon, Arc<ScriptedBrowser>) {
+    let browser = ScriptedBrowser::approving();
+    let daemon = setup.daemon(&[]).browser(browser.clone()).start().await;
+    (daemon, browser)
 }
 
-impl Browser for ScriptedBrowser {
-    fn bind(&self, port: u16) -> BoxFuture<'_, Result<Box<dyn Redirect>, String>> {
-        Box::pin(async move {
-            let listener = Listener::bind(port).await.map_err(|e| e.to_string())?;
-            self.opened.fetch_add(1, Ordering::SeqCst);
-            Ok(Box::new(Scripted {
-                listener,
-                absent: self.absent,
-            }) as Box<dyn Redirect>)
-        })
-    }
-}
-
-struct Scripted {
-    listener: Listener,
-    absent: bool,
-}
-
-impl Redirect for Scripted {
-    fn redirect_uri(&self) -> String {
-        self.listener.redirect_uri().to_owned()
-    }
-
-    fn complete(
-        self: Box<Self>,
-        url: Url,
-        timeout: Duration,
-        check: RedirectCheck,
-    ) -> BoxFuture<'static, Result<Secret, String>> {
-        Box::pin(async move {
-            let listener = self.listener.expecting(&url);
-            if !self.absent {
-                tokio::spawn(async move {
-                    let _ = reqwest::get(url).await;
-                });
-            }
-            listener
-                .wait(timeout, check)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-}
-
-pub(crate) struct Setup {
-    pub(crate) auth: AuthServer,
-    pub(crate) upstream: McpUpstream,
-}
-
-/// An MCP upstream that requires tokens from a testkit authorization server.
-pub(crate) async fn protected(options: AuthOptions) -> Setup {
-    let (upstream, auth) = protected_upstream("127.0.0.1:0".parse().expect("address"), options)
-        .await
-        .expect("protected upstream");
-    Setup { auth, upstream }
-}
-
-fn post(daemon: &Daemon, body: &Value) -> reqwest::RequestBuilder {
-    client()
-        .post(daemon.url("/notes"))
-        .header("accept", "application/json, text/event-stream")
-        .json(body)
+/// A `tools/call` of the upstream's `echo`, which a step-up may guard.
+fn echo_call() -> Value {
+    json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "hi"}}})
 }
 
 #[tokio::test]
 async fn the_first_401_runs_the_flow_and_the_client_never_notices() {
-    let setup = protected(AuthOptions::default()).await;
-    let browser = Arc::new(ScriptedBrowser::default());
-    let daemon = Daemon::builder()
-        .server("notes", &setup.upstream.mcp_url(), &[])
-        .start_with_browser(browser.clone())
-        .await;
-    let response = post(&daemon, &initialize())
-        .send()
-        .await
-        .expect("initialize");
+    let setup = protected().start().await;
+    let (daemon, browser) = in_front_of(&setup).await;
+    let response = daemon.initialize("/notes").await;
     assert_eq!(
         response.status(),
         StatusCode::OK,
@@ -122,29 +52,19 @@ async fn the_first_401_runs_the_flow_and_the_client_never_notices() {
         .auth
         .access_token(token.trim_start_matches("Bearer "))
         .expect("issued token");
-    assert_eq!(
-        grant.resource.as_deref(),
-        Some(setup.upstream.mcp_url().as_str())
-    );
+    assert_eq!(grant.resource.as_deref(), Some(setup.mcp_url().as_str()));
     assert_eq!(
         grant.scope, "mcp:read offline_access",
         "the challenge's scope, plus offline_access"
     );
-    assert_eq!(browser.opened.load(Ordering::SeqCst), 1);
+    assert_eq!(browser.opened(), 1);
 
     // Later requests carry the token at once.
     let before = requests.len();
-    let response = post(&daemon, &initialize()).send().await.expect("again");
+    let response = daemon.initialize("/notes").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(setup.upstream.requests().len(), before + 1, "no second 401");
-    let status: Value = client()
-        .get(daemon.url("/"))
-        .send()
-        .await
-        .expect("GET /")
-        .json()
-        .await
-        .expect("json");
+    let status = daemon.status().await;
     assert_eq!(status["servers"][0]["state"], "ready");
     assert_eq!(
         status["servers"][0]["auth"]["scopes"],
@@ -161,28 +81,10 @@ async fn the_first_401_runs_the_flow_and_the_client_never_notices() {
 #[tokio::test]
 async fn a_login_without_a_refresh_token_says_the_next_expiry_needs_a_browser() {
     for (no_refresh_tokens, warned) in [(true, true), (false, false)] {
-        let setup = protected(AuthOptions {
-            no_refresh_tokens,
-            ..AuthOptions::default()
-        })
-        .await;
-        let daemon = Daemon::builder()
-            .server("notes", &setup.upstream.mcp_url(), &[])
-            .start_with_browser(Arc::new(ScriptedBrowser::default()))
-            .await;
-        let response = post(&daemon, &initialize())
-            .send()
-            .await
-            .expect("initialize");
-        assert_eq!(response.status(), StatusCode::OK);
-        let status: Value = client()
-            .get(daemon.url("/"))
-            .send()
-            .await
-            .expect("GET /")
-            .json()
-            .await
-            .expect("json");
+        let setup = protected().refresh_tokens(!no_refresh_tokens).start().await;
+        let (daemon, _) = in_front_of(&setup).await;
+        assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
+        let status = daemon.status().await;
         let auth = &status["servers"][0]["auth"];
         assert_eq!(auth["refresh_token"], !no_refresh_tokens, "{status}");
         assert_eq!(
@@ -195,98 +97,47 @@ async fn a_login_without_a_refresh_token_says_the_next_expiry_needs_a_browser() 
 
 #[tokio::test]
 async fn concurrent_requests_share_one_login() {
-    let setup = protected(AuthOptions::default()).await;
-    let browser = Arc::new(ScriptedBrowser::default());
-    let daemon = Arc::new(
-        Daemon::builder()
-            .server("notes", &setup.upstream.mcp_url(), &[])
-            .start_with_browser(browser.clone())
-            .await,
-    );
+    let setup = protected().start().await;
+    let (daemon, browser) = in_front_of(&setup).await;
+    let daemon = Arc::new(daemon);
     let calls = (0..12).map(|_| {
         let daemon = daemon.clone();
-        tokio::spawn(async move {
-            post(&daemon, &initialize())
-                .send()
-                .await
-                .expect("request")
-                .status()
-        })
+        tokio::spawn(async move { daemon.initialize("/notes").await.status() })
     });
     for call in calls {
         assert_eq!(call.await.expect("join"), StatusCode::OK);
     }
-    assert_eq!(browser.opened.load(Ordering::SeqCst), 1, "one browser flow");
+    assert_eq!(browser.opened(), 1, "one browser flow");
     let grants = setup.auth.token_requests();
     assert_eq!(grants, ["authorization_code"], "one code exchange");
 }
 
 #[tokio::test]
 async fn tokens_about_to_expire_are_refreshed_without_a_browser() {
-    let setup = protected(AuthOptions {
-        token_lifetime: 2,
-        ..AuthOptions::default()
-    })
-    .await;
-    let browser = Arc::new(ScriptedBrowser::default());
-    let daemon = Daemon::builder()
-        .server("notes", &setup.upstream.mcp_url(), &[])
-        .start_with_browser(browser.clone())
-        .await;
-    assert_eq!(
-        post(&daemon, &initialize())
-            .send()
-            .await
-            .expect("login")
-            .status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        post(&daemon, &initialize())
-            .send()
-            .await
-            .expect("fresh")
-            .status(),
-        StatusCode::OK
-    );
+    let setup = protected().token_lifetime(2).start().await;
+    let (daemon, browser) = in_front_of(&setup).await;
+    assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
+    assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
     assert_eq!(setup.auth.token_requests(), ["authorization_code"]);
     // Past half of a 2 s lifetime, the next request refreshes first.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        post(&daemon, &initialize())
-            .send()
-            .await
-            .expect("refresh")
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
     assert_eq!(
         setup.auth.token_requests(),
         ["authorization_code", "refresh_token"]
     );
-    assert_eq!(
-        browser.opened.load(Ordering::SeqCst),
-        1,
-        "no second browser flow"
-    );
+    assert_eq!(browser.opened(), 1, "no second browser flow");
 }
 
 #[tokio::test]
 async fn a_login_nobody_finishes_times_out_with_the_url_and_keeps_waiting() {
-    let setup = protected(AuthOptions::default()).await;
-    let browser = Arc::new(ScriptedBrowser {
-        absent: true,
-        ..ScriptedBrowser::default()
-    });
-    let daemon = Daemon::builder()
-        .server(
-            "notes",
-            &setup.upstream.mcp_url(),
-            &["[servers.notes.oauth]", "auth_timeout_secs = 1"],
-        )
-        .start_with_browser(browser)
+    let setup = protected().start().await;
+    let daemon = setup
+        .daemon(&["[servers.notes.oauth]", "auth_timeout_secs = 1"])
+        .browser(ScriptedBrowser::absent())
+        .start()
         .await;
-    let response = post(&daemon, &initialize()).send().await.expect("request");
+    let response = daemon.initialize("/notes").await;
     assert_eq!(
         response.status(),
         StatusCode::SERVICE_UNAVAILABLE,
@@ -300,10 +151,7 @@ async fn a_login_nobody_finishes_times_out_with_the_url_and_keeps_waiting() {
         .expect("start page");
     assert_eq!(sign_in, "/.latchkey/login/notes");
     assert!(!body.to_string().contains("state="), "{body}");
-    let start = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
+    let start = no_redirect_client()
         .get(daemon.url(sign_in))
         .send()
         .await
@@ -328,14 +176,7 @@ async fn a_login_nobody_finishes_times_out_with_the_url_and_keeps_waiting() {
             .is_some_and(|m| m.contains("run `latchkey login notes`")),
         "{body}"
     );
-    let status: Value = client()
-        .get(daemon.url("/"))
-        .send()
-        .await
-        .expect("GET /")
-        .json()
-        .await
-        .expect("json");
+    let status = daemon.status().await;
     assert_eq!(status["servers"][0]["state"], "authorizing");
     assert_eq!(status["servers"][0]["auth"]["sign_in"], sign_in);
     assert_eq!(
@@ -347,28 +188,18 @@ async fn a_login_nobody_finishes_times_out_with_the_url_and_keeps_waiting() {
 
 #[tokio::test]
 async fn oauth_false_passes_the_401_through() {
-    let setup = protected(AuthOptions::default()).await;
-    let daemon = Daemon::builder()
-        .server("notes", &setup.upstream.mcp_url(), &["oauth = false"])
-        .start()
-        .await;
-    let response = post(&daemon, &initialize()).send().await.expect("request");
+    let setup = protected().start().await;
+    let daemon = setup.daemon(&["oauth = false"]).start().await;
+    let response = daemon.initialize("/notes").await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert!(setup.auth.token_requests().is_empty());
 }
 
 #[tokio::test]
 async fn a_server_without_any_registration_route_says_which_key_to_set() {
-    let setup = protected(AuthOptions {
-        dcr: false,
-        ..AuthOptions::default()
-    })
-    .await;
-    let daemon = Daemon::builder()
-        .server("notes", &setup.upstream.mcp_url(), &[])
-        .start_with_browser(Arc::new(ScriptedBrowser::default()))
-        .await;
-    let response = post(&daemon, &initialize()).send().await.expect("request");
+    let setup = protected().dcr(false).start().await;
+    let (daemon, _) = in_front_of(&setup).await;
+    let response = daemon.initialize("/notes").await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = response.json().await.expect("json");
     assert!(
@@ -378,50 +209,23 @@ async fn a_server_without_any_registration_route_says_which_key_to_set() {
             .contains("[servers.notes.oauth]"),
         "{body}"
     );
-    let status: Value = client()
-        .get(daemon.url("/"))
-        .send()
-        .await
-        .expect("GET /")
-        .json()
-        .await
-        .expect("json");
+    let status = daemon.status().await;
     assert_eq!(status["servers"][0]["state"], "needs_client_registration");
 }
 
 #[tokio::test]
 async fn revoked_tokens_mean_a_new_login_with_the_same_client() {
-    let setup = protected(AuthOptions::default()).await;
-    let browser = Arc::new(ScriptedBrowser::default());
-    let daemon = Daemon::builder()
-        .server("notes", &setup.upstream.mcp_url(), &[])
-        .start_with_browser(browser.clone())
-        .await;
-    assert_eq!(
-        post(&daemon, &initialize())
-            .send()
-            .await
-            .expect("login")
-            .status(),
-        StatusCode::OK
-    );
+    let setup = protected().start().await;
+    let (daemon, browser) = in_front_of(&setup).await;
+    assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
     setup.auth.revoke_all();
-    let response = post(&daemon, &initialize())
-        .send()
-        .await
-        .expect("after revocation");
-    assert_eq!(
-        response.status(),
-        StatusCode::OK,
-        "{:?}",
-        response.text().await
-    );
+    assert_ok(daemon.initialize("/notes").await).await;
     assert_eq!(
         setup.auth.token_requests(),
         ["authorization_code", "refresh_token", "authorization_code"],
         "refresh first; invalid_grant; then a new login"
     );
-    assert_eq!(browser.opened.load(Ordering::SeqCst), 2);
+    assert_eq!(browser.opened(), 2);
     assert_eq!(
         setup.auth.clients().len(),
         1,
@@ -429,42 +233,14 @@ async fn revoked_tokens_mean_a_new_login_with_the_same_client() {
     );
 }
 
-/// The token used by the upstream's last request, as the authorization server
-/// issued it.
-fn last_grant(setup: &Setup) -> latchkey_testkit::Grant {
-    let requests = setup.upstream.requests();
-    let token = requests
-        .iter()
-        .rev()
-        .find_map(|r| r.headers.get("authorization"))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .expect("a request with a token");
-    setup.auth.access_token(token).expect("issued token")
-}
-
 #[tokio::test]
 async fn insufficient_scope_steps_up_to_the_union_and_retries() {
-    let setup = protected(AuthOptions {
-        write_scope_for_tools: true,
-        ..AuthOptions::default()
-    })
-    .await;
-    let browser = Arc::new(ScriptedBrowser::default());
-    let daemon = Daemon::builder()
-        .server("notes", &setup.upstream.mcp_url(), &[])
-        .start_with_browser(browser.clone())
-        .await;
-    let response = post(&daemon, &initialize())
-        .send()
-        .await
-        .expect("initialize");
-    assert_eq!(response.status(), StatusCode::OK);
-    let session = response.headers()["mcp-session-id"].clone();
-    assert_eq!(last_grant(&setup).scope, "mcp:read offline_access");
-    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-        "params": {"name": "echo", "arguments": {"text": "hi"}}});
-    let response = post(&daemon, &call)
+    let setup = protected().write_scope_for_tools().start().await;
+    let (daemon, browser) = in_front_of(&setup).await;
+    let session = daemon.open_session("/notes").await;
+    assert_eq!(setup.last_grant().scope, "mcp:read offline_access");
+    let response = daemon
+        .post("/notes", &echo_call())
         .header("mcp-session-id", session)
         .send()
         .await
@@ -475,12 +251,8 @@ async fn insufficient_scope_steps_up_to_the_union_and_retries() {
         "the 403 was answered by a step-up, not passed on: {:?}",
         response.text().await
     );
-    assert_eq!(
-        browser.opened.load(Ordering::SeqCst),
-        2,
-        "a second authorization"
-    );
-    let scopes = last_grant(&setup).scope;
+    assert_eq!(browser.opened(), 2, "a second authorization");
+    let scopes = setup.last_grant().scope;
     for scope in ["mcp:read", "mcp:write"] {
         assert!(scopes.split(' ').any(|s| s == scope), "{scope} in {scopes}");
     }
@@ -498,33 +270,16 @@ async fn insufficient_scope_steps_up_to_the_union_and_retries() {
 
 #[tokio::test]
 async fn a_client_id_metadata_document_is_used_instead_of_registering() {
-    let setup = protected(AuthOptions {
-        cimd: true,
-        ..AuthOptions::default()
-    })
-    .await;
-    let browser = Arc::new(ScriptedBrowser::default());
+    let setup = protected().cimd().start().await;
     let document = "https://latchkey.example.com/client.json";
-    let daemon = Daemon::builder()
-        .server(
-            "notes",
-            &setup.upstream.mcp_url(),
-            &[
-                "[servers.notes.oauth]",
-                &format!("client_metadata_url = {document:?}"),
-            ],
-        )
-        .start_with_browser(browser.clone())
+    let metadata_url = format!("client_metadata_url = {document:?}");
+    let daemon = setup
+        .daemon(&["[servers.notes.oauth]", &metadata_url])
+        .browser(ScriptedBrowser::approving())
+        .start()
         .await;
-    assert_eq!(
-        post(&daemon, &initialize())
-            .send()
-            .await
-            .expect("initialize")
-            .status(),
-        StatusCode::OK
-    );
-    assert_eq!(last_grant(&setup).client_id, document);
+    assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
+    assert_eq!(setup.last_grant().client_id, document);
     let clients = setup.auth.clients();
     assert!(
         clients.iter().all(|c| c.request.is_null()),
@@ -534,21 +289,9 @@ async fn a_client_id_metadata_document_is_used_instead_of_registering() {
 
 #[tokio::test]
 async fn the_status_page_authorize_button_logs_in_and_refuses_forged_posts() {
-    let setup = protected(AuthOptions::default()).await;
-    let browser = Arc::new(ScriptedBrowser::default());
-    let daemon = Daemon::builder()
-        .server("notes", &setup.upstream.mcp_url(), &[])
-        .start_with_browser(browser.clone())
-        .await;
-    let page = client()
-        .get(daemon.url("/"))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("html");
+    let setup = protected().start().await;
+    let (daemon, browser) = in_front_of(&setup).await;
+    let page = daemon.page("text/html").await;
     let action = "/.latchkey/authorize/notes";
     assert!(page.contains(action), "an Authorize button: {page}");
     let csrf = page
@@ -557,10 +300,7 @@ async fn the_status_page_authorize_button_logs_in_and_refuses_forged_posts() {
         .and_then(|rest| rest.split('"').next())
         .expect("the form's token")
         .to_owned();
-    let no_redirect = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
+    let no_redirect = no_redirect_client();
     // A page elsewhere cannot know the token, and its Origin is refused anyway.
     for (origin, token) in [
         (None, "forged"),
@@ -575,7 +315,7 @@ async fn the_status_page_authorize_button_logs_in_and_refuses_forged_posts() {
         let response = request.send().await.expect("post");
         assert_eq!(response.status(), StatusCode::FORBIDDEN, "{origin:?}");
     }
-    assert_eq!(browser.opened.load(Ordering::SeqCst), 0);
+    assert_eq!(browser.opened(), 0);
     assert!(setup.auth.token_requests().is_empty());
 
     let local_origin = daemon.url("").trim_end_matches('/').to_owned();
@@ -590,14 +330,7 @@ async fn the_status_page_authorize_button_logs_in_and_refuses_forged_posts() {
     assert_eq!(response.headers()["location"], "/");
     let mut status = Value::Null;
     for _ in 0..100 {
-        status = client()
-            .get(daemon.url("/"))
-            .send()
-            .await
-            .expect("status")
-            .json()
-            .await
-            .expect("json");
+        status = daemon.status().await;
         if status["servers"][0]["auth"]["signed_in"] == true {
             break;
         }
@@ -606,7 +339,7 @@ async fn the_status_page_authorize_button_logs_in_and_refuses_forged_posts() {
     assert_eq!(status["servers"][0]["state"], "ready", "{status}");
     assert_eq!(status["servers"][0]["auth"]["signed_in"], true, "{status}");
     assert_eq!(setup.auth.token_requests(), ["authorization_code"]);
-    assert_eq!(browser.opened.load(Ordering::SeqCst), 1);
+    assert_eq!(browser.opened(), 1);
 }
 
 /// Regressions from the review of the login state machine.
@@ -615,44 +348,27 @@ mod review {
 
     #[tokio::test]
     async fn an_absurd_token_lifetime_does_not_wedge_the_server() {
-        let setup = protected(AuthOptions {
-            token_lifetime: u64::MAX,
-            ..AuthOptions::default()
-        })
-        .await;
-        let daemon = Daemon::builder()
-            .server("notes", &setup.upstream.mcp_url(), &[])
-            .start_with_browser(Arc::new(ScriptedBrowser::default()))
-            .await;
+        let setup = protected().token_lifetime(u64::MAX).start().await;
+        let (daemon, _) = in_front_of(&setup).await;
         for _ in 0..2 {
-            let response = post(&daemon, &initialize()).send().await.expect("request");
-            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
         }
     }
 
     #[tokio::test]
     async fn a_step_up_that_never_succeeds_stops_after_the_limit() {
-        let setup = protected(AuthOptions {
-            write_scope_for_tools: true,
-            withhold_write: true,
-            ..AuthOptions::default()
-        })
-        .await;
-        let browser = Arc::new(ScriptedBrowser::default());
-        let daemon = Daemon::builder()
-            .server("notes", &setup.upstream.mcp_url(), &[])
-            .start_with_browser(browser.clone())
+        let setup = protected()
+            .write_scope_for_tools()
+            .withholding_write()
+            .start()
             .await;
-        let response = post(&daemon, &initialize())
-            .send()
-            .await
-            .expect("initialize");
+        let (daemon, browser) = in_front_of(&setup).await;
+        let response = daemon.initialize("/notes").await;
         let session = response.headers()["mcp-session-id"].clone();
-        let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": "echo", "arguments": {"text": "hi"}}});
         let mut last = String::new();
         for _ in 0..5 {
-            let response = post(&daemon, &call)
+            let response = daemon
+                .post("/notes", &echo_call())
                 .header("mcp-session-id", session.clone())
                 .send()
                 .await
@@ -661,7 +377,7 @@ mod review {
             last = response.text().await.expect("body");
         }
         assert_eq!(
-            browser.opened.load(Ordering::SeqCst),
+            browser.opened(),
             1 + 3,
             "the first login and three step-ups, however many requests"
         );
@@ -670,68 +386,30 @@ mod review {
 
     #[tokio::test]
     async fn a_failed_early_refresh_still_uses_the_live_token() {
-        let setup = protected(AuthOptions {
-            token_lifetime: 4,
-            ..AuthOptions::default()
-        })
-        .await;
-        let daemon = Daemon::builder()
-            .server("notes", &setup.upstream.mcp_url(), &[])
-            .start_with_browser(Arc::new(ScriptedBrowser::default()))
-            .await;
-        assert_eq!(
-            post(&daemon, &initialize())
-                .send()
-                .await
-                .expect("login")
-                .status(),
-            StatusCode::OK
-        );
+        let setup = protected().token_lifetime(4).start().await;
+        let (daemon, _) = in_front_of(&setup).await;
+        assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
         // The authorization server goes away; the token stays good for 1.5 s more.
         setup.auth.stop();
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        let response = post(&daemon, &initialize()).send().await.expect("request");
-        assert_eq!(
-            response.status(),
-            StatusCode::OK,
-            "{:?}",
-            response.text().await
-        );
+        assert_ok(daemon.initialize("/notes").await).await;
     }
 
     #[tokio::test]
     async fn a_refused_refresh_leads_to_a_new_login() {
-        let setup = protected(AuthOptions {
-            token_lifetime: 1,
-            refuse_refresh: Some("invalid_target".into()),
-            ..AuthOptions::default()
-        })
-        .await;
-        let browser = Arc::new(ScriptedBrowser::default());
-        let daemon = Daemon::builder()
-            .server("notes", &setup.upstream.mcp_url(), &[])
-            .start_with_browser(browser.clone())
+        let setup = protected()
+            .token_lifetime(1)
+            .refusing_refresh("invalid_target")
+            .start()
             .await;
-        assert_eq!(
-            post(&daemon, &initialize())
-                .send()
-                .await
-                .expect("login")
-                .status(),
-            StatusCode::OK
-        );
+        let (daemon, browser) = in_front_of(&setup).await;
+        assert_eq!(daemon.initialize("/notes").await.status(), StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let response = post(&daemon, &initialize()).send().await.expect("request");
-        assert_eq!(
-            response.status(),
-            StatusCode::OK,
-            "{:?}",
-            response.text().await
-        );
+        assert_ok(daemon.initialize("/notes").await).await;
         assert_eq!(
             setup.auth.token_requests(),
             ["authorization_code", "refresh_token", "authorization_code"]
         );
-        assert_eq!(browser.opened.load(Ordering::SeqCst), 2);
+        assert_eq!(browser.opened(), 2);
     }
 }

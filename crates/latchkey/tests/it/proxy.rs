@@ -4,33 +4,42 @@ use latchkey_testkit::McpUpstream;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Daemon, client, eventually, initialize, read_until, stream_client};
+use crate::harness::{
+    ACCEPT_BOTH, API_KEY, API_KEY_HEADER, Daemon, DaemonBuilder, client, eventually, initialize,
+    read_until, stream_client,
+};
 
-const ACCEPT_BOTH: &str = "application/json, text/event-stream";
-
-async fn setup(extra: &[&str]) -> (McpUpstream, Daemon) {
+/// The testkit upstream, and a daemon that `config` sets up in front of it.
+async fn in_front(
+    config: impl FnOnce(&McpUpstream, DaemonBuilder) -> DaemonBuilder,
+) -> (McpUpstream, Daemon) {
     let upstream = McpUpstream::start().await.expect("upstream");
-    let daemon = Daemon::builder()
-        .server("notes", &upstream.mcp_url(), extra)
-        .start()
-        .await;
+    let daemon = config(&upstream, Daemon::builder()).start().await;
     (upstream, daemon)
 }
 
-/// Initializes a session through latchkey and returns its id.
-async fn open_session(daemon: &Daemon) -> String {
-    let response = client()
-        .post(daemon.url("/notes"))
-        .header("accept", ACCEPT_BOTH)
-        .json(&initialize())
+/// [`in_front`], its Streamable HTTP endpoint as server `notes` with `extra` lines.
+async fn streamable(extra: &[&str]) -> (McpUpstream, Daemon) {
+    in_front(|upstream, daemon| daemon.server("notes", &upstream.mcp_url(), extra)).await
+}
+
+/// [`in_front`], its HTTP+SSE endpoint as server `old` with `extra` lines.
+async fn legacy(extra: &[&str]) -> (McpUpstream, Daemon) {
+    in_front(|upstream, daemon| daemon.server("old", &upstream.sse_url(), extra)).await
+}
+
+/// A session at `notes`, and its GET stream as a client that sends no Accept opens
+/// it, read until the upstream's first event.
+async fn session_with_stream(daemon: &Daemon) -> (String, reqwest::Response) {
+    let session = daemon.open_session("/notes").await;
+    let mut stream = stream_client()
+        .get(daemon.url("/notes"))
+        .header("mcp-session-id", &session)
         .send()
         .await
-        .expect("initialize");
-    assert_eq!(response.status(), StatusCode::OK);
-    response.headers()["mcp-session-id"]
-        .to_str()
-        .expect("ascii")
-        .to_owned()
+        .expect("GET stream");
+    read_until(&mut stream, &mut String::new(), "stream open").await;
+    (session, stream)
 }
 
 fn rpc(id: u64, method: &str, params: Value) -> Value {
@@ -39,15 +48,13 @@ fn rpc(id: u64, method: &str, params: Value) -> Value {
 
 #[tokio::test]
 async fn post_with_json_reply_adds_static_headers_and_strips_client_credentials() {
-    let (upstream, daemon) = setup(&["headers = { \"X-Api-Key\" = \"${TEST_API_KEY}\" }"]).await;
-    let response = client()
-        .post(daemon.url("/notes"))
-        .header("accept", ACCEPT_BOTH)
+    let (upstream, daemon) = streamable(&[API_KEY_HEADER]).await;
+    let response = daemon
+        .post("/notes", &initialize())
         .header("authorization", "Bearer client-own-token")
         .header("cookie", "session=client-cookie")
         .header("connection", "keep-alive, x-hop")
         .header("x-hop", "hop-value")
-        .json(&initialize())
         .send()
         .await
         .expect("request");
@@ -58,7 +65,7 @@ async fn post_with_json_reply_adds_static_headers_and_strips_client_credentials(
     assert_eq!(body["result"]["serverInfo"]["name"], "latchkey-testkit");
 
     let seen = &upstream.requests()[0];
-    assert_eq!(seen.headers["x-api-key"], "static-key-123");
+    assert_eq!(seen.headers["x-api-key"], API_KEY);
     assert!(
         seen.headers.get("authorization").is_none(),
         "client Authorization leaked upstream"
@@ -80,7 +87,7 @@ async fn post_with_json_reply_adds_static_headers_and_strips_client_credentials(
 
 #[tokio::test]
 async fn static_headers_replace_client_values() {
-    let (upstream, daemon) = setup(&["headers = { \"X-Api-Key\" = \"${TEST_API_KEY}\" }"]).await;
+    let (upstream, daemon) = streamable(&[API_KEY_HEADER]).await;
     client()
         .post(daemon.url("/notes"))
         .header("x-api-key", "client-chosen")
@@ -94,27 +101,26 @@ async fn static_headers_replace_client_values() {
         .iter()
         .cloned()
         .collect();
-    assert_eq!(values, ["static-key-123"]);
+    assert_eq!(values, [API_KEY]);
 }
 
 #[tokio::test]
 async fn mcp_headers_round_trip_unchanged() {
-    let (upstream, daemon) = setup(&[]).await;
-    let session = open_session(&daemon).await;
-    let response = client()
-        .post(daemon.url("/notes"))
-        .header("accept", ACCEPT_BOTH)
+    let (upstream, daemon) = streamable(&[]).await;
+    let session = daemon.open_session("/notes").await;
+    let call = rpc(
+        2,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "hi"}}),
+    );
+    let response = daemon
+        .post("/notes", &call)
         .header("mcp-session-id", &session)
         .header("MCP-Protocol-Version", "2025-06-18")
         .header("Mcp-Method", "tools/call")
         .header("Mcp-Name", "echo")
         .header("Mcp-Param-Region", "eu-west-1")
         .header("Last-Event-ID", "42")
-        .json(&rpc(
-            2,
-            "tools/call",
-            json!({"name": "echo", "arguments": {"text": "hi"}}),
-        ))
         .send()
         .await
         .expect("request");
@@ -135,8 +141,8 @@ async fn mcp_headers_round_trip_unchanged() {
 
 #[tokio::test]
 async fn post_with_sse_reply_relays_each_event_as_it_arrives() {
-    let (upstream, daemon) = setup(&[]).await;
-    let session = open_session(&daemon).await;
+    let (upstream, daemon) = streamable(&[]).await;
+    let session = daemon.open_session("/notes").await;
     let mut response = stream_client()
         .post(daemon.url("/notes"))
         .header("accept", ACCEPT_BOTH)
@@ -169,18 +175,9 @@ async fn post_with_sse_reply_relays_each_event_as_it_arrives() {
 
 #[tokio::test]
 async fn get_stream_delivers_server_notifications() {
-    let (upstream, daemon) = setup(&[]).await;
-    let session = open_session(&daemon).await;
-    let mut stream = stream_client()
-        .get(daemon.url("/notes"))
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &session)
-        .send()
-        .await
-        .expect("GET stream");
-    assert_eq!(stream.status(), StatusCode::OK);
-    let mut seen = String::new();
-    read_until(&mut stream, &mut seen, "stream open").await;
+    let (upstream, daemon) = streamable(&[]).await;
+    let session = daemon.open_session("/notes").await;
+    let (mut stream, mut seen) = daemon.open_stream("/notes", &session).await;
     assert!(upstream.notify(
         &session,
         json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
@@ -190,15 +187,8 @@ async fn get_stream_delivers_server_notifications() {
 
 #[tokio::test]
 async fn client_disconnect_cancels_the_upstream_request() {
-    let (upstream, daemon) = setup(&[]).await;
-    let session = open_session(&daemon).await;
-    let mut stream = stream_client()
-        .get(daemon.url("/notes"))
-        .header("mcp-session-id", &session)
-        .send()
-        .await
-        .expect("GET stream");
-    read_until(&mut stream, &mut String::new(), "stream open").await;
+    let (upstream, daemon) = streamable(&[]).await;
+    let (session, stream) = session_with_stream(&daemon).await;
     let ping = json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {}});
     assert!(upstream.notify(&session, ping.clone()), "stream is open");
     drop(stream);
@@ -211,8 +201,8 @@ async fn client_disconnect_cancels_the_upstream_request() {
 
 #[tokio::test]
 async fn delete_ends_session_and_upstream_404_passes_through() {
-    let (_upstream, daemon) = setup(&[]).await;
-    let session = open_session(&daemon).await;
+    let (_upstream, daemon) = streamable(&[]).await;
+    let session = daemon.open_session("/notes").await;
     let response = client()
         .delete(daemon.url("/notes"))
         .header("mcp-session-id", &session)
@@ -220,11 +210,9 @@ async fn delete_ends_session_and_upstream_404_passes_through() {
         .await
         .expect("DELETE");
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let response = client()
-        .post(daemon.url("/notes"))
-        .header("accept", ACCEPT_BOTH)
+    let response = daemon
+        .post("/notes", &rpc(3, "tools/list", json!({})))
         .header("mcp-session-id", &session)
-        .json(&rpc(3, "tools/list", json!({})))
         .send()
         .await
         .expect("POST");
@@ -242,18 +230,7 @@ async fn delete_ends_session_and_upstream_404_passes_through() {
 
 #[tokio::test]
 async fn legacy_sse_upstream_endpoint_is_rewritten_and_posts_relayed() {
-    let upstream = McpUpstream::start().await.expect("upstream");
-    let daemon = Daemon::builder()
-        .server(
-            "old",
-            &upstream.sse_url(),
-            &[
-                "transport = \"sse\"",
-                "headers = { \"X-Api-Key\" = \"${TEST_API_KEY}\" }",
-            ],
-        )
-        .start()
-        .await;
+    let (upstream, daemon) = legacy(&["transport = \"sse\"", API_KEY_HEADER]).await;
     let mut stream = stream_client()
         .get(daemon.url("/old"))
         .header("accept", "text/event-stream")
@@ -278,12 +255,9 @@ async fn legacy_sse_upstream_endpoint_is_rewritten_and_posts_relayed() {
         "upstream endpoint is not exposed: {endpoint}"
     );
 
-    let response = client()
-        .post(daemon.url(&endpoint))
-        .json(&rpc(5, "tools/list", json!({})))
-        .send()
-        .await
-        .expect("POST");
+    let response = daemon
+        .post_json(&endpoint, &rpc(5, "tools/list", json!({})))
+        .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     read_until(&mut stream, &mut seen, "\"echo\"").await;
     let post = upstream.requests().pop().expect("recorded");
@@ -292,18 +266,14 @@ async fn legacy_sse_upstream_endpoint_is_rewritten_and_posts_relayed() {
         "{}",
         post.path
     );
-    assert_eq!(post.headers["x-api-key"], "static-key-123");
+    assert_eq!(post.headers["x-api-key"], API_KEY);
 
     drop(stream);
-    let daemon_url = daemon.url(&endpoint);
     let mut gone = false;
     for _ in 0..250 {
-        let status = client()
-            .post(&daemon_url)
-            .json(&rpc(6, "ping", json!({})))
-            .send()
+        let status = daemon
+            .post_json(&endpoint, &rpc(6, "ping", json!({})))
             .await
-            .expect("POST")
             .status();
         if status == StatusCode::NOT_FOUND {
             gone = true;
@@ -316,11 +286,7 @@ async fn legacy_sse_upstream_endpoint_is_rewritten_and_posts_relayed() {
 
 #[tokio::test]
 async fn auto_transport_relays_a_legacy_stream_for_clients_that_fall_back_themselves() {
-    let upstream = McpUpstream::start().await.expect("upstream");
-    let daemon = Daemon::builder()
-        .server("old", &upstream.sse_url(), &[])
-        .start()
-        .await;
+    let (_upstream, daemon) = legacy(&[]).await;
     let mut stream = stream_client()
         .get(daemon.url("/old"))
         .send()
@@ -333,26 +299,8 @@ async fn auto_transport_relays_a_legacy_stream_for_clients_that_fall_back_themse
 /// A Streamable-HTTP-only client in front of an HTTP+SSE server: latchkey holds the
 /// legacy side of the session for it.
 async fn bridged_session(transport: &[&str]) {
-    let upstream = McpUpstream::start().await.expect("upstream");
-    let daemon = Daemon::builder()
-        .server(
-            "old",
-            &upstream.sse_url(),
-            &[
-                transport,
-                &["headers = { \"X-Api-Key\" = \"${TEST_API_KEY}\" }"],
-            ]
-            .concat(),
-        )
-        .start()
-        .await;
-    let response = client()
-        .post(daemon.url("/old"))
-        .header("accept", ACCEPT_BOTH)
-        .json(&initialize())
-        .send()
-        .await
-        .expect("initialize");
+    let (upstream, daemon) = legacy(&[transport, &[API_KEY_HEADER]].concat()).await;
+    let response = daemon.initialize("/old").await;
     assert_eq!(response.status(), StatusCode::OK);
     let session = response.headers()["mcp-session-id"]
         .to_str()
@@ -363,11 +311,9 @@ async fn bridged_session(transport: &[&str]) {
     assert_eq!(body["result"]["serverInfo"]["name"], "latchkey-testkit");
 
     let post = |message: Value| {
-        client()
-            .post(daemon.url("/old"))
-            .header("accept", ACCEPT_BOTH)
+        daemon
+            .post("/old", &message)
             .header("mcp-session-id", &session)
-            .json(&message)
             .send()
     };
     let reply: Value = post(rpc(
@@ -412,7 +358,7 @@ async fn bridged_session(transport: &[&str]) {
         upstream
             .requests()
             .iter()
-            .all(|r| r.headers["x-api-key"] == "static-key-123")
+            .all(|r| r.headers["x-api-key"] == API_KEY)
     );
     let mut stream = stream_client()
         .get(daemon.url("/old"))
@@ -461,9 +407,9 @@ async fn sse_transport_bridges_streamable_clients() {
 
 #[tokio::test]
 async fn auto_transport_remembers_a_streamable_server() {
-    let (upstream, daemon) = setup(&[]).await;
-    let _ = open_session(&daemon).await;
-    let _ = open_session(&daemon).await;
+    let (upstream, daemon) = streamable(&[]).await;
+    let _ = daemon.open_session("/notes").await;
+    let _ = daemon.open_session("/notes").await;
     assert!(
         upstream
             .requests()
@@ -475,15 +421,14 @@ async fn auto_transport_remembers_a_streamable_server() {
 
 #[tokio::test]
 async fn streamable_http_transport_leaves_sse_streams_alone() {
-    let upstream = McpUpstream::start().await.expect("upstream");
-    let daemon = Daemon::builder()
-        .server(
+    let (_upstream, daemon) = in_front(|upstream, daemon| {
+        daemon.server(
             "raw",
             &upstream.sse_url(),
             &["transport = \"streamable-http\""],
         )
-        .start()
-        .await;
+    })
+    .await;
     let mut stream = stream_client()
         .get(daemon.url("/raw"))
         .send()
@@ -510,12 +455,7 @@ async fn unreachable_upstream_gets_502_with_json_rpc_error() {
         )
         .start()
         .await;
-    let response = client()
-        .post(daemon.url("/down"))
-        .json(&initialize())
-        .send()
-        .await
-        .expect("POST");
+    let response = daemon.post_json("/down", &initialize()).await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["jsonrpc"], "2.0");
@@ -531,26 +471,14 @@ async fn unreachable_upstream_gets_502_with_json_rpc_error() {
         "URL query is redacted: {body}"
     );
 
-    let status: Value = client()
-        .get(daemon.url("/"))
-        .send()
-        .await
-        .expect("GET /")
-        .json()
-        .await
-        .expect("json");
+    let status = daemon.status().await;
     assert_eq!(status["servers"][0]["state"], "error");
 }
 
 #[tokio::test]
 async fn unknown_server_and_method_get_clear_errors() {
-    let (_upstream, daemon) = setup(&[]).await;
-    let response = client()
-        .post(daemon.url("/nope"))
-        .json(&initialize())
-        .send()
-        .await
-        .expect("POST");
+    let (_upstream, daemon) = streamable(&[]).await;
+    let response = daemon.post_json("/nope", &initialize()).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let body: Value = response.json().await.expect("json");
     assert!(
@@ -569,14 +497,19 @@ async fn unknown_server_and_method_get_clear_errors() {
     assert_eq!(response.headers()["allow"], "GET, POST, DELETE");
 }
 
+/// [`streamable`], with `https://app.example.com` an allowed browser origin.
+async fn allowing_app_origin() -> (McpUpstream, Daemon) {
+    in_front(|upstream, daemon| {
+        daemon
+            .top("allowed_origins = [\"https://app.example.com\"]")
+            .server("notes", &upstream.mcp_url(), &[])
+    })
+    .await
+}
+
 #[tokio::test]
 async fn dns_rebinding_and_cross_site_origins_are_refused() {
-    let upstream = McpUpstream::start().await.expect("upstream");
-    let daemon = Daemon::builder()
-        .top("allowed_origins = [\"https://app.example.com\"]")
-        .server("notes", &upstream.mcp_url(), &[])
-        .start()
-        .await;
+    let (upstream, daemon) = allowing_app_origin().await;
     let port = daemon.addr.port();
     let post = |host: String, origin: Option<&str>| {
         let mut request = client()
@@ -661,27 +594,12 @@ async fn dns_rebinding_and_cross_site_origins_are_refused() {
 
 #[tokio::test]
 async fn status_page_lists_servers_as_json_and_html() {
-    let (_upstream, daemon) = setup(&[]).await;
-    let json: Value = client()
-        .get(daemon.url("/"))
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("json");
+    let (_upstream, daemon) = streamable(&[]).await;
+    let json = daemon.status().await;
     assert_eq!(json["servers"][0]["name"], "notes");
     assert_eq!(json["servers"][0]["state"], "ready");
     assert_eq!(json["servers"][0]["transport"], "auto");
-    let html = client()
-        .get(daemon.url("/"))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .expect("GET")
-        .text()
-        .await
-        .expect("text");
+    let html = daemon.page("text/html").await;
     assert!(
         html.contains("<tr data-server=\"notes\"><td>notes</td>")
             && !html.contains("href=\"/notes\""),
@@ -691,15 +609,8 @@ async fn status_page_lists_servers_as_json_and_html() {
 
 #[tokio::test]
 async fn shutdown_drains_in_flight_requests_and_ends_standalone_streams() {
-    let (upstream, daemon) = setup(&[]).await;
-    let session = open_session(&daemon).await;
-    let mut get_stream = stream_client()
-        .get(daemon.url("/notes"))
-        .header("mcp-session-id", &session)
-        .send()
-        .await
-        .expect("GET");
-    read_until(&mut get_stream, &mut String::new(), "stream open").await;
+    let (upstream, daemon) = streamable(&[]).await;
+    let (session, mut get_stream) = session_with_stream(&daemon).await;
     let mut in_flight = stream_client()
         .post(daemon.url("/notes"))
         .header("accept", ACCEPT_BOTH)
@@ -734,8 +645,8 @@ async fn shutdown_drains_in_flight_requests_and_ends_standalone_streams() {
 
 #[tokio::test]
 async fn large_messages_pass_intact() {
-    let (upstream, daemon) = setup(&[]).await;
-    let session = open_session(&daemon).await;
+    let (upstream, daemon) = streamable(&[]).await;
+    let session = daemon.open_session("/notes").await;
     let text: String = (0..6 * 1024 * 1024)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
@@ -772,20 +683,11 @@ async fn bridged_sessions_and_message_tokens_are_bound_to_their_server() {
         .server(
             "secret",
             &secret.sse_url(),
-            &[
-                "transport = \"sse\"",
-                "headers = { \"X-Api-Key\" = \"${TEST_API_KEY}\" }",
-            ],
+            &["transport = \"sse\"", API_KEY_HEADER],
         )
         .start()
         .await;
-    let response = client()
-        .post(daemon.url("/evil"))
-        .header("accept", ACCEPT_BOTH)
-        .json(&initialize())
-        .send()
-        .await
-        .expect("initialize");
+    let response = daemon.initialize("/evil").await;
     let evil_session = response.headers()["mcp-session-id"]
         .to_str()
         .expect("ascii")
@@ -822,12 +724,12 @@ async fn bridged_sessions_and_message_tokens_are_bound_to_their_server() {
         .and_then(|t| t.lines().next())
         .expect("token")
         .to_owned();
-    let response = client()
-        .post(daemon.url(&format!("/secret/messages/{token}")))
-        .json(&rpc(3, "ping", json!({})))
-        .send()
-        .await
-        .expect("POST");
+    let response = daemon
+        .post_json(
+            &format!("/secret/messages/{token}"),
+            &rpc(3, "ping", json!({})),
+        )
+        .await;
     assert_eq!(
         response.status(),
         StatusCode::NOT_FOUND,
@@ -852,17 +754,13 @@ async fn bridged_sessions_and_message_tokens_are_bound_to_their_server() {
 
 #[tokio::test]
 async fn a_bridged_session_starts_only_with_initialize() {
-    let upstream = McpUpstream::start().await.expect("upstream");
-    let daemon = Daemon::builder()
-        .server("old", &upstream.sse_url(), &["transport = \"sse\""])
-        .start()
+    let (upstream, daemon) = legacy(&["transport = \"sse\""]).await;
+    let response = daemon
+        .post_json(
+            "/old",
+            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        )
         .await;
-    let response = client()
-        .post(daemon.url("/old"))
-        .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-        .send()
-        .await
-        .expect("POST");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: Value = response.json().await.expect("json");
     assert!(
@@ -880,12 +778,7 @@ async fn a_bridged_session_starts_only_with_initialize() {
 
 #[tokio::test]
 async fn allowed_browser_origins_get_cors() {
-    let upstream = McpUpstream::start().await.expect("upstream");
-    let daemon = Daemon::builder()
-        .top("allowed_origins = [\"https://app.example.com\"]")
-        .server("notes", &upstream.mcp_url(), &[])
-        .start()
-        .await;
+    let (_upstream, daemon) = allowing_app_origin().await;
     let preflight = client()
         .request(reqwest::Method::OPTIONS, daemon.url("/notes"))
         .header("origin", "https://app.example.com")
@@ -940,24 +833,19 @@ async fn allowed_browser_origins_get_cors() {
 
 #[tokio::test]
 async fn another_loopback_listen_address_is_its_own_host() {
-    let upstream = McpUpstream::start().await.expect("upstream");
-    let daemon = Daemon::builder()
-        .listen("127.0.0.2:0")
-        .server("notes", &upstream.mcp_url(), &[])
-        .start()
-        .await;
-    let response = client()
-        .post(daemon.url("/notes"))
-        .json(&initialize())
-        .send()
-        .await
-        .expect("POST");
+    let (_upstream, daemon) = in_front(|upstream, daemon| {
+        daemon
+            .listen("127.0.0.2:0")
+            .server("notes", &upstream.mcp_url(), &[])
+    })
+    .await;
+    let response = daemon.post_json("/notes", &initialize()).await;
     assert_eq!(response.status(), StatusCode::OK);
 }
 
 #[tokio::test]
 async fn duplicate_host_or_origin_and_absolute_form_targets_are_refused() {
-    let (_upstream, daemon) = setup(&[]).await;
+    let (_upstream, daemon) = streamable(&[]).await;
     let port = daemon.addr.port();
     let raw = |request: String| async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1057,6 +945,14 @@ async fn counting_upstream(
     (url, accepted)
 }
 
+/// A daemon with the upstream at `url` as server `raw`, which speaks Streamable HTTP.
+async fn raw(url: &str) -> Daemon {
+    Daemon::builder()
+        .server("raw", url, &["transport = \"streamable-http\""])
+        .start()
+        .await
+}
+
 async fn post_ok(daemon: &Daemon, client: &reqwest::Client) {
     let response = client
         .post(daemon.url("/raw"))
@@ -1073,10 +969,7 @@ async fn post_ok(daemon: &Daemon, client: &reqwest::Client) {
 async fn upstream_connections_are_pooled_per_server() {
     use std::sync::atomic::Ordering;
     let (url, accepted) = counting_upstream(None).await;
-    let daemon = Daemon::builder()
-        .server("raw", &url, &["transport = \"streamable-http\""])
-        .start()
-        .await;
+    let daemon = raw(&url).await;
     let client = client();
     for _ in 0..20 {
         post_ok(&daemon, &client).await;
@@ -1104,10 +997,7 @@ async fn upstream_connections_are_pooled_per_server() {
 async fn a_pooled_connection_the_server_closed_is_replaced() {
     use std::sync::atomic::Ordering;
     let (url, accepted) = counting_upstream(Some(std::time::Duration::from_millis(20))).await;
-    let daemon = Daemon::builder()
-        .server("raw", &url, &["transport = \"streamable-http\""])
-        .start()
-        .await;
+    let daemon = raw(&url).await;
     let client = client();
     for _ in 0..5 {
         post_ok(&daemon, &client).await;
@@ -1124,10 +1014,7 @@ async fn a_pooled_connection_the_server_closed_is_replaced() {
 #[tokio::test]
 async fn a_connection_still_sending_a_body_the_server_refused_is_not_reused() {
     let (url, accepted) = counting_upstream(None).await;
-    let daemon = Daemon::builder()
-        .server("raw", &url, &["transport = \"streamable-http\""])
-        .start()
-        .await;
+    let daemon = raw(&url).await;
     // 8 MiB the upstream refuses after the headers and never reads: its connection
     // stays busy writing them.
     let big = vec![b' '; 8 << 20];

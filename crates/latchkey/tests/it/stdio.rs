@@ -13,29 +13,10 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::client_summary;
+use crate::harness::{TempDir, client_summary, interop_dir, protected};
 use crate::interop::Everything;
 
-/// A scratch directory for a config and state, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("latchkey-it-stdio-{name}-{}", std::process::id()));
-        drop(std::fs::remove_dir_all(&dir));
-        std::fs::create_dir_all(&dir).expect("scratch");
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        drop(std::fs::remove_dir_all(&self.0));
-    }
-}
-
-fn latchkey(scratch: &Scratch) -> Command {
+fn latchkey(scratch: &TempDir) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
     command
         .env_remove("LATCHKEY_CONFIG")
@@ -130,7 +111,7 @@ impl Bridge {
     }
 }
 
-fn by_name(scratch: &Scratch, url: &str) -> Command {
+fn by_name(scratch: &TempDir, url: &str) -> Command {
     let config = scratch.0.join("latchkey.toml");
     std::fs::write(
         &config,
@@ -153,7 +134,7 @@ fn header<'a>(request: &'a latchkey_testkit::RecordedRequest, name: &str) -> Opt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_with_its_headers_big_messages_and_a_clean_end() {
     let upstream = McpUpstream::start().await.expect("upstream");
-    let scratch = Scratch::new("session");
+    let scratch = TempDir::new("stdio-session");
     let mut bridge = Bridge::start(by_name(&scratch, &upstream.mcp_url()));
     let init = bridge.initialize().await;
     assert_eq!(init["result"]["serverInfo"]["name"], "latchkey-testkit");
@@ -228,7 +209,7 @@ async fn upstream_faults_become_answers_never_hangs() {
         .await
         .expect("upstream");
     let addr = upstream.addr();
-    let scratch = Scratch::new("faults");
+    let scratch = TempDir::new("stdio-faults");
     let mut bridge = Bridge::start(by_name(&scratch, &upstream.mcp_url()));
     bridge.initialize().await;
 
@@ -311,7 +292,7 @@ async fn upstream_faults_become_answers_never_hangs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_closed_mid_request_lets_it_finish_then_ends_the_session() {
     let upstream = McpUpstream::start().await.expect("upstream");
-    let scratch = Scratch::new("eof");
+    let scratch = TempDir::new("stdio-eof");
     let mut bridge = Bridge::start(by_name(&scratch, &upstream.mcp_url()));
     bridge.initialize().await;
     bridge
@@ -336,8 +317,8 @@ async fn stdin_closed_mid_request_lets_it_finish_then_ends_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typescript_sdk_stdio_client_to_server_everything() {
     let everything = Everything::start("streamableHttp").await;
-    let scratch = Scratch::new("sdk");
-    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let scratch = TempDir::new("stdio-sdk");
+    let interop = interop_dir();
     let mut command = Command::new("node");
     command
         .arg(interop.join("client.mjs"))
@@ -368,8 +349,8 @@ async fn typescript_sdk_stdio_client_to_server_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_stdio_client_to_server_everything() {
     let everything = Everything::start("streamableHttp").await;
-    let scratch = Scratch::new("python");
-    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let scratch = TempDir::new("stdio-python");
+    let interop = interop_dir();
     let python = interop.join(".venv/bin/python");
     assert!(
         python.exists(),
@@ -447,7 +428,7 @@ fn every_client_config_in_the_readme_is_a_checked_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typescript_sdk_by_name_and_sigterm_ends_the_session() {
     let upstream = McpUpstream::start().await.expect("upstream");
-    let scratch = Scratch::new("sdk-name");
+    let scratch = TempDir::new("stdio-sdk-name");
     let config = scratch.0.join("latchkey.toml");
     std::fs::write(
         &config,
@@ -457,7 +438,7 @@ async fn typescript_sdk_by_name_and_sigterm_ends_the_session() {
         ),
     )
     .expect("config");
-    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let interop = interop_dir();
     let mut command = Command::new("node");
     command
         .arg(interop.join("sdk-call.mjs"))
@@ -499,7 +480,7 @@ async fn typescript_sdk_by_name_and_sigterm_ends_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legacy_sse_server_through_stdio_auto() {
     let upstream = McpUpstream::start().await.expect("upstream");
-    let scratch = Scratch::new("legacy");
+    let scratch = TempDir::new("stdio-legacy");
     let mut command = latchkey(&scratch);
     command.args(["stdio", "--url", &upstream.sse_url()]);
     let mut bridge = Bridge::start(command);
@@ -525,12 +506,8 @@ async fn a_legacy_sse_server_through_stdio_auto() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authorization_failure_says_what_to_run() {
     use clap::Parser as _;
-    let setup = crate::oauth::protected(latchkey_testkit::AuthOptions {
-        dcr: false,
-        ..latchkey_testkit::AuthOptions::default()
-    })
-    .await;
-    let scratch = Scratch::new("auth-error");
+    let setup = protected().dcr(false).start().await;
+    let scratch = TempDir::new("stdio-auth-error");
     let mut command = latchkey(&scratch);
     command.args(["stdio", "--url", &setup.upstream.mcp_url()]);
     let mut bridge = Bridge::start(command);

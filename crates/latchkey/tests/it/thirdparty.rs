@@ -20,7 +20,7 @@
 //! sees a 401; and the debug log holds neither the access token (read from the example
 //! server's own log) nor `Bearer ` nor `code_verifier` nor an authorization code parameter.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,21 +29,8 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::harness::TempDir;
-
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-fn existing(path: PathBuf) -> PathBuf {
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test, or `npm ci` in {}",
-        path.display(),
-        interop_dir().display()
-    );
-    path
-}
+use crate::binary::Serve;
+use crate::harness::{TempDir, interop, interop_dir};
 
 /// Everything a child writes to one pipe, read line by line as it comes, so the pipe
 /// never fills and the test can look at the whole text at the end.
@@ -110,9 +97,9 @@ impl Example {
     /// before announcing both listeners, and two other ports are tried. (It listens on
     /// every interface, not only loopback: the example has no host setting.)
     async fn start() -> Self {
-        let entry = existing(interop_dir().join(
+        let entry = interop(
             "node_modules/@modelcontextprotocol/sdk/dist/esm/examples/server/simpleStreamableHttp.js",
-        ));
+        );
         for _ in 0..5 {
             let (mcp_port, auth_port) = (free_port(), free_port());
             if mcp_port == auth_port {
@@ -169,84 +156,36 @@ impl Example {
     }
 }
 
-/// `latchkey serve` on port 0, debug log captured, `$BROWSER` the scripted person.
-struct Latchkey {
-    child: Child,
-    addr: String,
-    log: Captured,
-}
-
-impl Latchkey {
-    async fn start(config: &Path) -> Self {
-        let browser = existing(interop_dir().join("conformance/browser.mjs"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
-            .args(["--log-level", "debug", "serve", "--listen", "127.0.0.1:0"])
-            .arg("--config")
-            .arg(config)
-            .env_remove("LATCHKEY_CONFIG")
-            .env_remove("RUST_LOG")
-            .env("BROWSER", format!("node {}", browser.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn latchkey");
-        let log = Captured::default();
-        log.follow(child.stderr.take().expect("piped stderr"));
-        assert!(
-            log.wait_for(&mut child, &["local="]).await,
-            "latchkey exited before listening:\n{}",
-            log.text()
-        );
-        let text = log.text();
-        let addr = text
-            .split("local=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("listen address")
-            .to_owned();
-        Self { child, addr, log }
-    }
-
-    /// SIGTERM, then the exit code and the whole log.
-    async fn stop(mut self) -> (Option<i32>, String) {
-        let pid = self.child.id().expect("still running").to_string();
-        let killed = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .expect("kill");
-        assert!(killed.success());
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .expect("latchkey stops within its drain timeout")
-            .expect("wait");
-        // The pipe reader may still hold the last lines.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        (status.code(), self.log.text())
-    }
+/// `latchkey serve` on port 0, debug log kept, `$BROWSER` the scripted person.
+fn latchkey(config: &Path) -> Serve {
+    let browser = interop("conformance/browser.mjs");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+    command
+        .args(["--log-level", "debug", "serve", "--listen", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(config)
+        .env_remove("LATCHKEY_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("BROWSER", format!("node {}", browser.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    Serve::new(command).logged()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typescript_sdk_oauth_example_server_through_the_binary() {
     let example = Example::start().await;
     let dir = TempDir::new("thirdparty");
-    let config = dir.0.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "store = \"memory\"\n[servers.demo]\nurl = {:?}\n[servers.demo.oauth]\nauth_timeout_secs = 10\n",
-            example.mcp_url()
-        ),
-    )
-    .expect("write config");
-    let latchkey = Latchkey::start(&config).await;
+    let config = dir.write_config(&format!(
+        "store = \"memory\"\n[servers.demo]\nurl = {:?}\n[servers.demo.oauth]\nauth_timeout_secs = 10\n",
+        example.mcp_url()
+    ));
+    let latchkey = latchkey(&config).start().await;
 
     let name = format!("latchkey-{}", std::process::id());
     let output = Command::new("node")
-        .arg(existing(interop_dir().join("thirdparty/client.mjs")))
-        .arg(format!("http://{}/demo", latchkey.addr))
+        .arg(interop("thirdparty/client.mjs"))
+        .arg(latchkey.url("/demo"))
         .arg(&name)
         .current_dir(interop_dir())
         .kill_on_drop(true)
@@ -255,7 +194,7 @@ async fn typescript_sdk_oauth_example_server_through_the_binary() {
         .await
         .expect("SDK client finished in time")
         .expect("node runs");
-    let (code, log) = latchkey.stop().await;
+    let (code, log) = latchkey.stop("TERM").await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
