@@ -148,12 +148,7 @@ pub fn target(
                 return Err(TargetError::UnknownServer {
                     name,
                     path: path.display().to_string(),
-                    known: config
-                        .servers
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    known: config.server_names(),
                 });
             }
             Ok((config, name))

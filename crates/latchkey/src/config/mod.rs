@@ -62,6 +62,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// The configured servers' names, for messages about one that is not there.
+    pub fn server_names(&self) -> String {
+        let names: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
+        names.join(", ")
+    }
+
     /// A config with one server and defaults for everything else, for `latchkey stdio
     /// --url`, which needs no config file.
     pub fn single(server: Server, store: StoreKind, state_dir: Option<PathBuf>) -> Self {

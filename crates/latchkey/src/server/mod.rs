@@ -277,12 +277,7 @@ pub(crate) fn find<'a>(
         .find(|s| s.name == name)
         .ok_or_else(|| ServerError::UnknownServer {
             name: name.to_owned(),
-            known: config
-                .servers
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            known: config.server_names(),
         })
 }
 
