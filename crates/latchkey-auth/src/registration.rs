@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::Secret;
 use crate::assertion::SigningKey;
 use crate::discovery::ServerMetadata;
-use crate::target::{Http, SendError};
+use crate::target::{FetchError, Http};
 use crate::token::{ClientAuth, ClientCredentials};
 
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -194,8 +194,8 @@ pub async fn register(
         // A loopback redirect makes this a native application (OpenID Connect DCR).
         "application_type": "native",
     });
-    let response = http
-        .send("registration endpoint", endpoint, |client| {
+    let (status, body) = http
+        .fetch("registration endpoint", endpoint, |client| {
             client
                 .post(endpoint)
                 .json(&request)
@@ -203,21 +203,9 @@ pub async fn register(
         })
         .await
         .map_err(|e| match e {
-            SendError::Refused(refused) => RegistrationError::Target(refused),
-            SendError::Network(e) => RegistrationError::Network {
-                cause: e.without_url().to_string(),
-            },
-        })?;
-    let status = response.status();
-    let body = crate::body::read(response, crate::body::MAX_RESPONSE)
-        .await
-        .map_err(|e| match e {
-            crate::body::BodyError::Network(_) => RegistrationError::Network {
-                cause: e.to_string(),
-            },
-            crate::body::BodyError::TooLarge { .. } => RegistrationError::Malformed {
-                cause: e.to_string(),
-            },
+            FetchError::Refused(refused) => RegistrationError::Target(refused),
+            FetchError::Network(cause) => RegistrationError::Network { cause },
+            FetchError::TooLarge(cause) => RegistrationError::Malformed { cause },
         })?;
     if !status.is_success() {
         return Err(RegistrationError::Refused {

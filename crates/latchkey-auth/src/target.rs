@@ -123,6 +123,16 @@ pub(crate) enum SendError {
     Network(reqwest::Error),
 }
 
+/// What [`Http::fetch`] fails with, for each endpoint's error type to name: every
+/// text is without the URL, whose query may hold a secret.
+#[derive(Debug)]
+pub(crate) enum FetchError {
+    Refused(Refused),
+    Network(String),
+    /// The body passed [`crate::body::MAX_RESPONSE`].
+    TooLarge(String),
+}
+
 /// A request the rule does not allow. Names the URL (without its query, which may
 /// hold a secret), why, the rule and that nothing overrides it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -179,6 +189,28 @@ impl Http {
                 None => SendError::Network(e),
             }
         })
+    }
+
+    /// [`Http::send`], then the whole body, capped at [`crate::body::MAX_RESPONSE`]:
+    /// what every token, device, revocation and registration request reads.
+    pub(crate) async fn fetch(
+        &self,
+        what: &'static str,
+        url: &str,
+        request: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>), FetchError> {
+        let response = self.send(what, url, request).await.map_err(|e| match e {
+            SendError::Refused(refused) => FetchError::Refused(refused),
+            SendError::Network(e) => FetchError::Network(e.without_url().to_string()),
+        })?;
+        let status = response.status();
+        let body = crate::body::read(response, crate::body::MAX_RESPONSE)
+            .await
+            .map_err(|e| match e {
+                crate::body::BodyError::Network(_) => FetchError::Network(e.to_string()),
+                crate::body::BodyError::TooLarge { .. } => FetchError::TooLarge(e.to_string()),
+            })?;
+        Ok((status, body))
     }
 
     fn refused(&self, what: &'static str, url: &str, why: String) -> Refused {

@@ -17,7 +17,7 @@ use url::form_urlencoded;
 
 use crate::Secret;
 use crate::assertion::{ASSERTION_TYPE, SigningKey};
-use crate::target::{Http, SendError};
+use crate::target::{FetchError, Http};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -308,8 +308,8 @@ pub(crate) async fn post_form(
     form: &[(&str, &str)],
 ) -> Result<bytes::Bytes, TokenError> {
     let (body, basic) = encode_form(client, form)?;
-    let response = http
-        .send(what, endpoint, |http| {
+    let (status, bytes) = http
+        .fetch(what, endpoint, |http| {
             let request = http
                 .post(endpoint)
                 .header(reqwest::header::ACCEPT, "application/json")
@@ -326,21 +326,9 @@ pub(crate) async fn post_form(
         })
         .await
         .map_err(|e| match e {
-            SendError::Refused(refused) => TokenError::Target(refused),
-            SendError::Network(e) => TokenError::Network {
-                cause: e.without_url().to_string(),
-            },
-        })?;
-    let status = response.status();
-    let bytes = crate::body::read(response, crate::body::MAX_RESPONSE)
-        .await
-        .map_err(|e| match e {
-            crate::body::BodyError::Network(_) => TokenError::Network {
-                cause: e.to_string(),
-            },
-            crate::body::BodyError::TooLarge { .. } => TokenError::Malformed {
-                cause: e.to_string(),
-            },
+            FetchError::Refused(refused) => TokenError::Target(refused),
+            FetchError::Network(cause) => TokenError::Network { cause },
+            FetchError::TooLarge(cause) => TokenError::Malformed { cause },
         })?;
     let bytes = bytes::Bytes::from(bytes);
     if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
