@@ -53,6 +53,17 @@ pub enum TransportArg {
     Sse,
 }
 
+impl TransportArg {
+    /// The config's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::StreamableHttp => "streamable-http",
+            Self::Sse => "sse",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: serve every configured server on the local endpoint.
@@ -144,6 +155,62 @@ pub enum Command {
     },
     /// Validate a config file and print every problem at once.
     Check {
+        /// Config file [default: $LATCHKEY_CONFIG, else $XDG_CONFIG_HOME/latchkey/config.toml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Write a commented starter config (it must not exist yet).
+    Init {
+        /// Config file [default: $LATCHKEY_CONFIG, else $XDG_CONFIG_HOME/latchkey/config.toml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Add a remote MCP server to the config (created if need be), see what it
+    /// needs, and print what to paste into each MCP client.
+    Add {
+        /// The name: the server is served at http://127.0.0.1:PORT/NAME.
+        name: String,
+        /// The server's MCP endpoint URL.
+        url: String,
+        /// A header for every request, as 'Name: value' (repeatable); a value may
+        /// be ${VAR}, read from the environment.
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// The transport.
+        #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
+        transport: TransportArg,
+        /// A client registered with the server's authorization server ahead of time.
+        #[arg(long)]
+        oauth_client_id: Option<String>,
+        /// Its secret; better ${VAR} than the secret itself.
+        #[arg(long, requires = "oauth_client_id")]
+        oauth_client_secret: Option<String>,
+        /// Do not offer to log in now.
+        #[arg(long)]
+        no_login: bool,
+        /// Config file [default: $LATCHKEY_CONFIG, else $XDG_CONFIG_HOME/latchkey/config.toml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Log out of a server and take it out of the config.
+    Remove {
+        /// The server's name in the config.
+        name: String,
+        /// Config file [default: $LATCHKEY_CONFIG, else $XDG_CONFIG_HOME/latchkey/config.toml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Add the remote servers that Claude Desktop, Claude Code, Cursor, VS Code,
+    /// Codex and Gemini CLI have (URL entries and `mcp-remote` commands) to the
+    /// config; with --rewrite, point those clients at latchkey.
+    Import {
+        /// Read this client config instead of the usual places (repeatable).
+        #[arg(long, value_name = "FILE")]
+        from: Vec<PathBuf>,
+        /// Rewrite each client's entries to go through latchkey (a backup of each
+        /// file is written first, and the diff printed).
+        #[arg(long)]
+        rewrite: bool,
         /// Config file [default: $LATCHKEY_CONFIG, else $XDG_CONFIG_HOME/latchkey/config.toml]
         #[arg(long, short)]
         config: Option<PathBuf>,

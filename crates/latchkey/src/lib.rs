@@ -15,6 +15,7 @@ mod guard;
 pub mod local_key;
 pub mod login;
 pub mod notify;
+pub mod onboard;
 pub mod peer;
 mod proxy;
 pub mod redact;

@@ -136,6 +136,98 @@ fn run(command: Command) -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
+        Command::Init { config } => {
+            let path = config.unwrap_or_else(config::default_path);
+            latchkey::onboard::init(&path)?;
+            println!(
+                "Wrote a starter config to {}. Add a server with `latchkey add NAME URL`, or `latchkey import` the ones your MCP clients have.",
+                path.display()
+            );
+            Ok(())
+        }
+        Command::Add {
+            name,
+            url,
+            headers,
+            transport,
+            oauth_client_id,
+            oauth_client_secret,
+            no_login,
+            config,
+        } => {
+            let path = config.clone().unwrap_or_else(config::default_path);
+            let server = latchkey::onboard::NewServer {
+                name: name.clone(),
+                url,
+                headers: headers
+                    .iter()
+                    .map(|h| {
+                        h.split_once(':')
+                            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                            .with_context(|| format!("--header {h:?} is not 'Name: value'"))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+                transport: (transport != latchkey::cli::TransportArg::Auto)
+                    .then(|| transport.as_str().to_owned()),
+                client_id: oauth_client_id,
+                client_secret: oauth_client_secret,
+            };
+            let added = runtime()?.block_on(latchkey::onboard::add(&path, &server))?;
+            print!("{}", added.report());
+            println!("\n{}", latchkey::onboard::reload());
+            if added.needs_login()
+                && !no_login
+                && latchkey::onboard::ask(&format!("Log in to {name} now?"))
+            {
+                login(&config::load(&path)?, &name, true)?;
+            }
+            Ok(())
+        }
+        Command::Remove { name, config } => {
+            let path = config.unwrap_or_else(config::default_path);
+            let loaded = config::load(&path)?;
+            let found = loaded.servers.iter().find(|s| s.name == name);
+            if found.is_some_and(|s| matches!(s.oauth, config::OAuth::Enabled(_))) {
+                match runtime()?.block_on(latchkey::login::logout(&loaded, &name)) {
+                    Ok(problems) => problems
+                        .iter()
+                        .for_each(|p| eprintln!("latchkey: warning: {p}")),
+                    Err(e) => eprintln!("latchkey: warning: {e:#}; the server is removed anyway"),
+                }
+            }
+            latchkey::onboard::remove(&path, &name)?;
+            println!(
+                "Removed [servers.{name}] from {} (and logged out).",
+                path.display()
+            );
+            println!("{}", latchkey::onboard::reload());
+            Ok(())
+        }
+        Command::Import {
+            from,
+            rewrite,
+            config,
+        } => {
+            use latchkey::onboard::import;
+            let path = config.unwrap_or_else(config::default_path);
+            let sources = import::sources(&from)?;
+            let exe = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.to_str().map(str::to_owned))
+                .unwrap_or_else(|| "latchkey".into());
+            let outcome = import::run(&path, &sources, &exe)?;
+            let mut backups = Vec::new();
+            if rewrite {
+                for r in &outcome.rewrites {
+                    backups.push((r.path.clone(), r.apply()?));
+                }
+            }
+            print!("{}", import::report(&outcome, rewrite, &backups));
+            if outcome.added > 0 {
+                println!("\n{}", latchkey::onboard::reload());
+            }
+            Ok(())
+        }
         Command::Service { action } => latchkey::service::run(action).map_err(Into::into),
     }
 }

@@ -48,7 +48,7 @@ impl fmt::Display for Diagnostic {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "cannot read config file {path}: {source}\n  hint: create it (see config/example.toml), or pass --config FILE or set LATCHKEY_CONFIG"
+        "cannot read config file {path}: {source}\n  hint: `latchkey add NAME URL` creates it with a server, `latchkey init` writes a commented starter, `latchkey import` brings your MCP clients' servers; or pass --config FILE or set LATCHKEY_CONFIG"
     )]
     Read {
         path: PathBuf,
@@ -172,7 +172,7 @@ impl Checker<'_> {
             None => self.error(
                 0..0,
                 "no servers configured",
-                Some("add a table such as [servers.notes] with url = \"https://mcp.example.com/mcp\""),
+                Some("run `latchkey add NAME URL`, or add a table such as [servers.notes] with url = \"https://mcp.example.com/mcp\""),
             ),
             Some(servers) => {
                 let span = servers.span();

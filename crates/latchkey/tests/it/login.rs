@@ -685,3 +685,40 @@ async fn doctor_names_each_problem_with_its_fix() {
     }
     drop(taken);
 }
+
+/// `latchkey remove` is a logout first: the tokens revoked at the authorization
+/// server and deleted, then the table gone from the config (its comments kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_revokes_and_deletes_the_tokens_then_the_table() {
+    let setup = protected().start().await;
+    let home = Home::new("remove", &setup.mcp_url());
+    let config = home.0.path().join("config.toml");
+    let text = format!(
+        "# kept\n{}[servers.other]\nurl = \"https://other.example.com/mcp\" # also kept\n",
+        std::fs::read_to_string(&config).expect("config")
+    );
+    std::fs::write(&config, &text).expect("config");
+    home.log_in(&setup).await;
+    assert!(!home.records().is_empty());
+    assert!(setup.auth.revoked().is_empty());
+
+    let output = home
+        .command(&["remove", "notes"])
+        .output()
+        .await
+        .expect("remove");
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        !setup.auth.revoked().is_empty(),
+        "the logout revoked the tokens"
+    );
+    assert!(home.records().is_empty(), "and deleted them");
+    let after = std::fs::read_to_string(&config).expect("config");
+    assert!(!after.contains("[servers.notes]"), "{after}");
+    assert!(
+        after.starts_with("# kept\n")
+            && after
+                .contains("[servers.other]\nurl = \"https://other.example.com/mcp\" # also kept\n"),
+        "{after}"
+    );
+}

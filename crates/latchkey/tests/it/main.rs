@@ -14,6 +14,7 @@ mod interop;
 mod leaks;
 mod login;
 mod oauth;
+mod onboard;
 mod proxy;
 mod service;
 mod statuspage;
