@@ -5,7 +5,8 @@
 //! Desktop's `claude_desktop_config.json` and Cursor's `mcp.json` (`mcpServers`),
 //! Claude Code's `~/.claude.json` (`mcpServers`, also per project), VS Code's user
 //! `mcp.json` (`servers`), Gemini CLI's `settings.json` (`mcpServers`, `httpUrl` for
-//! Streamable HTTP), Codex's `config.toml` (`[mcp_servers.NAME]`). A remote server
+//! Streamable HTTP), Codex's `config.toml` (`[mcp_servers.NAME]`), opencode's
+//! `opencode.json` (`mcp`, `type = "remote"`). A remote server
 //! is an entry with a URL, or one that runs `mcp-remote URL` (through npx or
 //! directly), whose `--header`, `--transport` and `--static-oauth-client-info`
 //! options say what latchkey's table must say. Local (stdio) servers stay as they
@@ -32,6 +33,7 @@ pub enum Client {
     VsCode,
     Codex,
     Gemini,
+    OpenCode,
 }
 
 impl Client {
@@ -43,6 +45,7 @@ impl Client {
             Self::VsCode => "VS Code",
             Self::Codex => "Codex",
             Self::Gemini => "Gemini CLI",
+            Self::OpenCode => "opencode",
         }
     }
 
@@ -66,6 +69,10 @@ impl Client {
                     .join("config.toml"),
             ],
             Self::Gemini => vec![home.join(".gemini/settings.json")],
+            Self::OpenCode => vec![
+                config_home.join("opencode/opencode.json"),
+                config_home.join("opencode/opencode.jsonc"),
+            ],
         }
     }
 
@@ -83,6 +90,8 @@ impl Client {
             Self::ClaudeDesktop
         } else if name == ".claude.json" || name == ".mcp.json" {
             Self::ClaudeCode
+        } else if name.starts_with("opencode.json") {
+            Self::OpenCode
         } else if name == "settings.json" && in_dir(".gemini") {
             Self::Gemini
         } else if in_dir(".cursor") {
@@ -96,13 +105,14 @@ impl Client {
         }
     }
 
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::ClaudeDesktop,
         Self::ClaudeCode,
         Self::Cursor,
         Self::VsCode,
         Self::Codex,
         Self::Gemini,
+        Self::OpenCode,
     ];
 }
 
@@ -252,10 +262,10 @@ pub fn entries(source: &Source, listen: SocketAddr) -> Result<(Vec<Entry>, usize
         }
     } else {
         let doc = parse_json(source)?;
-        let key = if source.client == Client::VsCode {
-            "servers"
-        } else {
-            "mcpServers"
+        let key = match source.client {
+            Client::VsCode => "servers",
+            Client::OpenCode => "mcp",
+            _ => "mcpServers",
         };
         let mut tables: Vec<(Location, &Map<String, Value>)> = Vec::new();
         if let Some(servers) = doc.get(key).and_then(Value::as_object) {
@@ -295,6 +305,7 @@ fn classify(
     let text = |k: &str| entry.get(k).and_then(Value::as_str);
     let env: BTreeMap<String, String> = entry
         .get("env")
+        .or_else(|| entry.get("environment"))
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
@@ -339,12 +350,7 @@ fn classify(
                 .headers
                 .push(("Authorization".into(), format!("Bearer ${{{var}}}")));
         }
-    } else if let Some(command) = text("command") {
-        let args: Vec<&str> = entry
-            .get("args")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+    } else if let Some((command, args)) = command_line(entry) {
         let program = Path::new(command)
             .file_name()
             .and_then(|n| n.to_str())
@@ -374,6 +380,26 @@ fn classify(
         secrets,
         notes,
     }))
+}
+
+/// `command` and `args`, or opencode's `command` array that holds both.
+fn command_line(entry: &Value) -> Option<(&str, Vec<&str>)> {
+    fn strings(v: &Value) -> Vec<&str> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
+    }
+    match entry.get("command")? {
+        Value::String(command) => {
+            Some((command, entry.get("args").map(strings).unwrap_or_default()))
+        }
+        array @ Value::Array(_) => {
+            let all = strings(array);
+            let (command, args) = all.split_first()?;
+            Some((command, args.to_vec()))
+        }
+        _ => None,
+    }
 }
 
 fn is_mcp_remote(word: &str) -> bool {
@@ -664,6 +690,7 @@ const REACH_KEYS: &[&str] = &[
     "command",
     "args",
     "env",
+    "environment",
     "cwd",
     "envFile",
     "url",
@@ -750,6 +777,10 @@ fn rewrite(
                 ],
                 Client::Gemini => vec![("httpUrl", text(endpoint(name)))],
                 Client::Cursor => vec![("url", text(endpoint(name)))],
+                Client::OpenCode => vec![
+                    ("type", text("remote".into())),
+                    ("url", text(endpoint(name))),
+                ],
                 _ => vec![("type", text("http".into())), ("url", text(endpoint(name)))],
             };
             for (key, value) in reach {

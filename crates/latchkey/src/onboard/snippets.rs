@@ -4,7 +4,7 @@
 //! and the status page shows the same text, so the two never disagree. Each
 //! client's format is its own documented one (Claude Code's `claude mcp add`, VS
 //! Code's `mcp.json` `servers`, Cursor's and Gemini CLI's `mcpServers`, Codex's
-//! `[mcp_servers]` TOML).
+//! `[mcp_servers]` TOML, opencode's `mcp`).
 
 use jsonc_parser::ParseOptions;
 use jsonc_parser::cst::{CstInputValue, CstRootNode};
@@ -123,6 +123,27 @@ pub fn snippets(name: &str, url: &str) -> Vec<Snippet> {
             form: "stdio",
             text: config("mcpServers", stdio()),
         },
+        Snippet {
+            client: "opencode",
+            place: "~/.config/opencode/opencode.json",
+            form: "endpoint",
+            text: config("mcp", vec![("type", text("remote")), ("url", text(url))]),
+        },
+        Snippet {
+            client: "opencode",
+            place: "~/.config/opencode/opencode.json",
+            form: "stdio",
+            text: config(
+                "mcp",
+                vec![
+                    ("type", text("local")),
+                    (
+                        "command",
+                        CstInputValue::Array(vec![text("latchkey"), text("stdio"), text(name)]),
+                    ),
+                ],
+            ),
+        },
     ]
 }
 
@@ -153,7 +174,7 @@ mod tests {
     #[test]
     fn every_snippet_is_valid_in_its_format() {
         let all = snippets("jira-work", "http://127.0.0.1:8931/jira-work");
-        assert_eq!(all.len(), 10);
+        assert_eq!(all.len(), 12);
         for s in &all {
             match s.place {
                 "shell" => assert!(s.text.starts_with("claude mcp add "), "{}", s.text),

@@ -229,6 +229,7 @@ fn place_client_configs(home: &Path) -> Vec<PathBuf> {
         ("vscode/mcp.json", ".config/Code/User/mcp.json"),
         ("codex/config.toml", ".codex/config.toml"),
         ("gemini/.gemini/settings.json", ".gemini/settings.json"),
+        ("opencode/opencode.json", ".config/opencode/opencode.json"),
     ];
     places
         .iter()
@@ -305,6 +306,8 @@ fn import_finds_every_clients_remote_servers_and_rewrite_twice_changes_nothing()
         "docs: added as [servers.docs]",
         "deepwiki: added as [servers.deepwiki]",
         "events: added as [servers.events]",
+        "context7: added as [servers.context7]",
+        "jira: added as [servers.jira]",
         "old-sse: added as [servers.old-sse]",
         "linear: already in latchkey as [servers.linear]",
         "figma: not added: ",
@@ -313,7 +316,7 @@ fn import_finds_every_clients_remote_servers_and_rewrite_twice_changes_nothing()
     ] {
         assert!(said.contains(line), "missing {line:?} in:\n{said}");
     }
-    for local in ["filesystem", "local-db", "playwright", "shell"] {
+    for local in ["filesystem", "local-db", "playwright", "shell", "local-git"] {
         assert!(
             !said.contains(&format!("{local}:")),
             "{local} is a local server:\n{said}"
@@ -322,7 +325,7 @@ fn import_finds_every_clients_remote_servers_and_rewrite_twice_changes_nothing()
     let toml: toml::Table =
         toml::from_str(&std::fs::read_to_string(&config).expect("config")).expect("toml");
     let servers = toml["servers"].as_table().expect("servers");
-    assert_eq!(servers.len(), 10, "{servers:#?}");
+    assert_eq!(servers.len(), 12, "{servers:#?}");
     let work = &servers["atlassian-work"];
     assert_eq!(
         work["url"].as_str(),
@@ -368,7 +371,7 @@ fn import_finds_every_clients_remote_servers_and_rewrite_twice_changes_nothing()
         "a diff of each file:\n{said}"
     );
     let saved = backups(home);
-    assert_eq!(saved.len(), 6, "one backup per client file: {saved:?}");
+    assert_eq!(saved.len(), 7, "one backup per client file: {saved:?}");
     for (client, original) in clients.iter().zip(&originals) {
         let backup = saved
             .iter()
@@ -434,6 +437,23 @@ fn import_finds_every_clients_remote_servers_and_rewrite_twice_changes_nothing()
     assert_eq!(
         gemini["mcpServers"]["deepwiki"],
         serde_json::json!({"timeout": 30000, "httpUrl": "http://127.0.0.1:8931/deepwiki"})
+    );
+
+    assert!(
+        now[6].contains("// opencode's config is JSONC"),
+        "JSON comments stay:\n{}",
+        now[6]
+    );
+    let opencode: serde_json::Value =
+        jsonc_parser::parse_to_serde_value(&now[6], &Default::default()).expect("jsonc");
+    assert_eq!(
+        opencode["mcp"]["jira"],
+        serde_json::json!({"type": "remote", "url": "http://127.0.0.1:8931/jira"})
+    );
+    assert_eq!(opencode["mcp"]["context7"]["enabled"], true);
+    assert_eq!(
+        opencode["mcp"]["local-git"]["command"],
+        serde_json::json!(["git-mcp"])
     );
 
     // A second --rewrite: everything already goes through latchkey.
