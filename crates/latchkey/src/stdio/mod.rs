@@ -40,8 +40,9 @@ use crate::proxy::{self, Proxy, sse};
 const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 /// How long requests still running at EOF get to finish before the session ends.
 const DRAIN: Duration = Duration::from_secs(5);
-/// The GET stream's reconnection delay when the server names none (SSE spec leaves
-/// it to the client).
+/// The reconnection delay of the GET stream and of a resumed request stream when the
+/// server names none: neither the MCP spec nor SEP-1699 give one, and the SSE spec
+/// leaves it to the client ("a few seconds"); 1 s is also the official SDK's first.
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
 /// stdin is read in chunks of this size (a burst of messages in one syscall), and
 /// stdout written in batches of about as much.
