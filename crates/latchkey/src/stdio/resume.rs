@@ -11,7 +11,7 @@
 //! 2026-07-28 dropped resumption ("Resumable SSE streams via `Last-Event-ID` are not
 //! supported"): a request of that revision or later is not resumed.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -35,6 +35,11 @@ const MAX_IDLE_RESUMES: u32 = 3;
 /// input): a minute.
 const MAX_RETRY_MS: u64 = 60_000;
 
+/// How many of a stream's newest event ids are kept to know a repeated event: enough
+/// for any replay from near where the stream broke, and all a server's endless stream
+/// of events can make the bridge hold.
+const REMEMBERED: usize = 1024;
+
 /// The first revision without resumption.
 const WITHOUT_RESUMPTION: &str = "2026-07-28";
 
@@ -46,11 +51,13 @@ pub(super) fn retry_delay(ms: u64) -> Duration {
 /// Where a request's stream is, across its connections.
 #[derive(Debug)]
 pub(super) struct Cursor {
-    /// The newest event id received, where a resumption starts.
-    last: Option<String>,
-    /// Every id received on this stream: an event that comes again (a server that
-    /// replays the event `Last-Event-ID` names, or more) is not delivered twice.
+    /// The newest event ids received, newest last (where a resumption starts).
+    recent: VecDeque<String>,
+    /// The same ids, to look up: an event that comes again (a server that replays the
+    /// event `Last-Event-ID` names, or more) is not delivered twice.
     seen: HashSet<String>,
+    /// How many events with a new id came, to tell a resumption that brought some.
+    fresh: u64,
     /// The reconnection delay: the newest `retry` field (SSE: it holds for every later
     /// connection), else the default.
     retry: Duration,
@@ -61,8 +68,9 @@ pub(super) struct Cursor {
 impl Default for Cursor {
     fn default() -> Self {
         Self {
-            last: None,
+            recent: VecDeque::new(),
             seen: HashSet::new(),
+            fresh: 0,
             retry: DEFAULT_RETRY,
             resumed: 0,
         }
@@ -76,15 +84,27 @@ impl Cursor {
         if let Some(retry) = event.retry {
             self.retry = retry_delay(retry);
         }
-        let Some(id) = event.id else {
+        // An empty id names no event to resume after.
+        let Some(id) = event.id.filter(|id| !id.is_empty()) else {
             return true;
         };
         if self.seen.contains(id) {
             return false;
         }
+        if self.recent.len() == REMEMBERED
+            && let Some(oldest) = self.recent.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
         self.seen.insert(id.to_owned());
-        self.last = Some(id.to_owned());
+        self.recent.push_back(id.to_owned());
+        self.fresh += 1;
         true
+    }
+
+    /// The newest event id received.
+    fn last(&self) -> Option<&str> {
+        self.recent.back().map(String::as_str)
     }
 
     /// Whether the stream is on a resumed connection, which ends with the response.
@@ -121,11 +141,7 @@ impl Bridge {
     ) {
         let mut idle = 0;
         while !answered.done && idle < MAX_IDLE_RESUMES {
-            let Some(last) = cursor
-                .last
-                .as_deref()
-                .and_then(|id| HeaderValue::from_str(id).ok())
-            else {
+            let Some(last) = cursor.last().and_then(|id| HeaderValue::from_str(id).ok()) else {
                 // No id, or one HTTP cannot carry: nothing to resume from.
                 return;
             };
@@ -145,7 +161,7 @@ impl Bridge {
                 response = self.send(request) => response,
                 () = self.stop.cancelled() => return,
             };
-            let before = cursor.seen.len();
+            let before = cursor.fresh;
             let status = response.status();
             if status.is_success() && super::is_event_stream(response.headers()) {
                 self.relay_stream(response.into_body(), message, answered, initialize, cursor)
@@ -153,11 +169,7 @@ impl Bridge {
             } else {
                 tracing::debug!(server = %self.server, %status, "resuming a request's stream was refused");
             }
-            idle = if cursor.seen.len() > before {
-                0
-            } else {
-                idle + 1
-            };
+            idle = if cursor.fresh > before { 0 } else { idle + 1 };
         }
     }
 }
@@ -174,7 +186,7 @@ mod tests {
         assert!(cursor.note(&sse::parse_event("data: {}")), "no id");
         assert!(cursor.note(&sse::parse_event("id: b\ndata: {}")));
         assert_eq!(
-            (cursor.last.as_deref(), cursor.retry),
+            (cursor.last(), cursor.retry),
             (Some("b"), Duration::from_millis(500))
         );
         assert!(
@@ -182,7 +194,26 @@ mod tests {
             "already delivered"
         );
         assert_eq!(cursor.retry, Duration::from_secs(60), "bounded");
-        assert_eq!(cursor.last.as_deref(), Some("b"));
+        assert_eq!(cursor.last(), Some("b"));
+    }
+
+    #[test]
+    fn the_cursor_remembers_a_bounded_number_of_ids() {
+        let mut cursor = Cursor::default();
+        for n in 0..REMEMBERED + 10 {
+            assert!(cursor.note(&sse::parse_event(&format!("id: {n}\ndata: {{}}"))));
+        }
+        assert_eq!(
+            (cursor.seen.len(), cursor.recent.len()),
+            (REMEMBERED, REMEMBERED)
+        );
+        let newest = (REMEMBERED + 9).to_string();
+        assert_eq!(cursor.last(), Some(newest.as_str()));
+        assert!(!cursor.note(&sse::parse_event("id: 10\ndata: {}")), "kept");
+        assert!(
+            cursor.note(&sse::parse_event("id: 9\ndata: {}")),
+            "forgotten"
+        );
     }
 
     #[test]
