@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -70,6 +70,41 @@ struct Shared {
     next_session: AtomicU64,
     /// Released by the test to let the `gated` tool finish its SSE reply.
     gate: Notify,
+    /// The streams of `polled` calls, by stream name.
+    polled: Mutex<HashMap<String, Polled>>,
+    next_polled: AtomicU64,
+}
+
+/// The stream of a `polled` call, which the server closes at chosen points without
+/// ending it, for the client to resume with a GET carrying `Last-Event-ID`
+/// (2025-11-25 "Resumability and Redelivery", SEP-1699). Its events are a priming
+/// event (id and `retry`, no data), two progress notifications and the result; event
+/// `n` has the id `{stream}-{n}`. The call's arguments choose the rest: `breaks`, the
+/// events after which a connection closes (0: right after the priming event);
+/// `retry`, in milliseconds (default 100); `repeat`, a resumption that starts with the
+/// event `Last-Event-ID` names (a server off by one); `lost`, a resumption that
+/// finds nothing (an empty stream).
+#[derive(Debug)]
+struct Polled {
+    events: Vec<Bytes>,
+    breaks: VecDeque<usize>,
+    repeat: bool,
+    lost: bool,
+}
+
+impl Polled {
+    /// The events of one connection from event `from`: up to the next break, or all.
+    fn connection(&mut self, from: usize) -> Vec<Bytes> {
+        while self.breaks.front().is_some_and(|&b| b < from) {
+            self.breaks.pop_front();
+        }
+        let end = self
+            .breaks
+            .pop_front()
+            .map_or(self.events.len(), |b| b + 1)
+            .min(self.events.len());
+        self.events.get(from..end).unwrap_or_default().to_vec()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -323,6 +358,8 @@ async fn mcp_post(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
     }
     let mut response = if method == "tools/call" && message["params"]["name"] == "gated" {
         gated_reply(shared, message)
+    } else if method == "tools/call" && message["params"]["name"] == "polled" {
+        polled_reply(&shared, &message)
     } else {
         let reply = answer(&message);
         let wants_sse = headers
@@ -372,6 +409,74 @@ fn gated_reply(shared: Arc<Shared>, message: Value) -> Response {
     sse_response(events)
 }
 
+fn progress(message: &Value, progress: u64) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/progress",
+        "params": {"progressToken": message["params"]["_meta"]["progressToken"], "progress": progress, "total": 3},
+    })
+}
+
+/// The POST's part of a `polled` stream (see [`Polled`]).
+fn polled_reply(shared: &Shared, message: &Value) -> Response {
+    let arguments = &message["params"]["arguments"];
+    let name = format!(
+        "p{}",
+        shared.next_polled.fetch_add(1, Ordering::Relaxed) + 1
+    );
+    let retry = arguments["retry"].as_u64().unwrap_or(100);
+    let mut events = vec![Bytes::from(format!(
+        "id: {name}-0\nretry: {retry}\ndata: \n\n"
+    ))];
+    for (n, event) in [progress(message, 1), progress(message, 2), answer(message)]
+        .iter()
+        .enumerate()
+    {
+        events.push(Bytes::from(format!(
+            "id: {name}-{}\nevent: message\ndata: {event}\n\n",
+            n + 1
+        )));
+    }
+    let mut polled = Polled {
+        events,
+        breaks: arguments["breaks"]
+            .as_array()
+            .map(|b| {
+                b.iter()
+                    .filter_map(|n| n.as_u64())
+                    .map(|n| n as usize)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        repeat: arguments["repeat"] == true,
+        lost: arguments["lost"] == true,
+    };
+    let first = polled.connection(0);
+    shared
+        .polled
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(name, polled);
+    sse_response(stream::iter(first.into_iter().map(Ok::<_, std::io::Error>)))
+}
+
+/// A GET that resumes a `polled` stream: the events after the one `last` names (or
+/// from it, for `repeat`), up to the next break. `None` if `last` names none.
+fn polled_resumption(shared: &Shared, last: &str) -> Option<Response> {
+    let (name, n) = last.rsplit_once('-')?;
+    let n: usize = n.parse().ok()?;
+    let mut streams = shared.polled.lock().unwrap_or_else(PoisonError::into_inner);
+    let polled = streams.get_mut(name)?;
+    let events = if polled.lost {
+        Vec::new()
+    } else {
+        polled.connection(if polled.repeat { n } else { n + 1 })
+    };
+    Some(sse_response(stream::iter(
+        events.into_iter().map(Ok::<_, std::io::Error>),
+    )))
+}
+
 fn sse_event(message: &Value) -> Bytes {
     Bytes::from(format!("event: message\ndata: {message}\n\n"))
 }
@@ -408,6 +513,28 @@ fn answer(message: &Value) -> Value {
              "inputSchema": {"type": "object"}},
             {"name": "gated", "description": "Streams progress, then answers when the test allows.",
              "inputSchema": {"type": "object"}},
+            {"name": "polled", "description": "Answers on a stream it closes and the client resumes.",
+             "inputSchema": {"type": "object"}},
+            {"name": "annotated", "description": "Has an argument of each type a header may mirror.",
+             "inputSchema": {"type": "object", "properties": {
+                "region": {"type": "string", "x-mcp-header": "Region"},
+                "priority": {"type": "integer", "x-mcp-header": "Priority"},
+                "verbose": {"type": "boolean", "x-mcp-header": "Verbose"},
+                "opts": {"type": "object", "properties": {"tier": {"type": "integer", "x-mcp-header": "Tier"}}},
+                "score": {"type": "number"}}}},
+            // One of each kind of invalid x-mcp-header (2026-07-28, SEP-2243): a
+            // client on Streamable HTTP leaves these out.
+            invalid_tool("invalid_empty", json!({"v": {"type": "string", "x-mcp-header": ""}})),
+            invalid_tool("invalid_space", json!({"v": {"type": "string", "x-mcp-header": "My Region"}})),
+            invalid_tool("invalid_non_ascii", json!({"v": {"type": "string", "x-mcp-header": "Région"}})),
+            invalid_tool("invalid_control", json!({"v": {"type": "string", "x-mcp-header": "Region\t1"}})),
+            invalid_tool("invalid_object", json!({"v": {"type": "object", "x-mcp-header": "Data"}})),
+            invalid_tool("invalid_number", json!({"v": {"type": "number", "x-mcp-header": "Score"}})),
+            invalid_tool("invalid_duplicate", json!({
+                "a": {"type": "string", "x-mcp-header": "MyField"},
+                "b": {"type": "string", "x-mcp-header": "myfield"}})),
+            invalid_tool("invalid_unreachable", json!({
+                "v": {"type": "array", "items": {"type": "string", "x-mcp-header": "Item"}}})),
         ]}),
         "tools/call" => {
             let text = message["params"]["arguments"]["text"]
@@ -429,11 +556,30 @@ fn answer(message: &Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "result": result})
 }
 
-/// `GET /mcp`: the session's stream of server-initiated messages.
+fn invalid_tool(name: &str, properties: Value) -> Value {
+    json!({"name": name, "description": "Its x-mcp-header annotations are invalid.",
+           "inputSchema": {"type": "object", "properties": properties}})
+}
+
+/// `GET /mcp`: the session's stream of server-initiated messages, or the resumption
+/// of a `polled` stream.
 async fn mcp_get(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let Some(id) = session_header(&headers) else {
         return jsonrpc_error(StatusCode::BAD_REQUEST, "Mcp-Session-Id required");
     };
+    let known = shared
+        .sessions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains_key(&id);
+    if let Some(resumed) = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| known)
+        .and_then(|last| polled_resumption(&shared, last))
+    {
+        return resumed;
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     {
         let mut sessions = shared

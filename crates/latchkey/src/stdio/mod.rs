@@ -3,14 +3,18 @@
 //! proxy the daemon serves, in process (no listener, no extra hop), so the transport
 //! detection, the legacy HTTP+SSE bridge, OAuth and the credential store are the
 //! daemon's own. This module only plays the Streamable HTTP client: it keeps the
-//! session id and protocol version, mirrors the 2026-07-28 headers, holds the GET
-//! stream for the server's own messages, and turns HTTP failures into JSON-RPC
-//! errors, so that no request is left without an answer.
+//! session id and protocol version, mirrors the 2026-07-28 headers (leaving out the
+//! tools whose annotations for them are invalid), holds the GET stream for the
+//! server's own messages, resumes a request's stream that the server closed early,
+//! and turns HTTP failures into JSON-RPC errors, so that no request is left without an
+//! answer.
 //!
 //! Nothing but protocol goes to stdout; logs go to stderr.
 
 mod io;
 mod mirror;
+mod resume;
+mod tool_headers;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,8 +40,9 @@ use crate::proxy::{self, Proxy, sse};
 const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 /// How long requests still running at EOF get to finish before the session ends.
 const DRAIN: Duration = Duration::from_secs(5);
-/// The GET stream's reconnection delay when the server names none (SSE spec leaves
-/// it to the client).
+/// The reconnection delay of the GET stream and of a resumed request stream when the
+/// server names none: neither the MCP spec nor SEP-1699 give one, and the SSE spec
+/// leaves it to the client ("a few seconds"); 1 s is also the official SDK's first.
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
 /// stdin is read in chunks of this size (a burst of messages in one syscall), and
 /// stdout written in batches of about as much.
@@ -340,7 +345,9 @@ impl Bridge {
             if let Some(version) = version {
                 headers.insert("mcp-protocol-version", version);
             }
-            if let Some(message) = message {
+            if let Some(message) = message
+                && method == Method::POST
+            {
                 mirror::set(&mut headers, message, &session.tools);
             }
         }
@@ -377,6 +384,10 @@ impl Bridge {
     /// means the server forgot it: a new session is started (the spec's rule) and
     /// the message sent again, once.
     async fn post(&self, body: Bytes, message: &Value, may_restart: bool) {
+        if let Some(refusal) = self.refusal(message) {
+            self.emit_value(&refusal).await;
+            return;
+        }
         let had_session = self.session().id.is_some();
         let response = self
             .send(self.request(Method::POST, Body::from(body.clone()), Some(message)))
@@ -389,6 +400,22 @@ impl Bridge {
             return Box::pin(self.post(body, message, false)).await;
         }
         self.relay(response, message, false).await;
+    }
+
+    /// The answer to a call of a tool left out of `tools/list` for invalid header
+    /// annotations: refused here, as the spec has the client reject such a tool,
+    /// rather than sent with headers that cannot be right.
+    fn refusal(&self, message: &Value) -> Option<Value> {
+        if message["method"] != "tools/call" {
+            return None;
+        }
+        let tool = message["params"]["name"].as_str()?;
+        let why = self.session().tools.rejected(tool)?.to_string();
+        let text = format!(
+            "tool {tool:?} of server {:?} is not available: its x-mcp-header annotations are invalid ({why})",
+            self.server
+        );
+        Some(error(message.get("id")?.clone(), -32602, &text))
     }
 
     /// Replays the client's initialize for a new session; its answer is not the
@@ -433,18 +460,25 @@ impl Bridge {
     async fn relay(&self, response: axum::response::Response, message: &Value, initialize: bool) {
         let id = message.get("id").cloned();
         let status = response.status();
-        let is_sse = response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let is_sse = is_event_stream(response.headers());
         let mut answered = Answered {
             done: id.is_none(),
             malformed: false,
         };
+        let mut cursor = resume::Cursor::default();
         if status.is_success() && is_sse {
-            self.relay_stream(response.into_body(), message, &mut answered, initialize)
-                .await;
+            self.relay_stream(
+                response.into_body(),
+                message,
+                &mut answered,
+                initialize,
+                &mut cursor,
+            )
+            .await;
+            if !answered.done {
+                self.resume(message, &mut answered, initialize, &mut cursor)
+                    .await;
+            }
         } else {
             let body = axum::body::to_bytes(response.into_body(), usize::MAX)
                 .await
@@ -467,6 +501,12 @@ impl Bridge {
                     "server {:?} answered with a message that is not JSON",
                     self.server
                 )
+            } else if cursor.resumed() > 0 {
+                format!(
+                    "server {:?} ended its answer without a response to this request, and {} attempts to resume its stream brought none",
+                    self.server,
+                    cursor.resumed()
+                )
             } else {
                 format!(
                     "server {:?} ended its answer without a response to this request",
@@ -488,36 +528,45 @@ impl Bridge {
     ) {
         let learn = initialize || request["method"] == "tools/list";
         let id = request.get("id");
-        let parsed = (learn || id.is_some())
+        let mut parsed = (learn || id.is_some())
             .then(|| serde_json::from_slice::<Value>(text).ok())
             .flatten();
-        if let Some(value) = &parsed {
+        // Whether tools with invalid header annotations were taken out of the answer.
+        let mut filtered = false;
+        if let Some(value) = &mut parsed {
             let is_answer =
                 id.is_some_and(|id| value.get("id") == Some(id)) && value.get("method").is_none();
             if is_answer {
                 answered.done = true;
-                let result = &value["result"];
                 if initialize {
-                    let version = result["protocolVersion"]
+                    let version = value["result"]["protocolVersion"]
                         .as_str()
                         .and_then(|v| HeaderValue::from_str(v).ok());
                     self.session().protocol_version = version;
                 } else if learn {
-                    self.session().tools.learn(result);
+                    filtered = self
+                        .session()
+                        .tools
+                        .learn(&mut value["result"], &self.server);
                 }
             }
         }
-        if !self.emit_message(text, parsed.as_ref()).await {
+        if filtered && let Some(value) = &parsed {
+            self.emit_value(value).await;
+        } else if !self.emit_message(text, parsed.as_ref()).await {
             answered.malformed = true;
         }
     }
 
+    /// Relays the events of a request's stream (the POST's, or a resumption of it,
+    /// which ends with the response) until it ends.
     async fn relay_stream(
         &self,
         body: Body,
         request: &Value,
         answered: &mut Answered,
         initialize: bool,
+        cursor: &mut resume::Cursor,
     ) {
         let mut stream = body.into_data_stream();
         let mut blocks = sse::Blocks::default();
@@ -526,9 +575,12 @@ impl Bridge {
             blocks.push(&chunk);
             while let Some(block) = blocks.next_block() {
                 let text = String::from_utf8_lossy(&block);
-                // Event ids here belong to this POST's stream, not the GET stream's:
+                // Event ids here belong to this request's stream, not the GET stream's:
                 // resuming the GET stream from one would resume this stream instead.
                 let event = sse::parse_event(&text);
+                if !cursor.note(&event) {
+                    continue;
+                }
                 // An event without data (a resumption point some servers send
                 // first) carries no message.
                 if let (Some("message"), Some(data)) = (event.event, event.data)
@@ -536,6 +588,9 @@ impl Bridge {
                 {
                     self.deliver(data.as_bytes(), request, answered, initialize)
                         .await;
+                }
+                if answered.done && cursor.resuming() {
+                    return;
                 }
             }
         }
@@ -575,8 +630,7 @@ impl Bridge {
                                 self.session().last_event_id = Some(id.to_owned());
                             }
                             if let Some(retry) = event.retry {
-                                // From the network: at most a minute between tries.
-                                delay = Duration::from_millis(retry.min(60_000));
+                                delay = resume::retry_delay(retry);
                             }
                             if let (Some("message"), Some(data)) = (event.event, event.data)
                                 && !data.trim().is_empty()
@@ -609,6 +663,13 @@ impl Bridge {
             .await;
         tracing::debug!(server = %self.server, status = %response.status(), "session ended");
     }
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
 /// A JSON-RPC error for a request the upstream (or latchkey) refused with `status`.

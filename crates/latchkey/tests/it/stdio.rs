@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use latchkey_testkit::McpUpstream;
 use serde_json::{Value, json};
@@ -37,11 +37,23 @@ pub(crate) struct Bridge {
 }
 
 impl Bridge {
-    pub(crate) fn start(mut command: Command) -> Self {
+    pub(crate) fn start(command: Command) -> Self {
+        Self::spawn(command, Stdio::inherit())
+    }
+
+    /// The same, with its stderr in the file `log`.
+    fn start_logging(command: Command, log: &std::path::Path) -> Self {
+        Self::spawn(
+            command,
+            std::fs::File::create(log).expect("log file").into(),
+        )
+    }
+
+    fn spawn(mut command: Command, stderr: Stdio) -> Self {
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn latchkey stdio");
         let stdin = child.stdin.take();
@@ -77,6 +89,21 @@ impl Bridge {
             let message = self.recv().await;
             if message["id"] == id && message.get("method").is_none() {
                 return message;
+            }
+        }
+    }
+
+    /// Sends a request and gathers what comes back until its answer, the answer last.
+    async fn exchange(&mut self, id: i64, method: &str, params: Value) -> Vec<Value> {
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
+        let mut seen = Vec::new();
+        loop {
+            let message = self.recv().await;
+            let done = message["id"] == id && message.get("method").is_none();
+            seen.push(message);
+            if done {
+                return seen;
             }
         }
     }
@@ -537,4 +564,214 @@ async fn an_authorization_failure_says_what_to_run() {
     );
     latchkey::cli::Cli::try_parse_from(suggested.split(' ')).expect("a command latchkey accepts");
     assert!(bridge.finish().await.success());
+}
+
+/// What a `polled` call delivered, in order: its progress notifications and its
+/// answer's text (or error message).
+fn delivered(seen: &[Value]) -> Vec<String> {
+    seen.iter()
+        .map(|m| match m["method"].as_str() {
+            Some("notifications/progress") => format!("progress {}", m["params"]["progress"]),
+            Some(other) => other.to_owned(),
+            None => m["result"]["content"][0]["text"]
+                .as_str()
+                .or(m["error"]["message"].as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        })
+        .collect()
+}
+
+/// The `Last-Event-ID` of every resuming GET the upstream saw.
+fn resumptions(upstream: &McpUpstream) -> Vec<latchkey_testkit::RecordedRequest> {
+    upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == http::Method::GET && header(r, "last-event-id").is_some())
+        .collect()
+}
+
+/// A POST's SSE stream that the server closes before the response (SEP-1699
+/// polling) is resumed with a GET carrying `Last-Event-ID` after the server's
+/// `retry`, from the newest id each time, however often it ends; every event reaches
+/// the client once, in order, even from a server that repeats the event named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_stream_closed_before_its_response_is_resumed() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let scratch = TempDir::new("stdio-resume");
+    let mut bridge = Bridge::start(by_name(&scratch, &upstream.mcp_url()));
+    bridge.initialize().await;
+
+    // Closed right after the priming event, and again after the second progress.
+    let started = Instant::now();
+    let seen = bridge
+        .exchange(
+            2,
+            "tools/call",
+            json!({"name": "polled", "_meta": {"progressToken": "t"},
+                   "arguments": {"breaks": [0, 2], "retry": 300, "text": "resumed"}}),
+        )
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        delivered(&seen),
+        ["progress 1", "progress 2", "resumed"],
+        "{seen:?}"
+    );
+    let resumed = resumptions(&upstream);
+    let ids: Vec<_> = resumed.iter().map(|r| header(r, "last-event-id")).collect();
+    assert_eq!(ids, [Some("p1-0"), Some("p1-2")], "from the newest id");
+    for request in &resumed {
+        assert_eq!(header(request, "mcp-session-id"), Some("s1"));
+        assert_eq!(header(request, "mcp-protocol-version"), Some("2025-06-18"));
+        assert_eq!(header(request, "mcp-method"), None, "no POST headers");
+    }
+    assert!(
+        elapsed >= Duration::from_millis(600),
+        "the retry (300 ms) was waited each time: {elapsed:?}"
+    );
+
+    // A server that resumes with the event Last-Event-ID names: not delivered twice.
+    let seen = bridge
+        .exchange(
+            3,
+            "tools/call",
+            json!({"name": "polled", "_meta": {"progressToken": "u"},
+                   "arguments": {"breaks": [1], "repeat": true, "retry": 20}}),
+        )
+        .await;
+    assert_eq!(
+        delivered(&seen),
+        ["progress 1", "progress 2", "done"],
+        "{seen:?}"
+    );
+    assert_eq!(resumptions(&upstream).len(), 3);
+    assert!(bridge.finish().await.success());
+}
+
+/// A stream that cannot be resumed (the server lost it: every resumption finds
+/// nothing) is given up on after three tries, with a JSON-RPC error for the request,
+/// and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_cannot_be_resumed_is_given_up_after_three_tries() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let scratch = TempDir::new("stdio-resume-lost");
+    let mut bridge = Bridge::start(by_name(&scratch, &upstream.mcp_url()));
+    bridge.initialize().await;
+    let seen = bridge
+        .exchange(
+            2,
+            "tools/call",
+            json!({"name": "polled", "_meta": {"progressToken": "t"},
+                   "arguments": {"breaks": [1], "lost": true, "retry": 50}}),
+        )
+        .await;
+    let answer = seen.last().expect("an answer");
+    assert_eq!(answer["error"]["code"], -32603, "{answer}");
+    assert_eq!(
+        delivered(&seen),
+        [
+            "progress 1",
+            "server \"notes\" ended its answer without a response to this request, and 3 attempts to resume its stream brought none"
+        ]
+    );
+    let resumed = resumptions(&upstream);
+    let ids: Vec<_> = resumed.iter().map(|r| header(r, "last-event-id")).collect();
+    assert_eq!(ids, [Some("p1-1"); 3], "three tries from the newest id");
+    assert_eq!(bridge.call(3, "ping", json!({})).await["result"], json!({}));
+    assert!(bridge.finish().await.success());
+}
+
+/// Tools whose x-mcp-header annotations are invalid (2026-07-28, SEP-2243; one of
+/// each kind in the testkit's list) are left out of tools/list, logged once each
+/// with the reason (escaped), and a call of one is refused without reaching the
+/// server; the valid tool's arguments are mirrored by type, only where annotated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_with_invalid_header_annotations_are_left_out_and_refused() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let scratch = TempDir::new("stdio-tool-headers");
+    let log = scratch.0.join("stderr.log");
+    let mut command = by_name(&scratch, &upstream.mcp_url());
+    command.args(["--log-level", "debug"]);
+    let mut bridge = Bridge::start_logging(command, &log);
+    bridge.initialize().await;
+    for id in [2, 3] {
+        let list = bridge.call(id, "tools/list", json!({})).await;
+        let names: Vec<_> = list["result"]["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["echo", "malformed", "gated", "polled", "annotated"],
+            "{list}"
+        );
+    }
+
+    let refused = bridge
+        .call(
+            4,
+            "tools/call",
+            json!({"name": "invalid_number", "arguments": {"v": 1.5}}),
+        )
+        .await;
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("invalid_number") && m.contains("number")),
+        "{refused}"
+    );
+
+    let answered = bridge
+        .call(
+            5,
+            "tools/call",
+            json!({"name": "annotated", "arguments": {"region": "eu-west-1", "priority": 42,
+                   "verbose": false, "opts": {"tier": 3}, "score": 3.5}}),
+        )
+        .await;
+    assert!(answered.get("result").is_some(), "{answered}");
+    assert!(bridge.finish().await.success());
+
+    let calls: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| header(r, "mcp-method") == Some("tools/call"))
+        .collect();
+    assert_eq!(calls.len(), 1, "the refused call never reached the server");
+    let mut mirrored: Vec<_> = calls[0]
+        .headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("mcp-param-"))
+        .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or("?")))
+        .collect();
+    mirrored.sort();
+    assert_eq!(
+        mirrored,
+        [
+            "mcp-param-priority: 42",
+            "mcp-param-region: eu-west-1",
+            "mcp-param-tier: 3",
+            "mcp-param-verbose: false"
+        ],
+        "by type, and none for the unannotated number"
+    );
+
+    let log = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("leaving a tool out of tools/list"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        8,
+        "each invalid tool once, though listed twice: {log}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains(r"Region\t1")) && !log.contains("Region\t1"),
+        "the server's text escaped: {log}"
+    );
 }
