@@ -133,6 +133,16 @@ impl ConfigFile {
             .unwrap_or_default()
     }
 
+    /// Where the daemon listens (the `listen` key, else the default), read even
+    /// while the file has no server yet and so does not load.
+    pub fn listen(&self) -> std::net::SocketAddr {
+        self.doc
+            .get("listen")
+            .and_then(Item::as_str)
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(config::DEFAULT_LISTEN)
+    }
+
     /// The `url` of each server, for finding one already added under another name.
     pub fn server_urls(&self) -> Vec<(String, String)> {
         let Some(servers) = self.doc.get("servers").and_then(Item::as_table_like) else {

@@ -590,8 +590,7 @@ pub fn run(
     let mut added = 0;
     let mut rewrites = Vec::new();
     for source in sources {
-        let listen =
-            crate::config::load(config_path).map_or(crate::config::DEFAULT_LISTEN, |c| c.listen);
+        let listen = config.listen();
         let (found, through) = match entries(source, listen) {
             Ok(found) => found,
             Err(e) => {

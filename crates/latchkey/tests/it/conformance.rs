@@ -75,18 +75,12 @@ const KNOWN_GAPS: &[(&str, &[&str])] = &[
         "0.1 all v1 daemon",
         &["auth/cross-app-access-complete-flow"],
     ),
-    (
-        "0.1 all v1 stdio",
-        &["sse-retry", "auth/cross-app-access-complete-flow"],
-    ),
+    ("0.1 all v1 stdio", &["auth/cross-app-access-complete-flow"]),
     (
         "0.1 all v2 daemon",
         &["auth/cross-app-access-complete-flow"],
     ),
-    (
-        "0.1 all v2 stdio",
-        &["sse-retry", "auth/cross-app-access-complete-flow"],
-    ),
+    ("0.1 all v2 stdio", &["auth/cross-app-access-complete-flow"]),
     (
         "0.2 all v2 daemon",
         &[
@@ -99,7 +93,6 @@ const KNOWN_GAPS: &[(&str, &[&str])] = &[
     (
         "0.2 all v2 stdio",
         &[
-            "sse-retry",
             "auth/enterprise-managed-authorization",
             "auth/dpop",
             "auth/dpop-nonce",
@@ -291,17 +284,24 @@ fn failed_checks(out: &Path, scenario: &str) -> Vec<String> {
         }
         let text = std::fs::read_to_string(entry.path().join("checks.json")).unwrap_or_default();
         let checks: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
-        return checks
-            .iter()
-            .filter(|c| c["status"] == "FAILURE")
-            .map(|c| {
-                format!(
-                    "{}: {}",
-                    c["name"].as_str().unwrap_or("?"),
-                    c["errorMessage"].as_str().unwrap_or("")
-                )
+        let failed = checks.iter().filter(|c| c["status"] == "FAILURE").map(|c| {
+            format!(
+                "{}: {}",
+                c["name"].as_str().unwrap_or("?"),
+                c["errorMessage"].as_str().unwrap_or("")
+            )
+        });
+        // What the client and latchkey said about it (their stderr).
+        let said = std::fs::read_to_string(entry.path().join("stderr.txt")).unwrap_or_default();
+        let said = said
+            .lines()
+            .filter(|l| {
+                ["adapter:", " WARN ", " ERROR "]
+                    .iter()
+                    .any(|m| l.contains(m))
             })
-            .collect();
+            .map(|l| format!("  | {}", l.chars().take(300).collect::<String>()));
+        return failed.chain(said).collect();
     }
     vec!["(no checks.json)".into()]
 }

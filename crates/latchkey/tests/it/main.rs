@@ -16,6 +16,7 @@ mod login;
 mod oauth;
 mod onboard;
 mod proxy;
+mod realclients;
 mod service;
 mod statuspage;
 mod stdio;
