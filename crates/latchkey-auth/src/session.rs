@@ -78,6 +78,12 @@ pub trait Browser: Send + Sync + 'static {
 /// A bound redirect listener.
 pub trait Redirect: Send {
     fn redirect_uri(&self) -> String;
+    /// Puts the authorization page `url` before the person (a browser, a
+    /// notification), saying what to do for the server; whether they were reached.
+    /// Until they are, requests need not wait long for the login.
+    fn show<'a>(&'a mut self, _url: &'a Url, _settings: &'a AuthSettings) -> BoxFuture<'a, bool> {
+        Box::pin(async { true })
+    }
     /// Opens `url` for the person and returns the redirect's URL after `check` has
     /// accepted it.
     fn complete(
@@ -103,6 +109,8 @@ pub enum Grant {
 pub struct AuthSettings {
     /// The config's name for the server, for messages.
     pub server: String,
+    /// The command that logs in to it from a terminal, for messages.
+    pub login_command: String,
     pub resource_url: Url,
     pub grant: Grant,
     pub client: Option<ConfiguredClient>,
@@ -128,6 +136,9 @@ pub enum AuthStatus {
     /// A browser flow is waiting for the person; `url` is where to go.
     Authorizing {
         url: String,
+        /// Whether the person was reached (a browser opened, a notification
+        /// shown): `None` while that is being tried.
+        reached: Option<bool>,
     },
     NeedsClientRegistration {
         message: String,
@@ -1118,7 +1129,7 @@ impl ServerAuth {
             .and_then(|r| Url::parse(&r.redirect_uri).ok())
             .and_then(|u| u.port())
             .filter(|_| settings.redirect_port == 0);
-        let redirect = match registered_port {
+        let mut redirect = match registered_port {
             Some(port) => match self.browser.bind(port).await {
                 Ok(redirect) => redirect,
                 Err(_) => self.browser.bind(0).await.map_err(AuthError::fatal)?,
@@ -1146,8 +1157,13 @@ impl ServerAuth {
         .map_err(|e| AuthError::fatal(format!("the authorization endpoint is not a URL: {e}")))?;
         self.lock().status = Some(AuthStatus::Authorizing {
             url: pending.url.to_string(),
+            reached: None,
         });
-        tracing::info!(server = %settings.server, "waiting for the login in the browser");
+        let reached = redirect.show(&pending.url, settings).await;
+        if let Some(AuthStatus::Authorizing { reached: r, .. }) = &mut self.lock().status {
+            *r = Some(reached);
+        }
+        tracing::debug!(server = %settings.server, reached, "waiting for the login in the browser");
         let pending = Arc::new(pending);
         let checker = pending.clone();
         let code = redirect
@@ -1208,6 +1224,8 @@ impl ServerAuth {
             .await
             .map_err(failed)?;
         self.lock().status = Some(AuthStatus::Authorizing {
+            // The code was shown to the person at the terminal.
+            reached: Some(true),
             url: device
                 .verification_uri_complete
                 .clone()

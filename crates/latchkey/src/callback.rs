@@ -6,7 +6,7 @@
 //! a request after the timeout finds nothing listening.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,9 +17,10 @@ use axum::routing::get;
 use http::StatusCode;
 use latchkey_auth::Secret;
 use latchkey_auth::device::DeviceAuthorization;
-use latchkey_auth::session::{BoxFuture, Browser, Redirect, RedirectCheck};
+use latchkey_auth::session::{AuthSettings, BoxFuture, Browser, Redirect, RedirectCheck};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use url::Url;
 
@@ -244,12 +245,12 @@ pub enum BrowserError {
 /// Opens `url` with `$BROWSER` (the first entry of its `:`-separated list, with `%s`
 /// replaced by the URL or the URL appended) or the platform's opener. No shell is
 /// involved, so the URL cannot be read as shell syntax.
-pub fn open_browser(url: &Url) -> Result<(), BrowserError> {
+pub fn open_browser(url: &Url) -> Result<Child, BrowserError> {
     open_with(std::env::var("BROWSER").ok().as_deref(), url)
 }
 
 /// [`open_browser`] with the value of `$BROWSER` given.
-pub fn open_with(browser: Option<&str>, url: &Url) -> Result<(), BrowserError> {
+pub fn open_with(browser: Option<&str>, url: &Url) -> Result<Child, BrowserError> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(BrowserError::Scheme(url.scheme().to_owned()));
     }
@@ -283,31 +284,104 @@ pub fn open_with(browser: Option<&str>, url: &Url) -> Result<(), BrowserError> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map(drop)
         .map_err(|source| BrowserError::Spawn {
             command: program,
             source,
         })
 }
 
-/// The real person at the real browser: the daemon's [`Browser`].
+/// The real person at the real browser: the [`Browser`] of the daemon and of
+/// `latchkey stdio`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemBrowser;
+pub struct SystemBrowser {
+    /// The daemon's address, for its sign-in start page and a desktop notification;
+    /// `None` in `latchkey stdio`, which has neither.
+    pub daemon: Option<SocketAddr>,
+}
 
 impl Browser for SystemBrowser {
     fn bind(&self, port: u16) -> BoxFuture<'_, Result<Box<dyn Redirect>, String>> {
+        let daemon = self.daemon;
         Box::pin(async move {
             let listener = Listener::bind(port).await.map_err(|e| e.to_string())?;
-            Ok(Box::new(SystemRedirect(listener)) as Box<dyn Redirect>)
+            Ok(Box::new(SystemRedirect { listener, daemon }) as Box<dyn Redirect>)
         })
     }
 }
 
-struct SystemRedirect(Listener);
+struct SystemRedirect {
+    listener: Listener,
+    daemon: Option<SocketAddr>,
+}
+
+/// How long an opener may run before it counts as having opened the page: xdg-open
+/// and `open` exit once the browser has it, but a `$BROWSER` that is the browser
+/// itself runs on.
+const OPENER_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Opens `url` in the browser; why not, when it could not.
+async fn launch(url: &Url) -> Result<(), String> {
+    let browser = std::env::var("BROWSER")
+        .ok()
+        .filter(|b| !b.trim().is_empty());
+    if cfg!(target_os = "linux")
+        && browser.is_none()
+        && std::env::var_os("DISPLAY").is_none()
+        && std::env::var_os("WAYLAND_DISPLAY").is_none()
+    {
+        return Err("there is no display (DISPLAY, WAYLAND_DISPLAY) and no BROWSER".into());
+    }
+    let mut opener = open_with(browser.as_deref(), url).map_err(|e| e.to_string())?;
+    match tokio::time::timeout(OPENER_PATIENCE, opener.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("the browser command exited with {status}")),
+        Ok(Err(e)) => Err(format!("the browser command failed: {e}")),
+        Err(_) => Ok(()),
+    }
+}
 
 impl Redirect for SystemRedirect {
     fn redirect_uri(&self) -> String {
-        self.0.redirect_uri().to_owned()
+        self.listener.redirect_uri().to_owned()
+    }
+
+    fn show<'a>(&'a mut self, url: &'a Url, settings: &'a AuthSettings) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let server = &settings.server;
+            let command = &settings.login_command;
+            let opened = launch(url).await;
+            // The daemon's own start page: a URL to give, where the raw authorization
+            // URL would carry the login's state into logs.
+            let start = self
+                .daemon
+                .map(|addr| format!("http://{addr}{}", login_path(server)));
+            let notified =
+                match start.as_deref().map(Url::parse) {
+                    Some(Ok(page)) => crate::desktop::notify_sign_in(server, command, move || {
+                        if let Err(e) = open_browser(&page) {
+                            tracing::warn!(error = %e, "cannot open the browser for the sign-in");
+                        }
+                    })
+                    .await,
+                    _ => false,
+                };
+            let place = start.as_deref().map_or_else(
+                || "in the browser window latchkey opened".to_owned(),
+                |start| format!("at {start}"),
+            );
+            match &opened {
+                Ok(()) => {
+                    tracing::info!(%server, sign_in = start.as_deref(), %command, notified, "{server} needs you to sign in {place}, or run `{command}`")
+                }
+                Err(why) if notified => {
+                    tracing::info!(%server, sign_in = start.as_deref(), %command, "{server} needs you to sign in: a notification was shown ({why}); sign in {place}, or run `{command}`")
+                }
+                Err(why) => {
+                    tracing::warn!(%server, sign_in = start.as_deref(), %command, "{server} needs you to sign in, and the browser could not be opened ({why}): run `{command}`{}", start.as_deref().map(|s| format!(", or open {s}")).unwrap_or_default())
+                }
+            }
+            opened.is_ok() || notified
+        })
     }
 
     fn complete(
@@ -317,18 +391,22 @@ impl Redirect for SystemRedirect {
         check: RedirectCheck,
     ) -> BoxFuture<'static, Result<Secret, String>> {
         Box::pin(async move {
-            if let Err(e) = open_browser(&url) {
-                // The URL is on the status page and in errors; the login can still
-                // happen by hand.
-                tracing::warn!(error = %e, "cannot open the browser; open the authorization URL from the status page");
-            }
-            self.0
+            self.listener
                 .expecting(&url)
                 .wait(timeout, check)
                 .await
                 .map_err(|e| e.to_string())
         })
     }
+}
+
+/// latchkey's sign-in start page for a server: on the daemon's own origin, it sends
+/// the browser on to the authorization URL (`status.rs`).
+pub(crate) const LOGIN_PATH: &str = "/.latchkey/login/{server}";
+
+/// [`LOGIN_PATH`] for one server.
+pub(crate) fn login_path(server: &str) -> String {
+    format!("/.latchkey/login/{server}")
 }
 
 /// The person at this terminal, for `latchkey login`. The authorization URL is
@@ -386,7 +464,7 @@ impl Redirect for TerminalRedirect {
     ) -> BoxFuture<'static, Result<Secret, String>> {
         Box::pin(async move {
             eprintln!("Open this URL in a browser to authorize latchkey:\n\n    {url}\n");
-            if let Some(Err(e)) = self.open.then(|| open_browser(&url)) {
+            if let Some(Err(e)) = self.open.then(|| open_browser(&url).map(drop)) {
                 eprintln!("({e})");
             }
             eprintln!(

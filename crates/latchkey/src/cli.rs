@@ -116,6 +116,10 @@ pub enum Command {
         /// The transport with --url.
         #[arg(long, value_enum, default_value_t = TransportArg::Auto, requires = "url")]
         transport: TransportArg,
+        /// How long a request waits for a login before it is answered with what to
+        /// run; the login goes on [default: login_wait_secs, else 10]
+        #[arg(long, value_name = "SECS")]
+        login_wait: Option<u64>,
     },
     /// Revoke a server's tokens (where it offers revocation) and delete them.
     Logout {

@@ -121,7 +121,9 @@ pub async fn serve(
             })?,
     };
     let service = Service {
-        browser: Arc::new(crate::callback::SystemBrowser),
+        browser: Arc::new(crate::callback::SystemBrowser {
+            daemon: listener.local_addr().ok(),
+        }),
         reload,
         notifier: Notifier::from_env(),
     };
@@ -135,7 +137,14 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    run_with_browser(listener, config, shutdown, Arc::new(SystemBrowser)).await
+    let daemon = listener.local_addr().ok();
+    run_with_browser(
+        listener,
+        config,
+        shutdown,
+        Arc::new(SystemBrowser { daemon }),
+    )
+    .await
 }
 
 /// [`run`] with another [`Browser`] for logins (tests script the person at it).
@@ -176,7 +185,13 @@ pub async fn run_service(
         tracing::warn!("{why}");
     }
     let store = opened.credentials.store.kind();
-    let proxy = Proxy::new(&config, stop.clone(), browser, opened.credentials)?;
+    let proxy = Proxy::new(
+        &config,
+        stop.clone(),
+        browser,
+        opened.credentials,
+        crate::server::LoginWait::WhileReached,
+    )?;
     // Stored credentials first, so the first request already carries a token. A
     // record that cannot be read leaves its server in `error` and the rest running.
     proxy.restore().await;

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
+mod desktop;
 mod error;
 mod guard;
 pub mod local_key;

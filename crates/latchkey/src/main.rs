@@ -44,9 +44,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             url,
             headers,
             transport,
+            login_wait,
         } => {
-            let (config, name) =
+            let (mut config, name) =
                 config::target(config, server, url.as_deref(), &headers, transport)?;
+            if let Some(secs) = login_wait {
+                config.set_login_wait(std::time::Duration::from_secs(secs));
+            }
             let runtime = runtime()?;
             let served = runtime.block_on(async {
                 let shutdown = shutdown_signal()?;

@@ -32,7 +32,7 @@ pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Resp
                     state = status.name();
                 }
                 match status {
-                    AuthStatus::Authorizing { url } => {
+                    AuthStatus::Authorizing { url, .. } => {
                         auth["sign_in"] = json!(login_path(&server.name));
                         // Where the person will sign in: the origin, never the URL.
                         auth["authorization_server"] = json!(
@@ -163,7 +163,7 @@ pub(crate) async fn login(
     }
     // A bounded wait for the flow to reach the authorization server.
     for _ in 0..50 {
-        if let AuthStatus::Authorizing { url } = auth.session.status() {
+        if let AuthStatus::Authorizing { url, .. } = auth.session.status() {
             return Ok(
                 (http::StatusCode::SEE_OTHER, [(http::header::LOCATION, url)]).into_response(),
             );

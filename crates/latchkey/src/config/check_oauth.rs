@@ -28,6 +28,7 @@ pub(super) const OAUTH_KEYS: &[&str] = &[
     "send_resource",
     "authorize_params",
     "auth_timeout_secs",
+    "login_wait_secs",
     "issuer",
 ];
 
@@ -198,6 +199,13 @@ impl Checker<'_> {
             "a whole number of seconds, such as auth_timeout_secs = 120",
         ) {
             oauth.auth_timeout = Duration::from_secs(secs.into_inner());
+        }
+        if let Some(secs) = self.field::<u64>(
+            &mut table,
+            "login_wait_secs",
+            "a whole number of seconds, such as login_wait_secs = 10",
+        ) {
+            oauth.login_wait = Duration::from_secs(secs.into_inner());
         }
         let issuer_hint = "the authorization server's issuer exactly as its metadata gives it, such as issuer = \"https://auth.example.com\"";
         if let Some(issuer) = self.field::<String>(&mut table, "issuer", issuer_hint) {

@@ -98,6 +98,15 @@ impl Default for Config {
 }
 
 impl Config {
+    /// `latchkey stdio --login-wait`: every server's `login_wait_secs`.
+    pub fn set_login_wait(&mut self, wait: Duration) {
+        for server in &mut self.servers {
+            if let OAuth::Enabled(oauth) = &mut server.oauth {
+                oauth.login_wait = wait;
+            }
+        }
+    }
+
     /// What is allowed but unsafe: OAuth to a server on plain `http://` off loopback,
     /// where tokens would cross the network in cleartext.
     pub fn warnings(&self) -> Vec<String> {
@@ -245,6 +254,10 @@ pub struct OAuthConfig {
     pub authorize_params: Vec<(String, String)>,
     /// How long requests wait for a login before they fail.
     pub auth_timeout: Duration,
+    /// How long a request waits for a login when nobody may be there to do it
+    /// (`latchkey stdio`, or no browser and no notification could reach the
+    /// person): MCP clients give up on a server sooner than a login takes.
+    pub login_wait: Duration,
     /// The only authorization server this server's credentials may go to.
     pub issuer: Option<String>,
 }
@@ -261,9 +274,12 @@ impl Default for OAuthConfig {
             send_resource: true,
             authorize_params: Vec::new(),
             auth_timeout: DEFAULT_AUTH_TIMEOUT,
+            login_wait: DEFAULT_LOGIN_WAIT,
             issuer: None,
         }
     }
 }
 
 const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(120);
+/// Within Codex's 30 s start-up limit, and long enough for a token refresh.
+const DEFAULT_LOGIN_WAIT: Duration = Duration::from_secs(10);

@@ -31,7 +31,8 @@ use crate::config::{Config, Transport};
 use crate::error::{ProxyError, describe, describe_chain};
 use crate::local_key;
 use crate::server::{
-    self, AGENT, LEGACY, Parts, STREAMABLE, UNKNOWN, Upstream, http_client, oauth_clients,
+    self, AGENT, LEGACY, LoginWait, Parts, STREAMABLE, UNKNOWN, Upstream, http_client,
+    oauth_clients,
 };
 use latchkey_auth::session::Trigger;
 use latchkey_auth::session::{Browser, Credentials};
@@ -143,6 +144,7 @@ impl Proxy {
         shutdown: CancellationToken,
         browser: Arc<dyn Browser>,
         credentials: Credentials,
+        waits: LoginWait,
     ) -> Result<Self, reqwest::Error> {
         let shared = Shared {
             servers: ArcSwap::from_pointee(Servers::default()),
@@ -154,6 +156,7 @@ impl Proxy {
                 credentials,
                 connector: server::Connector::new(),
                 shutdown,
+                waits,
             },
             client: http_client()?,
             legacy: LegacyEndpoints::default(),

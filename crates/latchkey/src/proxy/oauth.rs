@@ -8,34 +8,55 @@ use http_body_util::BodyExt;
 use latchkey_auth::session::{AuthStatus, Trigger};
 
 use crate::error::ProxyError;
-use crate::server::{Upstream, UpstreamAuth};
+use crate::server::{LoginWait, Upstream, UpstreamAuth};
 
 /// Request bodies up to this size are kept for a retry after a login; bigger ones
 /// stream, and their client is asked to send them again.
 const REPLAY_LIMIT: usize = 8 * 1024 * 1024;
 
 impl UpstreamAuth {
-    /// Waits (up to the server's `auth_timeout`) for new tokens.
+    /// Waits for new tokens: up to the server's `auth_timeout` while the person can
+    /// be reached, `login_wait` when not (see [`LoginWait`]). A login that outlasts
+    /// the wait goes on; the next request after it gets through.
     pub(crate) async fn wait(
         &self,
         upstream: &Upstream,
         trigger: Trigger,
     ) -> Result<(), ProxyError> {
-        let server = upstream.config.name.clone();
-        match tokio::time::timeout(self.timeout, self.session.authorize(trigger)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ProxyError::Auth {
-                server,
+        let login = self.session.authorize(trigger);
+        tokio::pin!(login);
+        let done = |result: Result<(), latchkey_auth::session::AuthError>| {
+            result.map_err(|e| ProxyError::Auth {
+                server: upstream.config.name.clone(),
                 message: e.message,
                 command: upstream.config.login_command.clone(),
-            }),
-            Err(_) => Err(ProxyError::AuthTimeout {
-                server,
-                command: upstream.config.login_command.clone(),
-                sign_in: matches!(self.session.status(), AuthStatus::Authorizing { .. })
-                    .then(|| crate::server::login_path(&upstream.config.name)),
-            }),
+            })
+        };
+        tokio::select! {
+            result = &mut login => return done(result),
+            () = tokio::time::sleep(self.login_wait) => {}
         }
+        let reached = matches!(
+            self.session.status(),
+            AuthStatus::Authorizing {
+                reached: Some(true) | None,
+                ..
+            }
+        );
+        if self.waits == LoginWait::WhileReached && reached {
+            let rest = self.timeout.saturating_sub(self.login_wait);
+            if let Ok(result) = tokio::time::timeout(rest, &mut login).await {
+                return done(result);
+            }
+        }
+        let authorizing = matches!(self.session.status(), AuthStatus::Authorizing { .. });
+        Err(ProxyError::AuthTimeout {
+            server: upstream.config.name.clone(),
+            command: upstream.config.login_command.clone(),
+            // The start page is the daemon's: `latchkey stdio` has none.
+            sign_in: (authorizing && self.waits == LoginWait::WhileReached)
+                .then(|| crate::server::login_path(&upstream.config.name)),
+        })
     }
 }
 

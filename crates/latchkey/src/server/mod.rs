@@ -31,15 +31,7 @@ pub(crate) const AGENT: HeaderValue =
 /// The least time a browser login gets before its redirect listener closes.
 const FLOW_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The sign-in start page: what `GET /`, 503 bodies and logs point a person at,
-/// instead of the authorization URL, whose `state` would let whoever reads it finish
-/// the login with their own account.
-pub(crate) const LOGIN_PATH: &str = "/.latchkey/login/{server}";
-
-/// [`LOGIN_PATH`] for one server.
-pub(crate) fn login_path(server: &str) -> String {
-    format!("/.latchkey/login/{server}")
-}
+pub(crate) use crate::callback::{LOGIN_PATH, login_path};
 
 /// Said of a login that gave no refresh token.
 pub(crate) const NO_REFRESH_TOKEN: &str = "no refresh token: the next expiry needs a browser login";
@@ -107,6 +99,7 @@ pub(crate) struct Parts {
     pub(crate) connector: Connector,
     /// Cancelled at shutdown; each server's streams token is a child of it.
     pub(crate) shutdown: CancellationToken,
+    pub(crate) waits: LoginWait,
 }
 
 /// An OAuth-protected server's token source.
@@ -115,6 +108,20 @@ pub(crate) struct UpstreamAuth {
     pub(crate) session: Arc<ServerAuth>,
     /// How long a request waits for a login.
     pub(crate) timeout: Duration,
+    /// How long it waits when the person may not be there ([`LoginWait`]).
+    pub(crate) login_wait: Duration,
+    pub(crate) waits: LoginWait,
+}
+
+/// How long a request that meets a login waits for it: the front end's choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginWait {
+    /// The daemon: up to `auth_timeout_secs` once the person was reached (a browser
+    /// opened, a notification shown), else `login_wait_secs`.
+    WhileReached,
+    /// `latchkey stdio`: `login_wait_secs` at most. Its client cannot show a sign-in
+    /// link, and gives up on a silent server sooner than a login takes.
+    Briefly,
 }
 
 impl Upstream {
@@ -130,6 +137,8 @@ impl Upstream {
                     parts.credentials.clone(),
                 ),
                 timeout: oauth.auth_timeout,
+                login_wait: oauth.login_wait.min(oauth.auth_timeout),
+                waits: parts.waits,
             }),
         };
         Arc::new(Upstream {
@@ -195,6 +204,7 @@ fn http_builder() -> reqwest::ClientBuilder {
 pub(crate) fn auth_settings(server: &Server, oauth: &OAuthConfig) -> AuthSettings {
     AuthSettings {
         server: server.name.clone(),
+        login_command: server.login_command.clone(),
         resource_url: server.url.clone(),
         grant: oauth.grant,
         client: oauth.client_id.clone().map(|client_id| ConfiguredClient {

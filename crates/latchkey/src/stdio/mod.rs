@@ -75,8 +75,9 @@ pub async fn run(
     let proxy = Proxy::new(
         &config,
         stop.clone(),
-        Arc::new(SystemBrowser),
+        Arc::new(SystemBrowser::default()),
         opened.credentials,
+        crate::server::LoginWait::Briefly,
     )?;
     proxy.restore().await;
     let (out, lines) = mpsc::channel::<Bytes>(256);

@@ -127,8 +127,8 @@ async fn a_fixed_port_that_is_taken_is_a_clear_error() {
     );
 }
 
-#[test]
-fn the_browser_is_started_without_a_shell_and_only_for_http() {
+#[tokio::test]
+async fn the_browser_is_started_without_a_shell_and_only_for_http() {
     let dir = std::env::temp_dir().join(format!("latchkey-browser-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let out = dir.join("opened");
@@ -145,19 +145,13 @@ fn the_browser_is_started_without_a_shell_and_only_for_http() {
         .arg(&script)
         .status()
         .expect("chmod");
-    callback::open_with(
+    let mut opener = callback::open_with(
         Some(&format!("{}:/usr/bin/firefox", script.display())),
         &url,
     )
     .expect("spawned");
-    let mut opened = String::new();
-    for _ in 0..100 {
-        if let Ok(text) = std::fs::read_to_string(&out) {
-            opened = text;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(opener.wait().await.expect("the opener").success());
+    let opened = std::fs::read_to_string(&out).unwrap_or_default();
     assert_eq!(
         opened,
         url.as_str(),
