@@ -31,6 +31,7 @@ use crate::authorize::{self, AuthorizationParams};
 use crate::challenge::BearerChallenge;
 use crate::device::{self, DeviceAuthorization};
 use crate::discovery::{self, Discovered};
+use crate::jwt_bearer::{self, AssertionSource};
 use crate::registration::{self, ConfiguredClient, Plan, Registration};
 use crate::store::{self, Record, Revision, Store};
 use crate::target::{Clients, Http};
@@ -89,13 +90,23 @@ pub trait Redirect: Send {
 }
 
 /// How latchkey gets tokens for a server.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Grant {
     /// A person logs in through the browser (RFC 6749 §4.1 with PKCE).
     #[default]
     AuthorizationCode,
     /// A machine-to-machine client with its own credentials (RFC 6749 §4.4).
     ClientCredentials,
+    /// A workload trades the JWT its platform issued it (RFC 7523 §2.1, SEP-1933),
+    /// read again for every grant.
+    JwtBearer(AssertionSource),
+}
+
+impl Grant {
+    /// Whether new tokens come without a person, so expiring ones are renewed ahead.
+    fn unattended(&self) -> bool {
+        matches!(self, Self::ClientCredentials | Self::JwtBearer(_))
+    }
 }
 
 /// What the config says about this server's OAuth.
@@ -655,7 +666,7 @@ impl ServerAuth {
     pub fn renewable(&self) -> Option<bool> {
         let state = self.lock();
         let tokens = state.tokens.as_ref()?;
-        Some(self.settings.grant == Grant::ClientCredentials || tokens.refresh_token.is_some())
+        Some(self.settings.grant.unattended() || tokens.refresh_token.is_some())
     }
 
     /// The `Authorization` value to send and its generation. `None` when there is no
@@ -675,7 +686,7 @@ impl ServerAuth {
     /// client-credentials grant).
     pub fn needs_refresh(&self) -> bool {
         let state = self.lock();
-        let renewable = self.settings.grant == Grant::ClientCredentials
+        let renewable = self.settings.grant.unattended()
             || state
                 .tokens
                 .as_ref()
@@ -831,10 +842,44 @@ impl ServerAuth {
                 Err(Refresh::Failed(e)) => return Err(e),
             }
         }
-        match self.settings.grant {
+        match &self.settings.grant {
             Grant::AuthorizationCode => self.browser_flow(trigger, &granted).await,
             Grant::ClientCredentials => self.client_credentials(trigger, &granted).await,
+            Grant::JwtBearer(source) => self.jwt_bearer(trigger, &granted, source).await,
         }
+    }
+
+    /// Workload identity: the platform's JWT, read now, traded at the server's
+    /// authorization server (found as for any other grant). No browser, ever.
+    async fn jwt_bearer(
+        &self,
+        trigger: &Trigger,
+        granted: &[String],
+        source: &AssertionSource,
+    ) -> Result<(), AuthError> {
+        // Read first: a missing token is a setup problem, named before any request.
+        let assertion = source.read().map_err(|e| self.failed(&e, false))?;
+        let found = self.discover(trigger.challenge.as_ref()).await?;
+        self.lock().discovered = Some(found.clone());
+        let client = match &self.settings.client {
+            Some(_) => Some(self.registration(&found, "").await?.credentials()),
+            None => None,
+        };
+        let scopes = unattended_scopes(trigger, &found, granted);
+        let resource = self
+            .settings
+            .send_resource
+            .then_some(found.resource.as_str());
+        let tokens = jwt_bearer::grant(
+            &self.http,
+            &found.server.token_endpoint,
+            client.as_ref(),
+            &assertion,
+            &scopes,
+            resource,
+        )
+        .await;
+        self.finish_grant(&found, tokens)
     }
 
     /// The machine-to-machine flow: discovery, then the grant with the configured
@@ -858,11 +903,7 @@ impl ServerAuth {
         let found = self.discover(trigger.challenge.as_ref()).await?;
         self.lock().discovered = Some(found.clone());
         let registration = self.registration(&found, "").await?;
-        let scopes: Vec<String> = scopes_for(trigger, &found, granted)
-            .into_iter()
-            // offline_access asks for a refresh token, which this grant does not use.
-            .filter(|scope| scope != "offline_access")
-            .collect();
+        let scopes = unattended_scopes(trigger, &found, granted);
         let resource = settings.send_resource.then_some(found.resource.as_str());
         let tokens = token::client_credentials(
             &self.http,
@@ -1336,6 +1377,15 @@ fn scopes_for(trigger: &Trigger, found: &Discovered, granted: &[String]) -> Vec<
             &found.server,
         ),
     }
+}
+
+/// [`scopes_for`] for a grant that runs again whenever its token expires:
+/// `offline_access` asks for a refresh token, which such a grant does not use.
+fn unattended_scopes(trigger: &Trigger, found: &Discovered, granted: &[String]) -> Vec<String> {
+    scopes_for(trigger, found, granted)
+        .into_iter()
+        .filter(|scope| scope != "offline_access")
+        .collect()
 }
 
 enum Refresh {

@@ -11,6 +11,7 @@
 //! that moves from one authorization server to another.
 
 mod auth;
+pub mod jwt;
 mod mcp;
 
 pub use auth::{

@@ -29,6 +29,8 @@ pub(super) const OAUTH_KEYS: &[&str] = &[
     "authorize_params",
     "auth_timeout_secs",
     "issuer",
+    "assertion_file",
+    "assertion_env",
 ];
 
 impl Checker<'_> {
@@ -102,21 +104,7 @@ impl Checker<'_> {
                 Err(message) => self.error(span, message, Some(secret_hint)),
             }
         }
-        if let Some(grant) = self.field::<String>(
-            &mut table,
-            "grant",
-            "write grant = \"authorization_code\" (a person logs in) or grant = \"client_credentials\" (a machine client)",
-        ) {
-            match grant.get_ref().as_str() {
-                "authorization_code" => oauth.grant = Grant::AuthorizationCode,
-                "client_credentials" => oauth.grant = Grant::ClientCredentials,
-                other => self.error(
-                    grant.span(),
-                    format!("unknown grant {other:?}"),
-                    Some("write grant = \"authorization_code\" or grant = \"client_credentials\""),
-                ),
-            }
-        }
+        oauth.grant = self.grant(&mut table, span.clone(), env);
         oauth.private_key = self.private_key(&mut table, env);
         if (oauth.client_secret.is_some() || oauth.private_key.is_some())
             && oauth.client_id.is_none()

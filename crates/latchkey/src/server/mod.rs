@@ -196,7 +196,7 @@ pub(crate) fn auth_settings(server: &Server, oauth: &OAuthConfig) -> AuthSetting
     AuthSettings {
         server: server.name.clone(),
         resource_url: server.url.clone(),
-        grant: oauth.grant,
+        grant: oauth.grant.clone(),
         client: oauth.client_id.clone().map(|client_id| ConfiguredClient {
             client_id,
             client_secret: oauth.client_secret.clone(),

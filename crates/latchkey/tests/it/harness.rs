@@ -321,6 +321,12 @@ impl ProtectedBuilder {
         self
     }
 
+    /// Takes the JWT bearer grant with assertions from `issuer`.
+    pub fn trusting(mut self, issuer: latchkey_testkit::jwt::TrustedIssuer) -> Self {
+        self.0.trusted_assertions.push(issuer);
+        self
+    }
+
     /// Before every client id, secret, code and token it issues.
     pub fn prefix(mut self, prefix: &str) -> Self {
         prefix.clone_into(&mut self.0.prefix);
