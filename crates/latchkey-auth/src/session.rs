@@ -31,6 +31,7 @@ use crate::authorize::{self, AuthorizationParams};
 use crate::challenge::BearerChallenge;
 use crate::device::{self, DeviceAuthorization};
 use crate::discovery::{self, Discovered};
+use crate::enterprise::{Idp, IdpSettings};
 use crate::jwt_bearer::{self, AssertionSource};
 use crate::registration::{self, ConfiguredClient, Plan, Registration};
 use crate::store::{self, Record, Revision, Store};
@@ -100,12 +101,18 @@ pub enum Grant {
     /// A workload trades the JWT its platform issued it (RFC 7523 §2.1, SEP-1933),
     /// read again for every grant.
     JwtBearer(AssertionSource),
+    /// Enterprise-Managed Authorization: an ID-JAG from the enterprise IdP the person
+    /// signed in to, taken as a JWT bearer grant (`enterprise.rs`).
+    Enterprise(Arc<IdpSettings>),
 }
 
 impl Grant {
     /// Whether new tokens come without a person, so expiring ones are renewed ahead.
     fn unattended(&self) -> bool {
-        matches!(self, Self::ClientCredentials | Self::JwtBearer(_))
+        matches!(
+            self,
+            Self::ClientCredentials | Self::JwtBearer(_) | Self::Enterprise(_)
+        )
     }
 }
 
@@ -206,6 +213,8 @@ pub struct ServerAuth {
     /// Every OAuth request of this server goes through it (see [`crate::target`]).
     http: Http,
     browser: Arc<dyn Browser>,
+    /// For `Grant::Enterprise`: the IdP, shared with every server that names it.
+    idp: Option<Arc<Idp>>,
     state: Mutex<State>,
     /// Bumped when a flow ends; carries its outcome.
     finished: watch::Sender<(u64, Result<(), AuthError>)>,
@@ -291,7 +300,12 @@ impl ServerAuth {
         credentials: Credentials,
     ) -> Arc<Self> {
         let (finished, _) = watch::channel((0, Ok(())));
+        let idp = match &settings.grant {
+            Grant::Enterprise(idp) => Some(Idp::shared(idp, &clients, &browser, &credentials)),
+            _ => None,
+        };
         Arc::new(Self {
+            idp,
             key: discovery::canonical_resource(&settings.resource_url),
             http: Http::new(clients, &settings.resource_url),
             credentials,
@@ -846,7 +860,42 @@ impl ServerAuth {
             Grant::AuthorizationCode => self.browser_flow(trigger, &granted).await,
             Grant::ClientCredentials => self.client_credentials(trigger, &granted).await,
             Grant::JwtBearer(source) => self.jwt_bearer(trigger, &granted, source).await,
+            Grant::Enterprise(_) => self.enterprise(trigger, &granted).await,
         }
+    }
+
+    /// Enterprise-Managed Authorization: an ID-JAG for this server's authorization
+    /// server from the IdP (one login there serves every server that trusts it),
+    /// then the JWT bearer grant. No redirect to this server's authorization server.
+    async fn enterprise(&self, trigger: &Trigger, granted: &[String]) -> Result<(), AuthError> {
+        let Some(idp) = &self.idp else {
+            return Err(AuthError::fatal("no identity provider for this server"));
+        };
+        let found = self.discover(trigger.challenge.as_ref()).await?;
+        self.lock().discovered = Some(found.clone());
+        let client = match &self.settings.client {
+            Some(_) => Some(self.registration(&found, "").await?.credentials()),
+            None => None,
+        };
+        let scopes = unattended_scopes(trigger, &found, granted);
+        let resource = self
+            .settings
+            .send_resource
+            .then_some(found.resource.as_str());
+        let grant = idp
+            .assertion(&found.server.issuer, resource, &scopes)
+            .await
+            .map_err(|e| self.failed(&e, e.retryable))?;
+        let tokens = jwt_bearer::grant(
+            &self.http,
+            &found.server.token_endpoint,
+            client.as_ref(),
+            &grant,
+            &scopes,
+            resource,
+        )
+        .await;
+        self.finish_grant(&found, tokens)
     }
 
     /// Workload identity: the platform's JWT, read now, traded at the server's

@@ -11,6 +11,7 @@
 //! that moves from one authorization server to another.
 
 mod auth;
+mod idp;
 pub mod jwt;
 mod mcp;
 
@@ -18,4 +19,5 @@ pub use auth::{
     AuthOptions, AuthServer, Grant, MetadataAt, MovingUpstream, PrmAt, Received, RegisteredClient,
     moving_upstream, protected_upstream,
 };
+pub use idp::{Idp, IdpOptions};
 pub use mcp::{McpUpstream, Protection, RecordedRequest, ScopeCheck, TokenCheck};

@@ -6,10 +6,13 @@
 use std::path::Path;
 
 use latchkey_testkit::jwt::Signer;
+use latchkey_testkit::{Idp, IdpOptions};
 use serde_json::json;
 
 use crate::binary::serve;
-use crate::harness::{TempDir, assert_ok, protected};
+use crate::harness::{
+    Daemon, DaemonBuilder, Protected, ScriptedBrowser, TempDir, assert_ok, protected,
+};
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
@@ -160,7 +163,10 @@ fn workload_token_config_errors_name_the_key() {
         "{neither}"
     );
     let both = check("grant = \"jwt-bearer\"\nassertion_file = \"/t\"\nassertion_env = \"T\"");
-    assert!(both.contains("given twice"), "{both}");
+    assert!(
+        both.contains("given twice: assertion_file and assertion_env"),
+        "{both}"
+    );
     let missing = check("grant = \"jwt-bearer\"\nassertion_file = \"/nonexistent/token\"");
     assert!(
         missing.contains("cannot read assertion_file /nonexistent/token"),
@@ -176,4 +182,193 @@ fn workload_token_config_errors_name_the_key() {
         stray.contains("only used with grant = \"jwt-bearer\""),
         "{stray}"
     );
+}
+
+/// An MCP server whose authorization server trusts `idp`'s ID-JAGs, where latchkey's
+/// client is `client` (secret `client-secret`), allowed by the IdP's policy.
+async fn trusting(idp: &Idp, client: &str) -> Protected {
+    let server = protected()
+        .prefix(&format!("{client}-"))
+        .dcr(false)
+        .refresh_tokens(false)
+        .client(client, "client-secret")
+        .trusting(idp.trusted())
+        .start()
+        .await;
+    idp.allow(&server.auth.issuer(), client);
+    server
+}
+
+/// A daemon with the IdP `corp` and the servers `wiki` and `tracker` that trust it.
+fn enterprise_daemon(idp: &Idp, servers: &[(&str, &Protected)]) -> DaemonBuilder {
+    let mut builder = Daemon::builder().top(&format!(
+        "[idps.corp]\nissuer = {:?}\nclient_id = \"latchkey-desktop\"\nclient_secret = \"idp-secret-1\"\nscopes = [\"openid\", \"offline_access\"]",
+        idp.issuer()
+    ));
+    for (name, server) in servers {
+        let client = server.auth.clients()[0].client_id.clone();
+        builder = builder.server(
+            name,
+            &server.mcp_url(),
+            &[
+                &format!("[servers.{name}.oauth]"),
+                "grant = \"enterprise\"",
+                "idp = \"corp\"",
+                &format!("client_id = {client:?}"),
+                "client_secret = \"client-secret\"",
+            ],
+        );
+    }
+    builder
+}
+
+/// Whether anyone was sent to `server`'s authorization endpoint.
+fn redirected_to(server: &Protected) -> bool {
+    server
+        .auth
+        .paths()
+        .iter()
+        .any(|p| p.ends_with("/authorize"))
+}
+
+#[tokio::test]
+async fn one_login_at_the_idp_serves_every_server_that_trusts_it() {
+    let idp = Idp::start(IdpOptions::default()).await.expect("idp");
+    let wiki = trusting(&idp, "wiki-app").await;
+    let tracker = trusting(&idp, "tracker-app").await;
+    let browser = ScriptedBrowser::approving();
+    let daemon = enterprise_daemon(&idp, &[("wiki", &wiki), ("tracker", &tracker)])
+        .browser(browser.clone())
+        .start()
+        .await;
+    // Both at once: the second waits for the first one's login instead of its own.
+    let (a, b) = tokio::join!(daemon.initialize("/wiki"), daemon.initialize("/tracker"));
+    assert_ok(a).await;
+    assert_ok(b).await;
+    assert_eq!(
+        (idp.logins(), browser.opened()),
+        (1, 1),
+        "{:?}",
+        idp.grants()
+    );
+    let exchanges = idp.exchanges();
+    assert_eq!(exchanges.len(), 2);
+    for (server, client) in [(&wiki, "wiki-app"), (&tracker, "tracker-app")] {
+        let exchange = exchanges
+            .iter()
+            .find(|e| e["audience"] == server.auth.issuer())
+            .expect("an exchange for each authorization server");
+        assert_eq!(exchange["resource"], server.mcp_url());
+        assert_eq!(
+            exchange["subject_token_type"],
+            "urn:ietf:params:oauth:token-type:id_token"
+        );
+        assert_eq!(
+            exchange["requested_token_type"],
+            "urn:ietf:params:oauth:token-type:id-jag"
+        );
+        let grant = server.last_grant();
+        assert_eq!(grant.client_id, client);
+        assert_eq!(grant.resource.as_deref(), Some(server.mcp_url().as_str()));
+        assert_eq!(server.auth.token_requests(), [JWT_BEARER]);
+        assert!(
+            !redirected_to(server),
+            "no redirect to the MCP authorization server"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_expired_id_token_is_refreshed_at_the_idp_not_logged_in_again() {
+    // ID tokens that are within the expiry margin as soon as they are issued.
+    let idp = Idp::start(IdpOptions {
+        id_token_lifetime: 5,
+        ..IdpOptions::default()
+    })
+    .await
+    .expect("idp");
+    let wiki = trusting(&idp, "wiki-app").await;
+    let tracker = trusting(&idp, "tracker-app").await;
+    let browser = ScriptedBrowser::approving();
+    let daemon = enterprise_daemon(&idp, &[("wiki", &wiki), ("tracker", &tracker)])
+        .browser(browser.clone())
+        .start()
+        .await;
+    assert_ok(daemon.initialize("/wiki").await).await;
+    assert_ok(daemon.initialize("/tracker").await).await;
+    assert_eq!(browser.opened(), 1);
+    let grants = idp.grants();
+    let count = |g: &str| grants.iter().filter(|x| *x == g).count();
+    assert_eq!(count("authorization_code"), 1, "{grants:?}");
+    assert_eq!(count("refresh_token"), 1, "{grants:?}");
+}
+
+#[tokio::test]
+async fn an_id_jag_for_another_audience_or_expired_is_refused_by_the_authorization_server() {
+    for (what, options) in [
+        (
+            "wrong audience",
+            IdpOptions {
+                jag_audience: Some("https://other-as.example".into()),
+                ..IdpOptions::default()
+            },
+        ),
+        (
+            "expired",
+            IdpOptions {
+                expired_jags: true,
+                ..IdpOptions::default()
+            },
+        ),
+    ] {
+        let idp = Idp::start(options).await.expect("idp");
+        let wiki = trusting(&idp, "wiki-app").await;
+        let daemon = enterprise_daemon(&idp, &[("wiki", &wiki)])
+            .browser(ScriptedBrowser::approving())
+            .start()
+            .await;
+        let response = daemon.initialize("/wiki").await;
+        assert_eq!(response.status(), 503, "{what}");
+        let body = response.text().await.expect("body");
+        assert!(body.contains("invalid_grant"), "{what}: {body}");
+        assert!(
+            idp.issued().iter().all(|t| !body.contains(t.as_str())),
+            "{what}: {body}"
+        );
+        assert_eq!(wiki.auth.token_requests(), [JWT_BEARER], "{what}");
+        assert!(!redirected_to(&wiki), "{what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_id_token_or_id_jag_reaches_the_debug_log() {
+    let idp = Idp::start(IdpOptions::default()).await.expect("idp");
+    let wiki = trusting(&idp, "wiki-app").await;
+    let scratch = TempDir::new("ema-log");
+    let config = scratch.write_config(&enterprise_daemon(&idp, &[("wiki", &wiki)]).toml());
+    let browser = scratch.approving_browser(0);
+    let daemon = serve(&scratch, &config)
+        .env("BROWSER", &browser)
+        .env("RUST_LOG", "trace")
+        .start()
+        .await;
+    assert_eq!(daemon.initialize("/wiki").await.status(), 200);
+    assert_eq!(idp.logins(), 1);
+    daemon.signal("TERM");
+    daemon.exits_cleanly(&scratch).await;
+    let log = scratch.log();
+    assert!(log.contains("authorized"), "{log}");
+    let secrets: Vec<String> = idp
+        .issued()
+        .iter()
+        .map(|jwt| jwt.rsplit('.').next().expect("a JWT").to_owned())
+        .chain(wiki.auth.issued_tokens())
+        .collect();
+    assert_eq!(secrets.len(), 3, "an ID token, an ID-JAG, an access token");
+    for secret in &secrets {
+        assert!(
+            !log.contains(secret.as_str()),
+            "the log shows {secret}:\n{log}"
+        );
+    }
 }
