@@ -433,13 +433,17 @@ fn id_tokens(
     let response: Response = serde_json::from_slice(bytes).map_err(|_| TokenError::Malformed {
         cause: "not a token response".into(),
     })?;
-    let id_token = response.id_token.filter(|t| !t.is_empty()).ok_or_else(|| {
-        TokenError::Malformed {
+    let id_token =
+        response
+            .id_token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                TokenError::Malformed {
             cause:
                 "no id_token in the identity provider's token response; put \"openid\" in scopes"
                     .into(),
         }
-    })?;
+            })?;
     let expires_at = expiry(&id_token).ok_or_else(|| TokenError::Malformed {
         cause: "the ID token is not a JWT with an exp claim".into(),
     })?;

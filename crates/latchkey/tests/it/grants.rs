@@ -275,7 +275,27 @@ async fn one_login_at_the_idp_serves_every_server_that_trusts_it() {
             !redirected_to(server),
             "no redirect to the MCP authorization server"
         );
+        assert!(
+            declares_the_extension(server),
+            "the initialize declares the extension"
+        );
     }
+}
+
+/// Whether the initialize that reached `server` with a token declared
+/// Enterprise-Managed Authorization, and kept what the client declared.
+fn declares_the_extension(server: &Protected) -> bool {
+    server.upstream.requests().iter().any(|r| {
+        let Ok(message) = serde_json::from_slice::<serde_json::Value>(&r.body) else {
+            return false;
+        };
+        r.headers.contains_key("authorization")
+            && message["method"] == "initialize"
+            && message["params"]["capabilities"]["extensions"]
+                ["io.modelcontextprotocol/enterprise-managed-authorization"]
+                == json!({})
+            && message["params"]["clientInfo"]["name"] == "latchkey-tests"
+    })
 }
 
 #[tokio::test]
