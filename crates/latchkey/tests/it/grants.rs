@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::binary::serve;
 use crate::harness::{
-    Daemon, DaemonBuilder, Protected, ScriptedBrowser, TempDir, assert_ok, protected,
+    Daemon, DaemonBuilder, Protected, ScriptedBrowser, Store, TempDir, assert_ok, protected,
 };
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -296,6 +296,38 @@ fn declares_the_extension(server: &Protected) -> bool {
                 == json!({})
             && message["params"]["clientInfo"]["name"] == "latchkey-tests"
     })
+}
+
+/// Two latchkey processes on one store (two daemons here, each with its own store
+/// and sessions, as two processes have): the IdP's lock file lets one log in, and
+/// the other uses the ID token it stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_store_share_one_login_at_the_idp() {
+    let idp = Idp::start(IdpOptions::default()).await.expect("idp");
+    let wiki = trusting(&idp, "wiki-app").await;
+    let tracker = trusting(&idp, "tracker-app").await;
+    let state = TempDir::new("ema-two-processes");
+    let browser = ScriptedBrowser::approving();
+    let first = enterprise_daemon(&idp, &[("wiki", &wiki)])
+        .store(Store::File(state.path().to_owned()))
+        .browser(browser.clone())
+        .start()
+        .await;
+    let second = enterprise_daemon(&idp, &[("tracker", &tracker)])
+        .store(Store::File(state.path().to_owned()))
+        .browser(browser.clone())
+        .start()
+        .await;
+    let (a, b) = tokio::join!(first.initialize("/wiki"), second.initialize("/tracker"));
+    assert_ok(a).await;
+    assert_ok(b).await;
+    assert_eq!(
+        (idp.logins(), browser.opened()),
+        (1, 1),
+        "{:?}",
+        idp.grants()
+    );
+    assert_eq!(idp.exchanges().len(), 2);
 }
 
 #[tokio::test]
