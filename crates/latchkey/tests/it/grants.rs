@@ -424,3 +424,50 @@ async fn no_id_token_or_id_jag_reaches_the_debug_log() {
         );
     }
 }
+
+/// The config's errors for Enterprise-Managed Authorization, each naming the key.
+#[test]
+fn enterprise_config_errors_name_the_key() {
+    let check = |text: &str| -> String {
+        match latchkey::config::parse(Path::new("/nonexistent/test.toml"), text, |_| None) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let server = "[servers.wiki]\nurl = \"https://wiki.example.com/mcp\"\n[servers.wiki.oauth]\n";
+    let idp = "[idps.corp]\nissuer = \"https://login.example.com\"\nclient_id = \"latchkey\"\n";
+    assert_eq!(
+        check(&format!(
+            "{idp}{server}grant = \"enterprise\"\nidp = \"corp\""
+        )),
+        ""
+    );
+    let unnamed = check(&format!("{idp}{server}grant = \"enterprise\""));
+    assert!(
+        unnamed.contains("needs the identity provider") && unnamed.contains("idp = \"NAME\""),
+        "{unnamed}"
+    );
+    let unknown = check(&format!(
+        "{idp}{server}grant = \"enterprise\"\nidp = \"okta\""
+    ));
+    assert!(
+        unknown.contains("no [idps.okta] table; configured: corp"),
+        "{unknown}"
+    );
+    let stray = check(&format!("{idp}{server}idp = \"corp\""));
+    assert!(
+        stray.contains("idp is only used with grant = \"enterprise\""),
+        "{stray}"
+    );
+    let incomplete = check(&format!("[idps.corp]\nscopes = [\"openid\"]\n{server}"));
+    assert!(
+        incomplete.contains("[idps.corp] needs issuer")
+            && incomplete.contains("[idps.corp] needs client_id"),
+        "{incomplete}"
+    );
+    let unset = check(&format!("{idp}id_token_env = \"SSO_TOKEN\"\n{server}"));
+    assert!(
+        unset.contains("SSO_TOKEN (id_token_env) is not set"),
+        "{unset}"
+    );
+}
