@@ -63,7 +63,7 @@ pub async fn start(
         http,
         "device authorization endpoint",
         endpoint,
-        client,
+        Some(client),
         &form,
     )
     .await?;
@@ -153,7 +153,7 @@ pub async fn poll(
         if let Some(resource) = resource {
             form.push(("resource", resource));
         }
-        match token::grant(http, endpoint, client, &form, requested).await {
+        match token::grant(http, endpoint, Some(client), &form, requested).await {
             Err(TokenError::Refused { error, .. }) if error == "authorization_pending" => {}
             Err(TokenError::Refused { error, .. }) if error == "slow_down" => {
                 interval = (interval + Duration::from_secs(SLOW_DOWN))

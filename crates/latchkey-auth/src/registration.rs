@@ -25,7 +25,7 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 /// A client from the config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfiguredClient {
     pub client_id: String,
     pub client_secret: Option<Secret>,

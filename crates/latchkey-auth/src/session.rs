@@ -31,6 +31,8 @@ use crate::authorize::{self, AuthorizationParams};
 use crate::challenge::BearerChallenge;
 use crate::device::{self, DeviceAuthorization};
 use crate::discovery::{self, Discovered};
+use crate::enterprise::{Idp, IdpSettings};
+use crate::jwt_bearer::{self, AssertionSource};
 use crate::registration::{self, ConfiguredClient, Plan, Registration};
 use crate::store::{self, Record, Revision, Store};
 use crate::target::{Clients, Http};
@@ -79,9 +81,11 @@ pub trait Browser: Send + Sync + 'static {
 pub trait Redirect: Send {
     fn redirect_uri(&self) -> String;
     /// Puts the authorization page `url` before the person (a browser, a
-    /// notification), saying what to do for the server; whether they were reached.
-    /// Until they are, requests need not wait long for the login.
-    fn show<'a>(&'a mut self, _url: &'a Url, _settings: &'a AuthSettings) -> BoxFuture<'a, bool> {
+    /// notification), saying what to do for the server. The future says whether
+    /// they were reached; it runs beside [`Redirect::complete`], since a browser may
+    /// bring the redirect back before its opener has exited. Until the person is
+    /// known to be out of reach, requests wait for the login.
+    fn show(&self, _url: &Url, _prompt: Prompt<'_>) -> BoxFuture<'static, bool> {
         Box::pin(async { true })
     }
     /// Opens `url` for the person and returns the redirect's URL after `check` has
@@ -94,14 +98,66 @@ pub trait Redirect: Send {
     ) -> BoxFuture<'static, Result<Secret, String>>;
 }
 
+/// What the person is told about a sign-in.
+#[derive(Debug, Clone, Copy)]
+pub struct Prompt<'a> {
+    /// Who needs it: a server's name, or an identity provider's.
+    pub who: &'a str,
+    /// The server whose sign-in start page the daemon serves; `None` for an
+    /// identity provider, which has none.
+    pub server: Option<&'a str>,
+    /// The way to it from a terminal.
+    pub command: &'a str,
+}
+
+/// Shows `url` to the person and waits for the redirect, the two at once: a browser
+/// may bring the redirect back before its opener has exited. `reached` hears whether
+/// the person was reached, when that is known.
+pub(crate) async fn present(
+    redirect: Box<dyn Redirect>,
+    url: Url,
+    prompt: Prompt<'_>,
+    timeout: Duration,
+    check: RedirectCheck,
+    reached: impl FnOnce(bool),
+) -> Result<Secret, String> {
+    let shown = redirect.show(&url, prompt);
+    let completing = redirect.complete(url, timeout, check);
+    tokio::pin!(completing);
+    tokio::select! {
+        code = &mut completing => code,
+        was = shown => {
+            tracing::debug!(who = %prompt.who, reached = was, "waiting for the login in the browser");
+            reached(was);
+            completing.await
+        }
+    }
+}
+
 /// How latchkey gets tokens for a server.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Grant {
     /// A person logs in through the browser (RFC 6749 §4.1 with PKCE).
     #[default]
     AuthorizationCode,
     /// A machine-to-machine client with its own credentials (RFC 6749 §4.4).
     ClientCredentials,
+    /// A workload trades the JWT its platform issued it (RFC 7523 §2.1, SEP-1933),
+    /// read again for every grant.
+    JwtBearer(AssertionSource),
+    /// Enterprise-Managed Authorization: an ID-JAG from the enterprise IdP the person
+    /// signed in to, taken as a JWT bearer grant (`enterprise.rs`).
+    Enterprise(Arc<IdpSettings>),
+}
+
+impl Grant {
+    /// Whether new tokens come without a person, so expiring ones are renewed ahead.
+    fn unattended(&self) -> bool {
+        matches!(
+            self,
+            Self::ClientCredentials | Self::JwtBearer(_) | Self::Enterprise(_)
+        )
+    }
 }
 
 /// What the config says about this server's OAuth.
@@ -206,6 +262,8 @@ pub struct ServerAuth {
     /// Every OAuth request of this server goes through it (see [`crate::target`]).
     http: Http,
     browser: Arc<dyn Browser>,
+    /// For `Grant::Enterprise`: the IdP, shared with every server that names it.
+    idp: Option<Arc<Idp>>,
     state: Mutex<State>,
     /// Bumped when a flow ends; carries its outcome.
     finished: watch::Sender<(u64, Result<(), AuthError>)>,
@@ -291,7 +349,12 @@ impl ServerAuth {
         credentials: Credentials,
     ) -> Arc<Self> {
         let (finished, _) = watch::channel((0, Ok(())));
+        let idp = match &settings.grant {
+            Grant::Enterprise(idp) => Some(Idp::shared(idp, &clients, &browser, &credentials)),
+            _ => None,
+        };
         Arc::new(Self {
+            idp,
             key: discovery::canonical_resource(&settings.resource_url),
             http: Http::new(clients, &settings.resource_url),
             credentials,
@@ -666,7 +729,7 @@ impl ServerAuth {
     pub fn renewable(&self) -> Option<bool> {
         let state = self.lock();
         let tokens = state.tokens.as_ref()?;
-        Some(self.settings.grant == Grant::ClientCredentials || tokens.refresh_token.is_some())
+        Some(self.settings.grant.unattended() || tokens.refresh_token.is_some())
     }
 
     /// The `Authorization` value to send and its generation. `None` when there is no
@@ -686,7 +749,7 @@ impl ServerAuth {
     /// client-credentials grant).
     pub fn needs_refresh(&self) -> bool {
         let state = self.lock();
-        let renewable = self.settings.grant == Grant::ClientCredentials
+        let renewable = self.settings.grant.unattended()
             || state
                 .tokens
                 .as_ref()
@@ -842,10 +905,79 @@ impl ServerAuth {
                 Err(Refresh::Failed(e)) => return Err(e),
             }
         }
-        match self.settings.grant {
+        match &self.settings.grant {
             Grant::AuthorizationCode => self.browser_flow(trigger, &granted).await,
             Grant::ClientCredentials => self.client_credentials(trigger, &granted).await,
+            Grant::JwtBearer(source) => self.jwt_bearer(trigger, &granted, source).await,
+            Grant::Enterprise(_) => self.enterprise(trigger, &granted).await,
         }
+    }
+
+    /// Enterprise-Managed Authorization: an ID-JAG for this server's authorization
+    /// server from the IdP (one login there serves every server that trusts it),
+    /// then the JWT bearer grant. No redirect to this server's authorization server.
+    async fn enterprise(&self, trigger: &Trigger, granted: &[String]) -> Result<(), AuthError> {
+        let Some(idp) = &self.idp else {
+            return Err(AuthError::fatal("no identity provider for this server"));
+        };
+        let found = self.discover(trigger.challenge.as_ref()).await?;
+        self.lock().discovered = Some(found.clone());
+        let client = match &self.settings.client {
+            Some(_) => Some(self.registration(&found, "").await?.credentials()),
+            None => None,
+        };
+        let scopes = unattended_scopes(trigger, &found, granted);
+        let resource = self
+            .settings
+            .send_resource
+            .then_some(found.resource.as_str());
+        let grant = idp
+            .assertion(&found.server.issuer, resource, &scopes)
+            .await
+            .map_err(|e| self.failed(&e, e.retryable))?;
+        let tokens = jwt_bearer::grant(
+            &self.http,
+            &found.server.token_endpoint,
+            client.as_ref(),
+            &grant,
+            &scopes,
+            resource,
+        )
+        .await;
+        self.finish_grant(&found, tokens)
+    }
+
+    /// Workload identity: the platform's JWT, read now, traded at the server's
+    /// authorization server (found as for any other grant). No browser, ever.
+    async fn jwt_bearer(
+        &self,
+        trigger: &Trigger,
+        granted: &[String],
+        source: &AssertionSource,
+    ) -> Result<(), AuthError> {
+        // Read first: a missing token is a setup problem, named before any request.
+        let assertion = source.read().map_err(|e| self.failed(&e, false))?;
+        let found = self.discover(trigger.challenge.as_ref()).await?;
+        self.lock().discovered = Some(found.clone());
+        let client = match &self.settings.client {
+            Some(_) => Some(self.registration(&found, "").await?.credentials()),
+            None => None,
+        };
+        let scopes = unattended_scopes(trigger, &found, granted);
+        let resource = self
+            .settings
+            .send_resource
+            .then_some(found.resource.as_str());
+        let tokens = jwt_bearer::grant(
+            &self.http,
+            &found.server.token_endpoint,
+            client.as_ref(),
+            &assertion,
+            &scopes,
+            resource,
+        )
+        .await;
+        self.finish_grant(&found, tokens)
     }
 
     /// The machine-to-machine flow: discovery, then the grant with the configured
@@ -869,11 +1001,7 @@ impl ServerAuth {
         let found = self.discover(trigger.challenge.as_ref()).await?;
         self.lock().discovered = Some(found.clone());
         let registration = self.registration(&found, "").await?;
-        let scopes: Vec<String> = scopes_for(trigger, &found, granted)
-            .into_iter()
-            // offline_access asks for a refresh token, which this grant does not use.
-            .filter(|scope| scope != "offline_access")
-            .collect();
+        let scopes = unattended_scopes(trigger, &found, granted);
         let resource = settings.send_resource.then_some(found.resource.as_str());
         let tokens = token::client_credentials(
             &self.http,
@@ -1129,7 +1257,7 @@ impl ServerAuth {
             .and_then(|r| Url::parse(&r.redirect_uri).ok())
             .and_then(|u| u.port())
             .filter(|_| settings.redirect_port == 0);
-        let mut redirect = match registered_port {
+        let redirect = match registered_port {
             Some(port) => match self.browser.bind(port).await {
                 Ok(redirect) => redirect,
                 Err(_) => self.browser.bind(0).await.map_err(AuthError::fatal)?,
@@ -1159,21 +1287,26 @@ impl ServerAuth {
             url: pending.url.to_string(),
             reached: None,
         });
-        let reached = redirect.show(&pending.url, settings).await;
-        if let Some(AuthStatus::Authorizing { reached: r, .. }) = &mut self.lock().status {
-            *r = Some(reached);
-        }
-        tracing::debug!(server = %settings.server, reached, "waiting for the login in the browser");
         let pending = Arc::new(pending);
         let checker = pending.clone();
-        let code = redirect
-            .complete(
-                pending.url.clone(),
-                settings.flow_timeout,
-                Box::new(move |url| checker.finish(url).map_err(|e| e.to_string())),
-            )
-            .await
-            .map_err(AuthError::fatal)?;
+        let code = present(
+            redirect,
+            pending.url.clone(),
+            Prompt {
+                who: &settings.server,
+                server: Some(&settings.server),
+                command: &settings.login_command,
+            },
+            settings.flow_timeout,
+            Box::new(move |url| checker.finish(url).map_err(|e| e.to_string())),
+            |reached| {
+                if let Some(AuthStatus::Authorizing { reached: r, .. }) = &mut self.lock().status {
+                    *r = Some(reached);
+                }
+            },
+        )
+        .await
+        .map_err(AuthError::fatal)?;
         let tokens = token::exchange_code(
             &self.http,
             &found.server.token_endpoint,
@@ -1354,6 +1487,15 @@ fn scopes_for(trigger: &Trigger, found: &Discovered, granted: &[String]) -> Vec<
             &found.server,
         ),
     }
+}
+
+/// [`scopes_for`] for a grant that runs again whenever its token expires:
+/// `offline_access` asks for a refresh token, which such a grant does not use.
+fn unattended_scopes(trigger: &Trigger, found: &Discovered, granted: &[String]) -> Vec<String> {
+    scopes_for(trigger, found, granted)
+        .into_iter()
+        .filter(|scope| scope != "offline_access")
+        .collect()
 }
 
 enum Refresh {

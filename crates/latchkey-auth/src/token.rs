@@ -175,7 +175,7 @@ pub async fn revoke(
     hint: &str,
 ) -> Result<(), TokenError> {
     let form = [("token", token.expose()), ("token_type_hint", hint)];
-    post_form(http, "revocation endpoint", endpoint, client, &form)
+    post_form(http, "revocation endpoint", endpoint, Some(client), &form)
         .await
         .map(drop)
 }
@@ -250,7 +250,7 @@ async fn request(
     client: &ClientCredentials,
     form: &[(&str, &str)],
 ) -> Result<TokenResponse, TokenError> {
-    let bytes = post_form(http, "token endpoint", endpoint, client, form).await?;
+    let bytes = post_form(http, "token endpoint", endpoint, Some(client), form).await?;
     parse_tokens(&bytes)
 }
 
@@ -283,28 +283,29 @@ pub(crate) fn parse_tokens(bytes: &[u8]) -> Result<TokenResponse, TokenError> {
     Ok(tokens)
 }
 
-/// Any grant's token request, for the grants defined elsewhere (the device code).
+/// Any grant's token request, for the grants defined elsewhere (the device code,
+/// the JWT bearer grant, which may go without client authentication).
 pub(crate) async fn grant(
     http: &Http,
     endpoint: &str,
-    client: &ClientCredentials,
+    client: Option<&ClientCredentials>,
     form: &[(&str, &str)],
     requested: &[String],
 ) -> Result<TokenSet, TokenError> {
-    Ok(request(http, endpoint, client, form)
-        .await?
-        .into_set(None, requested))
+    let bytes = post_form(http, "token endpoint", endpoint, client, form).await?;
+    Ok(parse_tokens(&bytes)?.into_set(None, requested))
 }
 
 /// POSTs `form`, with the client's authentication, to the OAuth endpoint
 /// `endpoint` (`what` names it), once the target rule allows it, and classifies the
 /// failure (RFC 6749 §5.2): a transport error or a 5xx is retryable, an OAuth error
 /// is named. Token, device authorization and revocation requests all take this shape.
+/// Without a client, the form goes as it is.
 pub(crate) async fn post_form(
     http: &Http,
     what: &'static str,
     endpoint: &str,
-    client: &ClientCredentials,
+    client: Option<&ClientCredentials>,
     form: &[(&str, &str)],
 ) -> Result<bytes::Bytes, TokenError> {
     let (body, basic) = encode_form(client, form)?;
@@ -370,12 +371,15 @@ pub(crate) fn refusal(status: reqwest::StatusCode, bytes: &[u8]) -> TokenError {
 /// The form body and, for `client_secret_basic`, the `Authorization` value. A plain
 /// function: the serializer is not `Send`, so it must not live in an async body.
 fn encode_form(
-    client: &ClientCredentials,
+    client: Option<&ClientCredentials>,
     form: &[(&str, &str)],
 ) -> Result<(String, Option<reqwest::header::HeaderValue>), TokenError> {
     let mut body = form_urlencoded::Serializer::new(String::new());
     body.extend_pairs(form);
     let mut basic = None;
+    let Some(client) = client else {
+        return Ok((body.finish(), None));
+    };
     match &client.auth {
         ClientAuth::None => {
             body.append_pair("client_id", &client.client_id);

@@ -97,6 +97,10 @@ pub struct AuthOptions {
     /// Put before every client id, client secret, code and token this server issues,
     /// so that two servers' values (both count from 1) never look alike.
     pub prefix: String,
+    /// Take the JWT bearer grant (RFC 7523 §2.1) with assertions from these issuers
+    /// (a workload's platform, an enterprise IdP's ID-JAGs), checked by
+    /// [`crate::jwt::verify`]; none: the grant is not offered.
+    pub trusted_assertions: Vec<crate::jwt::TrustedIssuer>,
 }
 
 impl Default for AuthOptions {
@@ -124,6 +128,7 @@ impl Default for AuthOptions {
             refuse_refresh: None,
             no_refresh_tokens: false,
             prefix: String::new(),
+            trusted_assertions: Vec::new(),
         }
     }
 }
@@ -615,15 +620,29 @@ async fn token(
     let mut state = shared.lock();
     let grant_type = form.get("grant_type").cloned().unwrap_or_default();
     state.grants.push(grant_type.clone());
-    let Some(client_id) = authenticate(&state, &headers, &form) else {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "client authentication failed",
-        );
+    // A JWT bearer grant may come without client authentication (RFC 7523 §3.1).
+    let anonymous = grant_type == JWT_BEARER
+        && basic_credentials(&headers).is_none()
+        && !form.contains_key("client_id");
+    let client_id = match authenticate(&state, &headers, &form) {
+        Some(client_id) => client_id,
+        None if anonymous => String::new(),
+        None => {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            );
+        }
     };
     let resource = form.get("resource").cloned();
     let grant = match grant_type.as_str() {
+        JWT_BEARER if !options.trusted_assertions.is_empty() => {
+            match bearer_grant(&shared, &form, &client_id, resource.as_deref()) {
+                Ok(grant) => grant,
+                Err(why) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", &why),
+            }
+        }
         "authorization_code" => {
             let code = form.get("code").cloned().unwrap_or_default();
             let Some(issued) = state.codes.remove(&code) else {
@@ -739,6 +758,44 @@ async fn token(
         body["refresh_token"] = json!(refresh);
     }
     axum::Json(body).into_response()
+}
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// What a JWT bearer grant's assertion stands for, once [`crate::jwt::verify`] took
+/// it; an ID-JAG also names the resource and client it was issued for (the draft's
+/// §3), and they must be this request's.
+fn bearer_grant(
+    shared: &AuthShared,
+    form: &HashMap<String, String>,
+    client_id: &str,
+    resource: Option<&str>,
+) -> Result<Grant, String> {
+    let assertion = form.get("assertion").map_or("", String::as_str);
+    let claims = crate::jwt::verify(
+        assertion,
+        &shared.options.trusted_assertions,
+        &issuer(shared),
+    )?;
+    if let Some(named) = claims.get("resource")
+        && named.as_str() != resource
+    {
+        return Err("the assertion was issued for another resource".into());
+    }
+    if let Some(named) = claims.get("client_id")
+        && named.as_str() != Some(client_id)
+    {
+        return Err("the assertion was issued to another client".into());
+    }
+    Ok(Grant {
+        client_id: if client_id.is_empty() {
+            claims["sub"].as_str().unwrap_or_default().to_owned()
+        } else {
+            client_id.to_owned()
+        },
+        scope: form.get("scope").cloned().unwrap_or_default(),
+        resource: resource.map(str::to_owned),
+    })
 }
 
 /// `POST /device_authorization` (RFC 8628 §3.1-3.2).
@@ -946,6 +1003,12 @@ fn server_metadata(shared: &AuthShared) -> Value {
     }
     if options.cimd {
         document["client_id_metadata_document_supported"] = json!(true);
+    }
+    if !options.trusted_assertions.is_empty() {
+        document["grant_types_supported"]
+            .as_array_mut()
+            .expect("a list")
+            .push(json!(JWT_BEARER));
     }
     document["revocation_endpoint"] = json!(format!("{issuer}/revoke"));
     document

@@ -13,10 +13,13 @@
 //! that moves from one authorization server to another.
 
 mod auth;
+mod idp;
+pub mod jwt;
 mod mcp;
 
 pub use auth::{
     AuthOptions, AuthServer, Grant, MetadataAt, MovingUpstream, PrmAt, Received, RegisteredClient,
     moving_upstream, protected_upstream,
 };
+pub use idp::{Idp, IdpOptions};
 pub use mcp::{McpUpstream, Protection, RecordedRequest, ScopeCheck, TokenCheck};

@@ -17,7 +17,7 @@ use axum::routing::get;
 use http::StatusCode;
 use latchkey_auth::Secret;
 use latchkey_auth::device::DeviceAuthorization;
-use latchkey_auth::session::{AuthSettings, BoxFuture, Browser, Redirect, RedirectCheck};
+use latchkey_auth::session::{BoxFuture, Browser, Prompt, Redirect, RedirectCheck};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -345,26 +345,29 @@ impl Redirect for SystemRedirect {
         self.listener.redirect_uri().to_owned()
     }
 
-    fn show<'a>(&'a mut self, url: &'a Url, settings: &'a AuthSettings) -> BoxFuture<'a, bool> {
+    fn show(&self, url: &Url, prompt: Prompt<'_>) -> BoxFuture<'static, bool> {
+        let url = url.clone();
+        let (server, command) = (prompt.who.to_owned(), prompt.command.to_owned());
+        let page = prompt.server.map(login_path);
+        let daemon = self.daemon;
         Box::pin(async move {
-            let server = &settings.server;
-            let command = &settings.login_command;
-            let opened = launch(url).await;
+            let opened = launch(&url).await;
             // The daemon's own start page: a URL to give, where the raw authorization
             // URL would carry the login's state into logs.
-            let start = self
-                .daemon
-                .map(|addr| format!("http://{addr}{}", login_path(server)));
-            let notified =
-                match start.as_deref().map(Url::parse) {
-                    Some(Ok(page)) => crate::desktop::notify_sign_in(server, command, move || {
+            let start = daemon
+                .zip(page)
+                .map(|(addr, page)| format!("http://{addr}{page}"));
+            let notified = match start.as_deref().map(Url::parse) {
+                Some(Ok(page)) => {
+                    crate::desktop::notify_sign_in(&server, &command, move || {
                         if let Err(e) = open_browser(&page) {
                             tracing::warn!(error = %e, "cannot open the browser for the sign-in");
                         }
                     })
-                    .await,
-                    _ => false,
-                };
+                    .await
+                }
+                _ => false,
+            };
             let place = start.as_deref().map_or_else(
                 || "in the browser window latchkey opened".to_owned(),
                 |start| format!("at {start}"),

@@ -85,6 +85,7 @@ pub(super) const TOP_KEYS: &[&str] = &[
     "allowed_uids",
     "shutdown_timeout_secs",
     "servers",
+    "idps",
 ];
 
 pub(super) const SERVER_KEYS: &[&str] = &["url", "transport", "headers", "oauth", "local_key"];
@@ -107,6 +108,8 @@ pub(super) struct Checker<'a> {
     pub(super) file: &'a Path,
     pub(super) text: &'a str,
     pub(super) diagnostics: Vec<Diagnostic>,
+    /// The `[idps.NAME]` tables, read before the servers that name them.
+    pub(super) idps: Vec<std::sync::Arc<latchkey_auth::enterprise::IdpSettings>>,
 }
 
 impl Checker<'_> {
@@ -163,10 +166,14 @@ impl Checker<'_> {
         }
         let mut top = doc.into_inner();
         let servers = top.remove("servers");
+        let idps = top.remove("idps");
         self.take_unknown(&mut top, TOP_KEYS, "top-level keys are");
 
         let mut config = Config::default();
         self.top(&mut top, &mut config);
+        if let Some(idps) = idps {
+            self.idps(idps, env);
+        }
 
         match servers {
             None => self.error(

@@ -30,6 +30,9 @@ pub(super) const OAUTH_KEYS: &[&str] = &[
     "auth_timeout_secs",
     "login_wait_secs",
     "issuer",
+    "assertion_file",
+    "assertion_env",
+    "idp",
 ];
 
 impl Checker<'_> {
@@ -67,57 +70,8 @@ impl Checker<'_> {
                 .filter(|id| !id.trim().is_empty()),
             ..OAuthConfig::default()
         };
-        let secret_hint = "give the secret once: client_secret, client_secret_env (a variable name) or client_secret_file (a path)";
-        let sources = [
-            self.field::<String>(&mut table, "client_secret", secret_hint)
-                .map(|v| (v.span(), Ok(Secret::new(v.into_inner())))),
-            self.field::<String>(&mut table, "client_secret_env", secret_hint)
-                .map(|v| {
-                    let value = env(v.get_ref())
-                        .map(Secret::new)
-                        .ok_or_else(|| format!("environment variable {} is not set", v.get_ref()));
-                    (v.span(), value)
-                }),
-            self.field::<String>(&mut table, "client_secret_file", secret_hint)
-                .map(|v| {
-                    let path = self.relative(v.get_ref());
-                    let value = std::fs::read_to_string(&path)
-                        .map(|text| Secret::new(text.trim_end_matches(['\n', '\r'])))
-                        .map_err(|e| {
-                            format!("cannot read client_secret_file {}: {e}", path.display())
-                        });
-                    (v.span(), value)
-                }),
-        ];
-        let given: Vec<_> = sources.into_iter().flatten().collect();
-        if given.len() > 1 {
-            self.error(
-                given[1].0.clone(),
-                "client_secret is given more than once",
-                Some(secret_hint),
-            );
-        }
-        if let Some((span, value)) = given.into_iter().next() {
-            match value {
-                Ok(secret) => oauth.client_secret = Some(secret),
-                Err(message) => self.error(span, message, Some(secret_hint)),
-            }
-        }
-        if let Some(grant) = self.field::<String>(
-            &mut table,
-            "grant",
-            "write grant = \"authorization_code\" (a person logs in) or grant = \"client_credentials\" (a machine client)",
-        ) {
-            match grant.get_ref().as_str() {
-                "authorization_code" => oauth.grant = Grant::AuthorizationCode,
-                "client_credentials" => oauth.grant = Grant::ClientCredentials,
-                other => self.error(
-                    grant.span(),
-                    format!("unknown grant {other:?}"),
-                    Some("write grant = \"authorization_code\" or grant = \"client_credentials\""),
-                ),
-            }
-        }
+        oauth.client_secret = self.client_secret(&mut table, env);
+        oauth.grant = self.grant(&mut table, span.clone(), env);
         oauth.private_key = self.private_key(&mut table, env);
         if (oauth.client_secret.is_some() || oauth.private_key.is_some())
             && oauth.client_id.is_none()
@@ -221,6 +175,52 @@ impl Checker<'_> {
             }
         }
         OAuth::Enabled(oauth)
+    }
+
+    /// `client_secret`, `client_secret_env` or `client_secret_file`, given once.
+    pub(super) fn client_secret(
+        &mut self,
+        table: &mut DeTable<'_>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<Secret> {
+        let secret_hint = "give the secret once: client_secret, client_secret_env (a variable name) or client_secret_file (a path)";
+        let sources = [
+            self.field::<String>(table, "client_secret", secret_hint)
+                .map(|v| (v.span(), Ok(Secret::new(v.into_inner())))),
+            self.field::<String>(table, "client_secret_env", secret_hint)
+                .map(|v| {
+                    let value = env(v.get_ref())
+                        .map(Secret::new)
+                        .ok_or_else(|| format!("environment variable {} is not set", v.get_ref()));
+                    (v.span(), value)
+                }),
+            self.field::<String>(table, "client_secret_file", secret_hint)
+                .map(|v| {
+                    let path = self.relative(v.get_ref());
+                    let value = std::fs::read_to_string(&path)
+                        .map(|text| Secret::new(text.trim_end_matches(['\n', '\r'])))
+                        .map_err(|e| {
+                            format!("cannot read client_secret_file {}: {e}", path.display())
+                        });
+                    (v.span(), value)
+                }),
+        ];
+        let given: Vec<_> = sources.into_iter().flatten().collect();
+        if given.len() > 1 {
+            self.error(
+                given[1].0.clone(),
+                "client_secret is given more than once",
+                Some(secret_hint),
+            );
+        }
+        let (span, value) = given.into_iter().next()?;
+        match value {
+            Ok(secret) => Some(secret),
+            Err(message) => {
+                self.error(span, message, Some(secret_hint));
+                None
+            }
+        }
     }
 
     /// `private_key_file` or `private_key_env` (PKCS#8 PEM), with `signing_alg` and

@@ -53,6 +53,7 @@ pub fn parse(
         file: path,
         text,
         diagnostics: Vec::new(),
+        idps: Vec::new(),
     };
     let config = cx.config(&env);
     if cx.diagnostics.is_empty() {

@@ -4,6 +4,7 @@
 //! once, each at its line and column.
 
 mod check;
+mod check_grants;
 mod check_oauth;
 mod check_server;
 mod load;
@@ -235,7 +236,8 @@ pub enum OAuth {
 /// `[servers.NAME.oauth]`. Every key is optional.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OAuthConfig {
-    /// `authorization_code` (a person logs in) or `client_credentials` (a machine).
+    /// `authorization_code` (a person logs in), `client_credentials` (a machine) or
+    /// `jwt-bearer` (a workload, with its platform's token).
     pub grant: Grant,
     /// A client registered by hand. An empty value counts as none.
     pub client_id: Option<String>,

@@ -7,6 +7,7 @@
 //! upstream request with it. The per-request work is header edits.
 
 mod bridge;
+mod extensions;
 mod headers;
 mod oauth;
 pub(crate) mod sse;
@@ -505,6 +506,7 @@ async fn upstream_request(
 ) -> Result<http::Response<Body>, ProxyError> {
     let server = &upstream.config;
     headers::to_upstream(&mut headers);
+    let payload = extensions::declare(upstream, &mut headers, payload);
     for (name, value) in &server.headers {
         headers.insert(name.clone(), value.clone());
     }

@@ -36,14 +36,16 @@ impl UpstreamAuth {
             result = &mut login => return done(result),
             () = tokio::time::sleep(self.login_wait) => {}
         }
-        let reached = matches!(
+        // Only a person known to be out of reach ends the wait early: discovery, a
+        // registration or an opener still trying may yet reach them.
+        let unreached = matches!(
             self.session.status(),
             AuthStatus::Authorizing {
-                reached: Some(true) | None,
+                reached: Some(false),
                 ..
             }
         );
-        if self.waits == LoginWait::WhileReached && reached {
+        if self.waits == LoginWait::WhileReached && !unreached {
             let rest = self.timeout.saturating_sub(self.login_wait);
             if let Ok(result) = tokio::time::timeout(rest, &mut login).await {
                 return done(result);

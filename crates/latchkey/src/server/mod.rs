@@ -206,7 +206,7 @@ pub(crate) fn auth_settings(server: &Server, oauth: &OAuthConfig) -> AuthSetting
         server: server.name.clone(),
         login_command: server.login_command.clone(),
         resource_url: server.url.clone(),
-        grant: oauth.grant,
+        grant: oauth.grant.clone(),
         client: oauth.client_id.clone().map(|client_id| ConfiguredClient {
             client_id,
             client_secret: oauth.client_secret.clone(),

@@ -71,52 +71,13 @@ const RUNS: &[Run] = &[
 /// Scenarios latchkey does not pass yet, per run (`suite selection client form`).
 /// Strict both ways: one that starts passing must be taken off, so this only shrinks.
 const KNOWN_GAPS: &[(&str, &[&str])] = &[
-    (
-        "0.1 all v1 daemon",
-        &["auth/cross-app-access-complete-flow"],
-    ),
-    ("0.1 all v1 stdio", &["auth/cross-app-access-complete-flow"]),
-    (
-        "0.1 all v2 daemon",
-        &["auth/cross-app-access-complete-flow"],
-    ),
-    ("0.1 all v2 stdio", &["auth/cross-app-access-complete-flow"]),
-    (
-        "0.2 all v2 daemon",
-        &[
-            "auth/enterprise-managed-authorization",
-            "auth/dpop",
-            "auth/dpop-nonce",
-            "auth/wif-jwt-bearer",
-        ],
-    ),
-    (
-        "0.2 all v2 stdio",
-        &[
-            "auth/enterprise-managed-authorization",
-            "auth/dpop",
-            "auth/dpop-nonce",
-            "auth/wif-jwt-bearer",
-        ],
-    ),
+    ("0.2 all v2 daemon", &["auth/dpop", "auth/dpop-nonce"]),
+    ("0.2 all v2 stdio", &["auth/dpop", "auth/dpop-nonce"]),
     (
         "0.2 2026-07-28 v2 daemon",
-        &[
-            "auth/enterprise-managed-authorization",
-            "auth/dpop",
-            "auth/dpop-nonce",
-            "auth/wif-jwt-bearer",
-        ],
+        &["auth/dpop", "auth/dpop-nonce"],
     ),
-    (
-        "0.2 2026-07-28 v2 stdio",
-        &[
-            "auth/enterprise-managed-authorization",
-            "auth/dpop",
-            "auth/dpop-nonce",
-            "auth/wif-jwt-bearer",
-        ],
-    ),
+    ("0.2 2026-07-28 v2 stdio", &["auth/dpop", "auth/dpop-nonce"]),
     (
         "0.2 2026-07-28 v1 stdio",
         &[
@@ -129,10 +90,8 @@ const KNOWN_GAPS: &[(&str, &[&str])] = &[
             "http-custom-headers",
             "http-invalid-tool-headers",
             "json-schema-2020-12-preservation",
-            "auth/enterprise-managed-authorization",
             "auth/dpop",
             "auth/dpop-nonce",
-            "auth/wif-jwt-bearer",
         ],
     ),
 ];

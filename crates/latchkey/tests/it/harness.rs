@@ -321,6 +321,18 @@ impl ProtectedBuilder {
         self
     }
 
+    /// A client registered ahead of time, authenticating with `client_secret_basic`.
+    pub fn client(mut self, id: &str, secret: &str) -> Self {
+        self.0.preregistered = Some((id.into(), Some(secret.into()), "client_secret_basic".into()));
+        self
+    }
+
+    /// Takes the JWT bearer grant with assertions from `issuer`.
+    pub fn trusting(mut self, issuer: latchkey_testkit::jwt::TrustedIssuer) -> Self {
+        self.0.trusted_assertions.push(issuer);
+        self
+    }
+
     /// Before every client id, secret, code and token it issues.
     pub fn prefix(mut self, prefix: &str) -> Self {
         prefix.clone_into(&mut self.0.prefix);

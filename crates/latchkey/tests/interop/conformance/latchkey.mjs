@@ -22,6 +22,15 @@ function config(url, dir) {
   // The machine-to-machine scenarios (SEP-1046) hand over a client to use with the
   // client-credentials grant: a secret, or a private key for private_key_jwt.
   if (scenario.startsWith("auth/client-credentials")) text += `grant = "client_credentials"\n`;
+  // Workload identity (SEP-1933): the workload's JWT in a file, as a platform mounts it.
+  if (scenario === "auth/wif-jwt-bearer") {
+    writeFileSync(join(dir, "workload.jwt"), context.valid_jwt, { mode: 0o600 });
+    text += `grant = "jwt-bearer"\nassertion_file = "workload.jwt"\n`;
+  }
+  // Enterprise-Managed Authorization (SEP-990): the IdP's ID token handed over, as
+  // a program that keeps it current would.
+  const enterprise = ["auth/enterprise-managed-authorization", "auth/cross-app-access-complete-flow"].includes(scenario);
+  if (enterprise) text += `grant = "enterprise"\nidp = "corp"\n`;
   if (context.client_id) text += `client_id = ${JSON.stringify(context.client_id)}\n`;
   if (context.client_secret) text += `client_secret = ${JSON.stringify(context.client_secret)}\n`;
   if (context.private_key_pem) {
@@ -31,6 +40,10 @@ function config(url, dir) {
   }
   // The metadata document URL the basic-cimd scenario expects.
   text += `client_metadata_url = "https://conformance-test.local/client-metadata.json"\n`;
+  if (enterprise) {
+    writeFileSync(join(dir, "id-token.jwt"), context.idp_id_token, { mode: 0o600 });
+    text += `[idps.corp]\nissuer = ${JSON.stringify(context.idp_issuer)}\nclient_id = ${JSON.stringify(context.idp_client_id)}\nid_token_file = "id-token.jwt"\n`;
+  }
   return text;
 }
 
