@@ -31,6 +31,7 @@ use crate::authorize::{self, AuthorizationParams};
 use crate::challenge::BearerChallenge;
 use crate::device::{self, DeviceAuthorization};
 use crate::discovery::{self, Discovered};
+use crate::dpop;
 use crate::registration::{self, ConfiguredClient, Plan, Registration};
 use crate::store::{self, Record, Revision, Store};
 use crate::target::{Clients, Http};
@@ -115,6 +116,9 @@ pub struct AuthSettings {
     /// `issuer` from the config: the only authorization server this server's
     /// credentials (and a configured secret or key) may go to.
     pub issuer: Option<String>,
+    /// `dpop` from the config: `None` follows the authorization server's metadata
+    /// (`dpop_signing_alg_values_supported`), `Some` forces DPoP on or off.
+    pub dpop: Option<bool>,
 }
 
 /// Where a server stands, for `GET /` and `status`.
@@ -198,6 +202,17 @@ pub struct ServerAuth {
     state: Mutex<State>,
     /// Bumped when a flow ends; carries its outcome.
     finished: watch::Sender<(u64, Result<(), AuthError>)>,
+    /// DPoP (RFC 9449), once in use: the installation's keys, the token endpoint's
+    /// prover and the resource server's latest nonce.
+    dpop: Dpop,
+}
+
+#[derive(Debug, Default)]
+struct Dpop {
+    keys: std::sync::OnceLock<Arc<dpop::Keys>>,
+    /// For the issuer it names; its nonce is that server's.
+    prover: Mutex<Option<(String, Arc<dpop::Prover>)>>,
+    resource_nonce: dpop::Nonce,
 }
 
 impl std::fmt::Debug for dyn Browser {
@@ -211,8 +226,10 @@ struct State {
     tokens: Option<TokenSet>,
     /// When to refresh ahead of expiry.
     refresh_after: Option<SystemTime>,
-    /// `Authorization: Bearer …` for `tokens`, marked sensitive.
+    /// `Authorization: Bearer …` (or `DPoP …`) for `tokens`, marked sensitive.
     bearer: Option<HeaderValue>,
+    /// For DPoP-bound `tokens`: the key's algorithm and the proofs' `ath`.
+    dpop_ath: Option<(dpop::Alg, String)>,
     /// Bumped whenever the tokens change, so a caller can tell whether the token
     /// it was refused with is still the current one.
     generation: u64,
@@ -288,6 +305,7 @@ impl ServerAuth {
             browser,
             state: Mutex::new(State::default()),
             finished,
+            dpop: Dpop::default(),
         })
     }
 
@@ -323,10 +341,19 @@ impl ServerAuth {
             self.key.clone(),
             self.settings.server.clone(),
         );
-        tokio::task::spawn_blocking(move || store.load(&key, &server))
+        let record = tokio::task::spawn_blocking(move || store.load(&key, &server))
             .await
             .map_err(|e| AuthError::fatal(format!("the credential store failed: {e}")))?
-            .map_err(|e| AuthError::fatal(e.to_string()))
+            .map_err(|e| AuthError::fatal(e.to_string()))?;
+        // Bound tokens are usable only with their key: have it before they are used.
+        if record
+            .as_ref()
+            .and_then(|r| r.tokens.as_ref())
+            .is_some_and(|t| t.dpop.is_some())
+        {
+            self.dpop_keys().await?;
+        }
+        Ok(record)
     }
 
     fn revision(&self) -> Option<Revision> {
@@ -363,6 +390,7 @@ impl ServerAuth {
     fn clear_tokens(state: &mut State) {
         state.tokens = None;
         state.bearer = None;
+        state.dpop_ath = None;
         state.bound = None;
         state.generation += 1;
     }
@@ -480,8 +508,9 @@ impl ServerAuth {
                     .registration
                     .clone()
                     .filter(|_| self.settings.client.is_none()),
-                // A capability URL's key has a record of its own.
+                // A capability URL's key and the DPoP keys have records of their own.
                 local_key: None,
+                dpop_keys: None,
             }
         };
         let has_tokens = record.tokens.is_some();
@@ -865,7 +894,7 @@ impl ServerAuth {
             .collect();
         let resource = settings.send_resource.then_some(found.resource.as_str());
         let tokens = token::client_credentials(
-            &self.http,
+            &self.token_http(&found, None).await?,
             &found.server.token_endpoint,
             &registration.credentials(),
             &scopes,
@@ -958,8 +987,13 @@ impl ServerAuth {
             .settings
             .send_resource
             .then_some(found.resource.as_str());
+        let bound_to = self.lock().tokens.as_ref().and_then(|t| t.dpop);
+        let http = self
+            .token_http(&found, bound_to)
+            .await
+            .map_err(Refresh::Failed)?;
         match token::refresh(
-            &self.http,
+            &http,
             &found.server.token_endpoint,
             &registration.credentials(),
             refresh_token,
@@ -1159,7 +1193,7 @@ impl ServerAuth {
             .await
             .map_err(AuthError::fatal)?;
         let tokens = token::exchange_code(
-            &self.http,
+            &self.token_http(&found, None).await?,
             &found.server.token_endpoint,
             &registration.credentials(),
             &CodeGrant {
@@ -1214,8 +1248,9 @@ impl ServerAuth {
                 .unwrap_or_else(|| device.verification_uri.clone()),
         });
         self.browser.show_device_code(&settings.server, &device);
+        let http = self.token_http(found, None).await?;
         let polled = device::poll(
-            &self.http,
+            &http,
             &found.server.token_endpoint,
             &credentials,
             &device,
@@ -1314,7 +1349,15 @@ impl ServerAuth {
             at - EXPIRY_MARGIN.min(lifetime / 2)
         });
         // Built once here: every request only copies it.
-        state.bearer = HeaderValue::from_str(&format!("Bearer {}", tokens.access_token.expose()))
+        let scheme = if tokens.dpop.is_some() {
+            "DPoP"
+        } else {
+            "Bearer"
+        };
+        state.dpop_ath = tokens
+            .dpop
+            .map(|alg| (alg, dpop::ath(&tokens.access_token)));
+        state.bearer = HeaderValue::from_str(&format!("{scheme} {}", tokens.access_token.expose()))
             .ok()
             .map(|mut value| {
                 value.set_sensitive(true);
@@ -1322,6 +1365,128 @@ impl ServerAuth {
             });
         state.tokens = Some(tokens);
         state.generation += 1;
+    }
+}
+
+/// DPoP (RFC 9449): whether a server's token requests carry proofs, and the proofs of
+/// requests to the resource server.
+impl ServerAuth {
+    /// The installation's DPoP keys, read (or made) once.
+    async fn dpop_keys(&self) -> Result<Arc<dpop::Keys>, AuthError> {
+        if let Some(keys) = self.dpop.keys.get() {
+            return Ok(keys.clone());
+        }
+        let (store, dir) = (
+            self.credentials.store.clone(),
+            self.credentials.lock_dir.clone(),
+        );
+        let keys = tokio::task::spawn_blocking(move || {
+            crate::dpop_key::load_or_create(&store, dir.as_ref())
+        })
+        .await
+        .map_err(|e| AuthError::fatal(e.to_string()))?
+        .map_err(|e| AuthError::fatal(format!("cannot read or store the DPoP key: {e}")))?;
+        Ok(self.dpop.keys.get_or_init(|| Arc::new(keys)).clone())
+    }
+
+    /// The way out for `found`'s token endpoint: with DPoP proofs when the config
+    /// says `dpop = true`, or says nothing and the server's metadata lists an
+    /// algorithm latchkey proves with. Tokens bound already keep their key.
+    async fn token_http(
+        &self,
+        found: &Discovered,
+        bound_to: Option<dpop::Alg>,
+    ) -> Result<Http, AuthError> {
+        let (settings, server) = (&self.settings, &found.server);
+        let listed = server.dpop_signing_alg_values_supported.as_deref();
+        let alg = match (settings.dpop, bound_to) {
+            (Some(false), _) => return Ok(self.http.clone()),
+            (_, Some(alg)) => alg,
+            (None, None) if listed.is_none() => return Ok(self.http.clone()),
+            (forced, None) => match dpop::Alg::choose(listed) {
+                Some(alg) => alg,
+                None if forced.is_none() => return Ok(self.http.clone()),
+                None => {
+                    return Err(AuthError::fatal(format!(
+                        "server {:?}: dpop = true, but the authorization server {} takes DPoP proofs only in {}, and latchkey proves with ES256 or EdDSA; set dpop = false under [servers.{}.oauth]",
+                        settings.server,
+                        server.issuer,
+                        listed.unwrap_or_default().join(", "),
+                        settings.server
+                    )));
+                }
+            },
+        };
+        let key = self.dpop_keys().await?.get(alg).clone();
+        let required = settings.dpop == Some(true)
+            || found
+                .resource_metadata
+                .as_ref()
+                .is_some_and(|m| m.dpop_bound_access_tokens_required);
+        let mut cached = self
+            .dpop
+            .prover
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let prover = match cached.as_ref() {
+            Some((issuer, prover))
+                if *issuer == server.issuer
+                    && Arc::ptr_eq(&prover.key, &key)
+                    && prover.required == required =>
+            {
+                prover.clone()
+            }
+            _ => {
+                let prover = Arc::new(dpop::Prover {
+                    key,
+                    nonce: dpop::Nonce::default(),
+                    required,
+                });
+                *cached = Some((server.issuer.clone(), prover.clone()));
+                prover
+            }
+        };
+        Ok(self.http.with_dpop(prover))
+    }
+
+    /// What a request to the resource server carries: the `Authorization` value,
+    /// the DPoP proof for a bound token (`htu` is called only then), and the token's
+    /// generation. For a Bearer token, this is [`ServerAuth::bearer`].
+    pub fn present(
+        &self,
+        htm: &str,
+        htu: impl FnOnce() -> String,
+    ) -> (Option<HeaderValue>, Option<HeaderValue>, u64) {
+        let (authorization, generation, ath) = {
+            let state = self.lock();
+            let live = state
+                .tokens
+                .as_ref()
+                .is_some_and(|t| t.expires_at.is_none_or(|at| at > SystemTime::now()));
+            (
+                state.bearer.as_ref().filter(|_| live).cloned(),
+                state.generation,
+                state.dpop_ath.clone(),
+            )
+        };
+        let proof = match (&authorization, ath, self.dpop.keys.get()) {
+            (Some(_), Some((alg, ath)), Some(keys)) => {
+                let nonce = self.dpop.resource_nonce.get();
+                keys.get(alg)
+                    .proof(htm, &htu(), Some(&ath), nonce.as_deref())
+                    .inspect_err(|e| tracing::warn!(server = %self.settings.server, error = %e, "no DPoP proof"))
+                    .ok()
+            }
+            _ => None,
+        };
+        (authorization, proof, generation)
+    }
+
+    /// Takes the resource server's `DPoP-Nonce` from a response to a request that
+    /// carried a proof (RFC 9449 §9); whether it was a new, well-formed one.
+    pub fn resource_nonce(&self, value: Option<&HeaderValue>) -> bool {
+        let before = self.dpop.resource_nonce.get();
+        self.dpop.resource_nonce.update(value) && self.dpop.resource_nonce.get() != before
     }
 }
 

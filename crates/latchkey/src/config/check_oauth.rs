@@ -29,6 +29,7 @@ pub(super) const OAUTH_KEYS: &[&str] = &[
     "authorize_params",
     "auth_timeout_secs",
     "issuer",
+    "dpop",
 ];
 
 impl Checker<'_> {
@@ -211,6 +212,13 @@ impl Checker<'_> {
                     Some(issuer_hint),
                 ),
             }
+        }
+        if let Some(dpop) = self.field::<bool>(
+            &mut table,
+            "dpop",
+            "write dpop = true to always use DPoP-bound tokens (RFC 9449) or dpop = false to never use them; without it, latchkey uses DPoP where the authorization server's metadata offers it",
+        ) {
+            oauth.dpop = Some(dpop.into_inner());
         }
         OAuth::Enabled(oauth)
     }

@@ -247,6 +247,9 @@ pub struct OAuthConfig {
     pub auth_timeout: Duration,
     /// The only authorization server this server's credentials may go to.
     pub issuer: Option<String>,
+    /// DPoP-bound tokens (RFC 9449): `None` as the authorization server offers,
+    /// else always or never.
+    pub dpop: Option<bool>,
 }
 
 impl Default for OAuthConfig {
@@ -262,6 +265,7 @@ impl Default for OAuthConfig {
             authorize_params: Vec::new(),
             auth_timeout: DEFAULT_AUTH_TIMEOUT,
             issuer: None,
+            dpop: None,
         }
     }
 }

@@ -252,6 +252,7 @@ async fn a_record_another_user_planted_is_refused_and_its_token_never_sent() {
             refresh_token: None,
             expires_at: None,
             scopes: Vec::new(),
+            dpop: None,
         }),
         ..Record::default()
     };
@@ -548,6 +549,7 @@ async fn a_public_authorization_server_cannot_send_revocation_to_this_machine() 
             refresh_token: Some(Secret::new("rt-to-revoke")),
             expires_at: None,
             scopes: Vec::new(),
+            dpop: None,
         }),
         registration: Some(Registration {
             issuer: ISSUER.into(),
