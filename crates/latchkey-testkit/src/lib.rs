@@ -11,10 +11,13 @@
 //! that moves from one authorization server to another.
 
 mod auth;
+pub mod dpop;
 mod mcp;
 
 pub use auth::{
     AuthOptions, AuthServer, Grant, MetadataAt, MovingUpstream, PrmAt, Received, RegisteredClient,
     moving_upstream, protected_upstream,
 };
-pub use mcp::{McpUpstream, Protection, RecordedRequest, ScopeCheck, TokenCheck};
+pub use mcp::{
+    DpopCheck, DpopPresented, McpUpstream, Protection, RecordedRequest, ScopeCheck, TokenCheck,
+};

@@ -373,6 +373,7 @@ async fn public_upstream(resource_metadata: String) -> McpUpstream {
         check: Arc::new(|_| false),
         challenge: Arc::new(move || format!("Bearer resource_metadata=\"{resource_metadata}\"")),
         scope: None,
+        dpop: None,
     })
     .await
     .expect("upstream")
