@@ -37,6 +37,8 @@ pub struct ResourceMetadata {
     /// RFC 9728 §2: the resource takes DPoP-bound tokens only.
     #[serde(default)]
     pub dpop_bound_access_tokens_required: bool,
+    /// RFC 9728 §2: the resource takes DPoP proofs in these algorithms.
+    pub dpop_signing_alg_values_supported: Option<Vec<String>>,
 }
 
 /// RFC 8414 §2 (and the OpenID Connect discovery fields that share its names).

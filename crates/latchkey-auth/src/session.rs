@@ -213,6 +213,8 @@ struct Dpop {
     /// For the issuer it names; its nonce is that server's.
     prover: Mutex<Option<(String, Arc<dpop::Prover>)>>,
     resource_nonce: dpop::Nonce,
+    /// The server sent a DPoP challenge (RFC 9449 §7.1): it takes DPoP.
+    offered: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for dyn Browser {
@@ -719,6 +721,11 @@ impl ServerAuth {
     /// Gets new tokens (refresh, or the browser flow) unless someone already did
     /// since `trigger.seen`. Waits for the flow; the caller bounds the wait.
     pub async fn authorize(self: &Arc<Self>, trigger: Trigger) -> Result<(), AuthError> {
+        if trigger.challenge.as_ref().is_some_and(|c| c.dpop.is_some()) {
+            self.dpop
+                .offered
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut finished = self.finished.subscribe();
         let waiting_for = {
             let mut state = self.lock();
@@ -1390,8 +1397,12 @@ impl ServerAuth {
     }
 
     /// The way out for `found`'s token endpoint: with DPoP proofs when the config
-    /// says `dpop = true`, or says nothing and the server's metadata lists an
-    /// algorithm latchkey proves with. Tokens bound already keep their key.
+    /// says `dpop = true`, or says nothing and both ends take DPoP: the authorization
+    /// server's metadata lists an algorithm latchkey proves with, and the MCP server
+    /// sent a DPoP challenge or names DPoP in its resource metadata. (A server that
+    /// takes only Bearer tokens would refuse a bound one; oidc-provider, for one,
+    /// offers DPoP by default, in front of servers that know nothing of it.) Tokens
+    /// bound already keep their key.
     async fn token_http(
         &self,
         found: &Discovered,
@@ -1399,10 +1410,16 @@ impl ServerAuth {
     ) -> Result<Http, AuthError> {
         let (settings, server) = (&self.settings, &found.server);
         let listed = server.dpop_signing_alg_values_supported.as_deref();
+        let resource_takes_it = self.dpop.offered.load(std::sync::atomic::Ordering::Relaxed)
+            || found.resource_metadata.as_ref().is_some_and(|m| {
+                m.dpop_bound_access_tokens_required || m.dpop_signing_alg_values_supported.is_some()
+            });
         let alg = match (settings.dpop, bound_to) {
             (Some(false), _) => return Ok(self.http.clone()),
             (_, Some(alg)) => alg,
-            (None, None) if listed.is_none() => return Ok(self.http.clone()),
+            (None, None) if listed.is_none() || !resource_takes_it => {
+                return Ok(self.http.clone());
+            }
             (forced, None) => match dpop::Alg::choose(listed) {
                 Some(alg) => alg,
                 None if forced.is_none() => return Ok(self.http.clone()),
