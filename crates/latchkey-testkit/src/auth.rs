@@ -105,6 +105,8 @@ pub struct AuthOptions {
     /// With `dpop`: the token endpoint and the upstream want a nonce in the proof
     /// (§8, §9); the upstream announces a new one on every success.
     pub dpop_nonce: bool,
+    /// With `dpop`: the algorithms advertised, instead of ES256 and EdDSA.
+    pub dpop_algs: Option<Vec<String>>,
 }
 
 impl Default for AuthOptions {
@@ -134,6 +136,7 @@ impl Default for AuthOptions {
             prefix: String::new(),
             dpop: false,
             dpop_nonce: false,
+            dpop_algs: None,
         }
     }
 }
@@ -1002,7 +1005,10 @@ fn server_metadata(shared: &AuthShared) -> Value {
         document["client_id_metadata_document_supported"] = json!(true);
     }
     if options.dpop {
-        document["dpop_signing_alg_values_supported"] = json!(["ES256", "EdDSA"]);
+        document["dpop_signing_alg_values_supported"] = options
+            .dpop_algs
+            .as_ref()
+            .map_or_else(|| json!(["ES256", "EdDSA"]), |algs| json!(algs));
     }
     document["revocation_endpoint"] = json!(format!("{issuer}/revoke"));
     document
