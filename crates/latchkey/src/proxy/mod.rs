@@ -106,14 +106,24 @@ pub(crate) struct Reloaded {
 }
 
 impl Upstream {
-    /// Adds the configured headers and, for an OAuth server, the current token. The
-    /// HTTP+SSE bridge uses this; it has no login retry of its own.
-    fn add_credentials(&self, headers: &mut HeaderMap) {
+    /// Adds the configured headers and, for an OAuth server, the current token (and
+    /// its DPoP proof for a `method` request to `url`). The HTTP+SSE bridge uses this;
+    /// it has no login retry of its own.
+    fn add_credentials(&self, headers: &mut HeaderMap, method: &str, url: &url::Url) {
         for (name, value) in &self.config.headers {
             headers.insert(name.clone(), value.clone());
         }
-        if let Some((Some(bearer), _)) = self.auth.as_ref().map(|auth| auth.session.bearer()) {
+        let Some(auth) = &self.auth else {
+            return;
+        };
+        let (bearer, proof, _) = auth
+            .session
+            .present(method, || latchkey_auth::dpop::htu(url.as_str()));
+        if let Some(bearer) = bearer {
             headers.insert(http::header::AUTHORIZATION, bearer);
+        }
+        if let Some(proof) = proof {
+            headers.insert(headers::DPOP, proof);
         }
     }
 
