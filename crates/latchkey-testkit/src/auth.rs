@@ -107,6 +107,10 @@ pub struct AuthOptions {
     pub dpop_nonce: bool,
     /// With `dpop`: the algorithms advertised, instead of ES256 and EdDSA.
     pub dpop_algs: Option<Vec<String>>,
+    /// A broken DPoP server: with a proof, issue Bearer tokens anyway (not bound).
+    pub dpop_unbound: bool,
+    /// A broken DPoP server: `token_type` DPoP even to a request without a proof.
+    pub dpop_type_without_proof: bool,
 }
 
 impl Default for AuthOptions {
@@ -137,6 +141,8 @@ impl Default for AuthOptions {
             dpop: false,
             dpop_nonce: false,
             dpop_algs: None,
+            dpop_unbound: false,
+            dpop_type_without_proof: false,
         }
     }
 }
@@ -781,14 +787,16 @@ async fn token(
     if let Some(refresh) = &refresh {
         state.refresh_tokens.insert(refresh.clone(), grant.clone());
     }
+    let jkt = jkt.filter(|_| !options.dpop_unbound);
     if let Some(jkt) = &jkt {
         for token in std::iter::once(&access).chain(&refresh) {
             state.bound.insert(token.clone(), jkt.clone());
         }
     }
+    let dpop = jkt.is_some() || options.dpop_type_without_proof;
     let mut body = json!({
         "access_token": access,
-        "token_type": if jkt.is_some() { "DPoP" } else { "Bearer" },
+        "token_type": if dpop { "DPoP" } else { "Bearer" },
         "expires_in": options.token_lifetime,
         "scope": grant.scope,
     });

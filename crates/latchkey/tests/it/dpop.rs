@@ -299,3 +299,49 @@ fn find_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         })
         .collect()
 }
+
+/// RFC 9449 §5: a bound token is the answer to a proof. `token_type` DPoP to a
+/// request without one is refused (latchkey could not use it), with the fix named;
+/// a Bearer answer to a proof is used as Bearer, unless `dpop = true` demands binding.
+#[tokio::test]
+async fn a_token_type_that_does_not_match_the_request_is_refused_or_used_as_the_rfc_says() {
+    let unasked = protected().dpop_type_without_proof().start().await;
+    let daemon = unasked
+        .daemon(&["oauth = { dpop = false }"])
+        .browser(ScriptedBrowser::approving())
+        .start()
+        .await;
+    let refused = daemon.initialize("/notes").await;
+    assert_eq!(refused.status(), 503);
+    let text = refused.text().await.expect("body");
+    assert!(
+        text.contains("token_type is DPoP, but latchkey sent no DPoP proof")
+            && text.contains("dpop = true"),
+        "{text}"
+    );
+
+    let unbound = protected().dpop_unbound().start().await;
+    let (daemon, session) = logged_in(&unbound, Store::Memory).await;
+    call(&daemon, &session, 2).await;
+    let sent = unbound.upstream.requests();
+    let last = sent.last().expect("a request");
+    assert!(
+        last.headers["authorization"]
+            .as_bytes()
+            .starts_with(b"Bearer ")
+            && !last.headers.contains_key("dpop"),
+        "an unbound token goes as Bearer, without a proof"
+    );
+    let strict = unbound
+        .daemon(&["oauth = { dpop = true }"])
+        .browser(ScriptedBrowser::approving())
+        .start()
+        .await;
+    let refused = strict.initialize("/notes").await;
+    assert_eq!(refused.status(), 503);
+    let text = refused.text().await.expect("body");
+    assert!(
+        text.contains("DPoP-bound tokens are required") && text.contains("dpop = false"),
+        "{text}"
+    );
+}

@@ -335,6 +335,20 @@ impl ProtectedBuilder {
         self
     }
 
+    /// A broken DPoP server: Bearer tokens even to a request with a proof.
+    pub fn dpop_unbound(mut self) -> Self {
+        self.0.dpop = true;
+        self.0.dpop_unbound = true;
+        self
+    }
+
+    /// A broken DPoP server: `token_type` DPoP even without a proof.
+    pub fn dpop_type_without_proof(mut self) -> Self {
+        self.0.dpop = true;
+        self.0.dpop_type_without_proof = true;
+        self
+    }
+
     /// Before every client id, secret, code and token it issues.
     pub fn prefix(mut self, prefix: &str) -> Self {
         prefix.clone_into(&mut self.0.prefix);

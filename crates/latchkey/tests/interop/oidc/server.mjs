@@ -400,7 +400,7 @@ const dpopAuth = async (req, res, next) => {
     res.status(401).set('WWW-Authenticate', DPOP_CHALLENGE).json({ error: 'invalid_token' });
     return;
   }
-  if (scheme !== 'DPoP') return refuse('invalid_token', 'a bound token must come with the DPoP scheme');
+  if (scheme !== 'DPoP') return refuse('invalid_token', 'the token must come with the DPoP scheme');
   let info;
   try {
     info = await verifier.verifyAccessToken(token);
