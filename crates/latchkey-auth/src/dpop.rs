@@ -304,10 +304,10 @@ impl Keys {
 /// The latest `DPoP-Nonce` a server sent (§8, §9): every response may bring a new
 /// one, and the next proof carries it.
 #[derive(Debug, Default)]
-pub struct Nonce(Mutex<Option<String>>);
+pub struct Nonce(Mutex<Option<Arc<str>>>);
 
 impl Nonce {
-    pub fn get(&self) -> Option<String> {
+    pub fn get(&self) -> Option<Arc<str>> {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -325,7 +325,7 @@ impl Nonce {
         }) else {
             return false;
         };
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(value.to_owned());
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(value.into());
         true
     }
 }

@@ -231,7 +231,7 @@ struct State {
     /// `Authorization: Bearer …` (or `DPoP …`) for `tokens`, marked sensitive.
     bearer: Option<HeaderValue>,
     /// For DPoP-bound `tokens`: the key's algorithm and the proofs' `ath`.
-    dpop_ath: Option<(dpop::Alg, String)>,
+    dpop_ath: Option<(dpop::Alg, Arc<str>)>,
     /// Bumped whenever the tokens change, so a caller can tell whether the token
     /// it was refused with is still the current one.
     generation: u64,
@@ -1363,7 +1363,7 @@ impl ServerAuth {
         };
         state.dpop_ath = tokens
             .dpop
-            .map(|alg| (alg, dpop::ath(&tokens.access_token)));
+            .map(|alg| (alg, dpop::ath(&tokens.access_token).into()));
         state.bearer = HeaderValue::from_str(&format!("{scheme} {}", tokens.access_token.expose()))
             .ok()
             .map(|mut value| {
