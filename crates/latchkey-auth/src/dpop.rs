@@ -78,9 +78,7 @@ impl Alg {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DpopError {
-    #[error(
-        "the stored DPoP key cannot be read ({0}); remove it with `latchkey logout` of every server, and log in again"
-    )]
+    #[error("the stored DPoP key cannot be read ({0})")]
     BadKey(&'static str),
     #[error("generating a DPoP key failed")]
     Generate,

@@ -25,7 +25,13 @@ pub fn load_or_create(store: &Arc<dyn Store>, lock_dir: Option<&PathBuf>) -> Res
         .map_err(|e| e.to_string())?
         .and_then(|record| record.dpop_keys);
     if let Some(stored) = stored {
-        return Keys::from_secret(&stored).map_err(|e| e.to_string());
+        return Keys::from_secret(&stored).map_err(|e| {
+            format!(
+                "{e}: it is the record {RECORD_ID} of the {} store ({}); remove that record, and latchkey makes new keys (servers that bound tokens to the old ones then need a new login)",
+                store.kind(),
+                store.location()
+            )
+        });
     }
     let keys = Keys::generate().map_err(|e| e.to_string())?;
     let record = Record {
@@ -49,5 +55,20 @@ mod tests {
         let again = load_or_create(&store, None).expect("read");
         assert_eq!(first.es256.thumbprint(), again.es256.thumbprint());
         assert_eq!(first.eddsa.thumbprint(), again.eddsa.thumbprint());
+    }
+
+    #[test]
+    fn an_unreadable_record_is_named_and_kept() {
+        let store: Arc<dyn Store> = MemoryStore::new();
+        let junk = Record {
+            dpop_keys: Some(crate::Secret::new("es256.AAAA.eddsa.BBBB")),
+            ..Record::default()
+        };
+        store.save(RECORD_ID, &junk).expect("save");
+        let e = load_or_create(&store, None).expect_err("unreadable");
+        assert!(e.contains(RECORD_ID) && e.contains("memory"), "{e}");
+        assert!(!e.contains("AAAA"), "{e}");
+        let kept = store.load(RECORD_ID, "").expect("load").expect("kept");
+        assert_eq!(kept, junk, "never replaced silently");
     }
 }
