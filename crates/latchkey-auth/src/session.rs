@@ -37,6 +37,10 @@ use crate::store::{self, Record, Revision, Store};
 use crate::target::{Clients, Http};
 use crate::token::{self, CodeGrant, TokenError, TokenSet};
 
+// DPoP's part of a session, in a file of its own.
+#[path = "session_dpop.rs"]
+mod session_dpop;
+
 /// Tokens this close to expiry (or past half their lifetime, for short-lived ones) are
 /// refreshed before use.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
@@ -204,17 +208,7 @@ pub struct ServerAuth {
     finished: watch::Sender<(u64, Result<(), AuthError>)>,
     /// DPoP (RFC 9449), once in use: the installation's keys, the token endpoint's
     /// prover and the resource server's latest nonce.
-    dpop: Dpop,
-}
-
-#[derive(Debug, Default)]
-struct Dpop {
-    keys: std::sync::OnceLock<Arc<dpop::Keys>>,
-    /// For the issuer it names; its nonce is that server's.
-    prover: Mutex<Option<(String, Arc<dpop::Prover>)>>,
-    resource_nonce: dpop::Nonce,
-    /// The server sent a DPoP challenge (RFC 9449 §7.1): it takes DPoP.
-    offered: std::sync::atomic::AtomicBool,
+    dpop: session_dpop::Dpop,
 }
 
 impl std::fmt::Debug for dyn Browser {
@@ -307,7 +301,7 @@ impl ServerAuth {
             browser,
             state: Mutex::new(State::default()),
             finished,
-            dpop: Dpop::default(),
+            dpop: session_dpop::Dpop::default(),
         })
     }
 
@@ -721,11 +715,7 @@ impl ServerAuth {
     /// Gets new tokens (refresh, or the browser flow) unless someone already did
     /// since `trigger.seen`. Waits for the flow; the caller bounds the wait.
     pub async fn authorize(self: &Arc<Self>, trigger: Trigger) -> Result<(), AuthError> {
-        if trigger.challenge.as_ref().is_some_and(|c| c.dpop.is_some()) {
-            self.dpop
-                .offered
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.dpop.offered_in(&trigger);
         let mut finished = self.finished.subscribe();
         let waiting_for = {
             let mut state = self.lock();
@@ -1372,138 +1362,6 @@ impl ServerAuth {
             });
         state.tokens = Some(tokens);
         state.generation += 1;
-    }
-}
-
-/// DPoP (RFC 9449): whether a server's token requests carry proofs, and the proofs of
-/// requests to the resource server.
-impl ServerAuth {
-    /// The installation's DPoP keys, read (or made) once.
-    async fn dpop_keys(&self) -> Result<Arc<dpop::Keys>, AuthError> {
-        if let Some(keys) = self.dpop.keys.get() {
-            return Ok(keys.clone());
-        }
-        let (store, dir) = (
-            self.credentials.store.clone(),
-            self.credentials.lock_dir.clone(),
-        );
-        let keys = tokio::task::spawn_blocking(move || {
-            crate::dpop_key::load_or_create(&store, dir.as_ref())
-        })
-        .await
-        .map_err(|e| AuthError::fatal(e.to_string()))?
-        .map_err(|e| AuthError::fatal(format!("cannot read or store the DPoP key: {e}")))?;
-        Ok(self.dpop.keys.get_or_init(|| Arc::new(keys)).clone())
-    }
-
-    /// The way out for `found`'s token endpoint: with DPoP proofs when the config
-    /// says `dpop = true`, or says nothing and both ends take DPoP: the authorization
-    /// server's metadata lists an algorithm latchkey proves with, and the MCP server
-    /// sent a DPoP challenge or names DPoP in its resource metadata. (A server that
-    /// takes only Bearer tokens would refuse a bound one; oidc-provider, for one,
-    /// offers DPoP by default, in front of servers that know nothing of it.) Tokens
-    /// bound already keep their key.
-    async fn token_http(
-        &self,
-        found: &Discovered,
-        bound_to: Option<dpop::Alg>,
-    ) -> Result<Http, AuthError> {
-        let (settings, server) = (&self.settings, &found.server);
-        let listed = server.dpop_signing_alg_values_supported.as_deref();
-        let resource_takes_it = self.dpop.offered.load(std::sync::atomic::Ordering::Relaxed)
-            || found.resource_metadata.as_ref().is_some_and(|m| {
-                m.dpop_bound_access_tokens_required || m.dpop_signing_alg_values_supported.is_some()
-            });
-        let alg = match (settings.dpop, bound_to) {
-            (Some(false), _) => return Ok(self.http.clone()),
-            (_, Some(alg)) => alg,
-            (None, None) if listed.is_none() || !resource_takes_it => {
-                return Ok(self.http.clone());
-            }
-            (forced, None) => match dpop::Alg::choose(listed) {
-                Some(alg) => alg,
-                None if forced.is_none() => return Ok(self.http.clone()),
-                None => {
-                    return Err(AuthError::fatal(format!(
-                        "server {:?}: dpop = true, but the authorization server {} takes DPoP proofs only in {}, and latchkey proves with ES256 or EdDSA; set dpop = false under [servers.{}.oauth]",
-                        settings.server,
-                        server.issuer,
-                        listed.unwrap_or_default().join(", "),
-                        settings.server
-                    )));
-                }
-            },
-        };
-        let key = self.dpop_keys().await?.get(alg).clone();
-        let required = settings.dpop == Some(true)
-            || found
-                .resource_metadata
-                .as_ref()
-                .is_some_and(|m| m.dpop_bound_access_tokens_required);
-        let mut cached = self
-            .dpop
-            .prover
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let prover = match cached.as_ref() {
-            Some((issuer, prover))
-                if *issuer == server.issuer
-                    && Arc::ptr_eq(&prover.key, &key)
-                    && prover.required == required =>
-            {
-                prover.clone()
-            }
-            _ => {
-                let prover = Arc::new(dpop::Prover {
-                    key,
-                    nonce: dpop::Nonce::default(),
-                    required,
-                });
-                *cached = Some((server.issuer.clone(), prover.clone()));
-                prover
-            }
-        };
-        Ok(self.http.with_dpop(prover))
-    }
-
-    /// What a request to the resource server carries: the `Authorization` value,
-    /// the DPoP proof for a bound token (`htu` is called only then), and the token's
-    /// generation. For a Bearer token, this is [`ServerAuth::bearer`].
-    pub fn present(
-        &self,
-        htm: &str,
-        htu: impl FnOnce() -> String,
-    ) -> (Option<HeaderValue>, Option<HeaderValue>, u64) {
-        let (authorization, generation, ath) = {
-            let state = self.lock();
-            let live = state
-                .tokens
-                .as_ref()
-                .is_some_and(|t| t.expires_at.is_none_or(|at| at > SystemTime::now()));
-            (
-                state.bearer.as_ref().filter(|_| live).cloned(),
-                state.generation,
-                state.dpop_ath.clone(),
-            )
-        };
-        let proof = match (&authorization, ath, self.dpop.keys.get()) {
-            (Some(_), Some((alg, ath)), Some(keys)) => {
-                let nonce = self.dpop.resource_nonce.get();
-                keys.get(alg)
-                    .proof(htm, &htu(), Some(&ath), nonce.as_deref())
-                    .inspect_err(|e| tracing::warn!(server = %self.settings.server, error = %e, "no DPoP proof"))
-                    .ok()
-            }
-            _ => None,
-        };
-        (authorization, proof, generation)
-    }
-
-    /// Takes the resource server's `DPoP-Nonce` from a response to a request that
-    /// carried a proof (RFC 9449 §9); whether it was a new, well-formed one.
-    pub fn resource_nonce(&self, value: Option<&HeaderValue>) -> bool {
-        let before = self.dpop.resource_nonce.get();
-        self.dpop.resource_nonce.update(value) && self.dpop.resource_nonce.get() != before
     }
 }
 
