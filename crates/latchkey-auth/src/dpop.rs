@@ -17,8 +17,9 @@
 //! Signing uses `ring`, as `assertion.rs` does. The JWS header is fixed per key, so
 //! it is encoded once; a proof costs one small JSON text and one signature. `jti` is a
 //! hash of a random per-key seed and a counter: unique without a system call. EdDSA
-//! is preferred where the server allows it: it is deterministic (ES256 draws a random
-//! nonce per signature from the OS) and faster.
+//! is preferred where the server allows it: it is deterministic, where ES256 draws a
+//! random nonce from the OS for every signature. Either costs about 20 µs per request
+//! (BENCHMARKS.md), and only for a server that uses DPoP.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
