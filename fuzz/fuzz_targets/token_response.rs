@@ -30,7 +30,11 @@ fn tokens(body: &[u8], keep_old: bool) {
             };
             assert!(!set.access_token.expose().is_empty());
             assert_eq!(Some(set.access_token.expose()), text("access_token"));
-            assert!(text("token_type").is_some_and(|t| t.eq_ignore_ascii_case("bearer")));
+            assert!(text("token_type").is_some_and(
+                |t| t.eq_ignore_ascii_case("bearer") || t.eq_ignore_ascii_case("dpop")
+            ));
+            // Bound only by a request that sent a proof, which this is not.
+            assert_eq!(set.dpop, None);
             let refresh = match field("refresh_token") {
                 Some(Value::String(r)) => Some(r.as_str()),
                 _ => keep_old.then_some(old.expose()),

@@ -2,7 +2,9 @@
 //! header fields (one per input line). Checks: what it parses, written back in the
 //! canonical form, parses the same; two fields joined with ", " (RFC 9110 §5.3) parse
 //! as the two did apart, so `BearerChallenge::from_headers` gives the same answer for
-//! both; scopes are distinct words of the `scope` parameter.
+//! both; there is one exactly when a Bearer or DPoP challenge is there; scopes are
+//! distinct words of the `scope` parameter (of the first such challenge that has one,
+//! the Bearer one first).
 #![no_main]
 
 use latchkey_auth::BearerChallenge;
@@ -70,15 +72,18 @@ fuzz_target!(|data: &[u8]| {
 
     let bearer = BearerChallenge::from_headers(fields.iter().copied());
     assert_eq!(bearer, BearerChallenge::from_headers([joined.as_str()]));
+    let of = |scheme: &str| all.iter().find(|c| c.scheme.eq_ignore_ascii_case(scheme));
+    let (first_bearer, first_dpop) = (of("bearer"), of("dpop"));
+    assert_eq!(bearer.is_some(), first_bearer.or(first_dpop).is_some());
     assert_eq!(
-        bearer.is_some(),
-        all.iter().any(|c| c.scheme.eq_ignore_ascii_case("bearer"))
+        bearer.as_ref().and_then(|b| b.dpop.as_ref()).is_some(),
+        first_dpop.is_some()
     );
     if let Some(bearer) = bearer {
-        let scope = all
-            .iter()
-            .find(|c| c.scheme.eq_ignore_ascii_case("bearer"))
-            .and_then(|c| c.param("scope"))
+        let scope = first_bearer
+            .into_iter()
+            .chain(first_dpop)
+            .find_map(|c| c.param("scope"))
             .unwrap_or("");
         let words: Vec<&str> = scope.split_ascii_whitespace().collect();
         for (i, s) in bearer.scopes.iter().enumerate() {

@@ -27,6 +27,7 @@ fn main() {
                 refresh_token: Some(Secret::new(format!("rt-{i}"))),
                 expires_at: Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
                 scopes: (0..1 + i % 200).map(|s| format!("scope:{s:04}")).collect(),
+                dpop: None,
             }),
             registration: None,
             ..Record::default()

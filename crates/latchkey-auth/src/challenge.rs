@@ -1,5 +1,6 @@
-//! `WWW-Authenticate` parsing (RFC 9110 §11.6.1), for the Bearer challenges of RFC 6750
-//! and the `resource_metadata` parameter of RFC 9728.
+//! `WWW-Authenticate` parsing (RFC 9110 §11.6.1), for the Bearer challenges of RFC 6750,
+//! the DPoP challenges of RFC 9449 §7.1 (`algs`, and `error="use_dpop_nonce"` of
+//! §9) and the `resource_metadata` parameter of RFC 9728.
 //!
 //! Written by hand: the header's grammar lets commas separate both challenges and the
 //! parameters inside one, and real servers mix quoted and unquoted values, several
@@ -24,7 +25,8 @@ impl Challenge {
     }
 }
 
-/// What a Bearer challenge asks of an OAuth client.
+/// What a Bearer or DPoP challenge asks of an OAuth client. A 401 with either scheme
+/// leads to the same refresh or login.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BearerChallenge {
     /// RFC 9728 §5.1: where the protected resource metadata is.
@@ -34,21 +36,54 @@ pub struct BearerChallenge {
     /// RFC 6750 §3.1: `invalid_token`, `insufficient_scope`, ...
     pub error: Option<String>,
     pub error_description: Option<String>,
+    /// The DPoP challenge, when there was one (RFC 9449 §7.1).
+    pub dpop: Option<DpopChallenge>,
+}
+
+/// A DPoP challenge's own parameters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DpopChallenge {
+    /// The algorithms the resource server accepts proofs in.
+    pub algs: Vec<String>,
+    /// `invalid_token`, `invalid_dpop_proof`, `use_dpop_nonce`, ...
+    pub error: Option<String>,
 }
 
 impl BearerChallenge {
-    /// The first Bearer challenge among all the given header values, if any.
+    /// The first Bearer or DPoP challenge among all the given header values, if
+    /// any, with the DPoP one's parameters. A server may send both; what one of them
+    /// lacks (`resource_metadata`, `scope`, `error`) is taken from the other.
     pub fn from_headers<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Self> {
-        values
-            .into_iter()
-            .flat_map(parse)
-            .find(|c| c.scheme.eq_ignore_ascii_case("bearer"))
-            .map(|c| Self {
-                resource_metadata: c.param("resource_metadata").map(str::to_owned),
-                scopes: c.param("scope").map(split_scopes).unwrap_or_default(),
+        let all: Vec<Challenge> = values.into_iter().flat_map(parse).collect();
+        let of = |scheme: &str| all.iter().find(|c| c.scheme.eq_ignore_ascii_case(scheme));
+        let (bearer, dpop) = (of("bearer"), of("dpop"));
+        let first = bearer.or(dpop)?;
+        let param = |name: &str| {
+            first
+                .param(name)
+                .or_else(|| bearer.into_iter().chain(dpop).find_map(|c| c.param(name)))
+                .map(str::to_owned)
+        };
+        Some(Self {
+            resource_metadata: param("resource_metadata"),
+            scopes: param("scope")
+                .as_deref()
+                .map(split_scopes)
+                .unwrap_or_default(),
+            error: param("error"),
+            error_description: param("error_description"),
+            dpop: dpop.map(|c| DpopChallenge {
+                algs: c.param("algs").map(split_scopes).unwrap_or_default(),
                 error: c.param("error").map(str::to_owned),
-                error_description: c.param("error_description").map(str::to_owned),
-            })
+            }),
+        })
+    }
+
+    /// A DPoP challenge that asks for a (new) nonce (RFC 9449 §9).
+    pub fn wants_dpop_nonce(&self) -> bool {
+        self.dpop
+            .as_ref()
+            .is_some_and(|d| d.error.as_deref() == Some("use_dpop_nonce"))
     }
 
     pub fn is_insufficient_scope(&self) -> bool {
@@ -302,5 +337,35 @@ mod tests {
         }
         assert!(bearer(&[tricky]).is_insufficient_scope());
         assert_eq!(bearer(&[tricky]).scopes, ["x", "y"]);
+    }
+
+    #[test]
+    fn dpop_challenges_alone_and_beside_bearer() {
+        let alone = bearer(&[
+            r#"DPoP error="use_dpop_nonce", error_description="Resource server requires nonce in DPoP proof", resource_metadata="https://rs.example/prm""#,
+        ]);
+        assert!(alone.wants_dpop_nonce());
+        assert_eq!(alone.error.as_deref(), Some("use_dpop_nonce"));
+        assert_eq!(
+            alone.resource_metadata.as_deref(),
+            Some("https://rs.example/prm")
+        );
+        let both = bearer(&[
+            r#"Bearer resource_metadata="https://rs.example/prm", scope="a""#,
+            r#"DPoP algs="ES256 EdDSA", error="invalid_token""#,
+        ]);
+        assert_eq!(
+            both.resource_metadata.as_deref(),
+            Some("https://rs.example/prm")
+        );
+        assert_eq!(
+            both.error.as_deref(),
+            Some("invalid_token"),
+            "from the DPoP one"
+        );
+        let dpop = both.dpop.as_ref().expect("a DPoP challenge");
+        assert_eq!(dpop.algs, ["ES256", "EdDSA"]);
+        assert!(!both.wants_dpop_nonce());
+        assert_eq!(bearer(&["Bearer"]).dpop, None);
     }
 }

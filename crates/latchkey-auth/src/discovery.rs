@@ -34,6 +34,11 @@ pub struct ResourceMetadata {
     #[serde(default)]
     pub authorization_servers: Vec<String>,
     pub scopes_supported: Option<Vec<String>>,
+    /// RFC 9728 §2: the resource takes DPoP-bound tokens only.
+    #[serde(default)]
+    pub dpop_bound_access_tokens_required: bool,
+    /// RFC 9728 §2: the resource takes DPoP proofs in these algorithms.
+    pub dpop_signing_alg_values_supported: Option<Vec<String>>,
 }
 
 /// RFC 8414 §2 (and the OpenID Connect discovery fields that share its names).
@@ -62,6 +67,8 @@ pub struct ServerMetadata {
     pub id_token_signing_alg_values_supported: Option<Vec<String>>,
     /// OpenID Connect Prompt Create 1.0 §4.
     pub prompt_values_supported: Option<Vec<String>>,
+    /// RFC 9449 §5.1: the server takes DPoP proofs in these algorithms.
+    pub dpop_signing_alg_values_supported: Option<Vec<String>>,
 }
 
 /// Everything the authorization flow needs to start.

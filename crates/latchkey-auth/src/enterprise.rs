@@ -466,6 +466,8 @@ fn id_tokens(
             .or_else(|| old_refresh.cloned()),
         expires_at: Some(expires_at),
         scopes: scopes.to_vec(),
+        // An ID token is never bound: it goes to the IdP's own token exchange.
+        dpop: None,
     })
 }
 

@@ -12,6 +12,8 @@ mod body;
 pub mod challenge;
 pub mod device;
 pub mod discovery;
+pub mod dpop;
+pub mod dpop_key;
 pub mod enterprise;
 pub mod jwt_bearer;
 pub mod registration;

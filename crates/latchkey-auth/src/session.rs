@@ -31,12 +31,17 @@ use crate::authorize::{self, AuthorizationParams};
 use crate::challenge::BearerChallenge;
 use crate::device::{self, DeviceAuthorization};
 use crate::discovery::{self, Discovered};
+use crate::dpop;
 use crate::enterprise::{Idp, IdpSettings};
 use crate::jwt_bearer::{self, AssertionSource};
 use crate::registration::{self, ConfiguredClient, Plan, Registration};
 use crate::store::{self, Record, Revision, Store};
 use crate::target::{Clients, Http};
 use crate::token::{self, CodeGrant, TokenError, TokenSet};
+
+// DPoP's part of a session, in a file of its own.
+#[path = "session_dpop.rs"]
+mod session_dpop;
 
 /// Tokens this close to expiry (or past half their lifetime, for short-lived ones) are
 /// refreshed before use.
@@ -179,6 +184,9 @@ pub struct AuthSettings {
     /// `issuer` from the config: the only authorization server this server's
     /// credentials (and a configured secret or key) may go to.
     pub issuer: Option<String>,
+    /// `dpop` from the config: `None` follows the authorization server's metadata
+    /// (`dpop_signing_alg_values_supported`), `Some` forces DPoP on or off.
+    pub dpop: Option<bool>,
 }
 
 /// Where a server stands, for `GET /` and `status`.
@@ -267,6 +275,9 @@ pub struct ServerAuth {
     state: Mutex<State>,
     /// Bumped when a flow ends; carries its outcome.
     finished: watch::Sender<(u64, Result<(), AuthError>)>,
+    /// DPoP (RFC 9449), once in use: the installation's keys, the token endpoint's
+    /// prover and the resource server's latest nonce.
+    dpop: session_dpop::Dpop,
 }
 
 impl std::fmt::Debug for dyn Browser {
@@ -280,8 +291,10 @@ struct State {
     tokens: Option<TokenSet>,
     /// When to refresh ahead of expiry.
     refresh_after: Option<SystemTime>,
-    /// `Authorization: Bearer …` for `tokens`, marked sensitive.
+    /// `Authorization: Bearer …` (or `DPoP …`) for `tokens`, marked sensitive.
     bearer: Option<HeaderValue>,
+    /// For DPoP-bound `tokens`: the key's algorithm and the proofs' `ath`.
+    dpop_ath: Option<(dpop::Alg, Arc<str>)>,
     /// Bumped whenever the tokens change, so a caller can tell whether the token
     /// it was refused with is still the current one.
     generation: u64,
@@ -362,6 +375,7 @@ impl ServerAuth {
             browser,
             state: Mutex::new(State::default()),
             finished,
+            dpop: session_dpop::Dpop::default(),
         })
     }
 
@@ -397,10 +411,19 @@ impl ServerAuth {
             self.key.clone(),
             self.settings.server.clone(),
         );
-        tokio::task::spawn_blocking(move || store.load(&key, &server))
+        let record = tokio::task::spawn_blocking(move || store.load(&key, &server))
             .await
             .map_err(|e| AuthError::fatal(format!("the credential store failed: {e}")))?
-            .map_err(|e| AuthError::fatal(e.to_string()))
+            .map_err(|e| AuthError::fatal(e.to_string()))?;
+        // Bound tokens are usable only with their key: have it before they are used.
+        if record
+            .as_ref()
+            .and_then(|r| r.tokens.as_ref())
+            .is_some_and(|t| t.dpop.is_some())
+        {
+            self.dpop_keys().await?;
+        }
+        Ok(record)
     }
 
     fn revision(&self) -> Option<Revision> {
@@ -437,6 +460,7 @@ impl ServerAuth {
     fn clear_tokens(state: &mut State) {
         state.tokens = None;
         state.bearer = None;
+        state.dpop_ath = None;
         state.bound = None;
         state.generation += 1;
     }
@@ -554,8 +578,9 @@ impl ServerAuth {
                     .registration
                     .clone()
                     .filter(|_| self.settings.client.is_none()),
-                // A capability URL's key has a record of its own.
+                // A capability URL's key and the DPoP keys have records of their own.
                 local_key: None,
+                dpop_keys: None,
             }
         };
         let has_tokens = record.tokens.is_some();
@@ -764,6 +789,7 @@ impl ServerAuth {
     /// Gets new tokens (refresh, or the browser flow) unless someone already did
     /// since `trigger.seen`. Waits for the flow; the caller bounds the wait.
     pub async fn authorize(self: &Arc<Self>, trigger: Trigger) -> Result<(), AuthError> {
+        self.dpop.offered_in(&trigger);
         let mut finished = self.finished.subscribe();
         let waiting_for = {
             let mut state = self.lock();
@@ -1004,7 +1030,7 @@ impl ServerAuth {
         let scopes = unattended_scopes(trigger, &found, granted);
         let resource = settings.send_resource.then_some(found.resource.as_str());
         let tokens = token::client_credentials(
-            &self.http,
+            &self.token_http(&found, None).await?,
             &found.server.token_endpoint,
             &registration.credentials(),
             &scopes,
@@ -1097,8 +1123,13 @@ impl ServerAuth {
             .settings
             .send_resource
             .then_some(found.resource.as_str());
+        let bound_to = self.lock().tokens.as_ref().and_then(|t| t.dpop);
+        let http = self
+            .token_http(&found, bound_to)
+            .await
+            .map_err(Refresh::Failed)?;
         match token::refresh(
-            &self.http,
+            &http,
             &found.server.token_endpoint,
             &registration.credentials(),
             refresh_token,
@@ -1308,7 +1339,7 @@ impl ServerAuth {
         .await
         .map_err(AuthError::fatal)?;
         let tokens = token::exchange_code(
-            &self.http,
+            &self.token_http(&found, None).await?,
             &found.server.token_endpoint,
             &registration.credentials(),
             &CodeGrant {
@@ -1365,8 +1396,9 @@ impl ServerAuth {
                 .unwrap_or_else(|| device.verification_uri.clone()),
         });
         self.browser.show_device_code(&settings.server, &device);
+        let http = self.token_http(found, None).await?;
         let polled = device::poll(
-            &self.http,
+            &http,
             &found.server.token_endpoint,
             &credentials,
             &device,
@@ -1465,7 +1497,15 @@ impl ServerAuth {
             at - EXPIRY_MARGIN.min(lifetime / 2)
         });
         // Built once here: every request only copies it.
-        state.bearer = HeaderValue::from_str(&format!("Bearer {}", tokens.access_token.expose()))
+        let scheme = if tokens.dpop.is_some() {
+            "DPoP"
+        } else {
+            "Bearer"
+        };
+        state.dpop_ath = tokens
+            .dpop
+            .map(|alg| (alg, dpop::ath(&tokens.access_token).into()));
+        state.bearer = HeaderValue::from_str(&format!("{scheme} {}", tokens.access_token.expose()))
             .ok()
             .map(|mut value| {
                 value.set_sensitive(true);

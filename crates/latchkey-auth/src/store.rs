@@ -59,6 +59,8 @@ pub struct Record {
     /// The key of a server's capability URL (`local_key = true`), in a record of its
     /// own (see `latchkey::local_key`), so that a logout leaves it alone.
     pub local_key: Option<Secret>,
+    /// The installation's DPoP key pairs, in a record of their own (`dpop_key.rs`).
+    pub dpop_keys: Option<Secret>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -564,6 +566,8 @@ struct Stored {
     client: Option<StoredClient>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     local_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dpop_keys: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -579,6 +583,12 @@ struct StoredTokens {
     expires_at_ms: Option<u64>,
     #[serde(default)]
     scopes: Vec<String>,
+    /// `DPoP` for a token bound to the installation's DPoP key; absent for Bearer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_type: Option<String>,
+    /// Which of the installation's DPoP keys: `ES256` or `EdDSA`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dpop_alg: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -608,6 +618,8 @@ fn encode(resource: &str, record: &Record) -> Vec<u8> {
             .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
             .and_then(|d| u64::try_from(d.as_millis()).ok()),
         scopes: t.scopes.clone(),
+        token_type: t.dpop.map(|_| "DPoP".to_owned()),
+        dpop_alg: t.dpop.map(|alg| alg.name().to_owned()),
     });
     let client = record.registration.as_ref().and_then(|r| {
         let (auth_method, client_secret) = match &r.auth {
@@ -640,6 +652,7 @@ fn encode(resource: &str, record: &Record) -> Vec<u8> {
         tokens,
         client,
         local_key: record.local_key.as_ref().map(|k| k.expose().to_owned()),
+        dpop_keys: record.dpop_keys.as_ref().map(|k| k.expose().to_owned()),
     };
     serde_json::to_vec_pretty(&stored).unwrap_or_default()
 }
@@ -666,15 +679,24 @@ fn decode(bytes: &[u8], resource: &str) -> Result<Record, String> {
             stored.resource
         ));
     }
-    let tokens = stored.tokens.map(|t| TokenSet {
-        access_token: Secret::new(t.access_token),
-        refresh_token: t.refresh_token.map(Secret::new),
-        expires_at: match (t.expires_at_ms, t.expires_at) {
-            (Some(ms), _) => UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
-            (None, secs) => secs.and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s))),
-        },
-        scopes: t.scopes,
+    let tokens = stored.tokens.map(|t| -> Result<TokenSet, String> {
+        Ok(TokenSet {
+            access_token: Secret::new(t.access_token),
+            refresh_token: t.refresh_token.map(Secret::new),
+            expires_at: match (t.expires_at_ms, t.expires_at) {
+                (Some(ms), _) => UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
+                (None, secs) => secs.and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s))),
+            },
+            scopes: t.scopes,
+            dpop: match (t.token_type.as_deref(), t.dpop_alg.as_deref()) {
+                (Some(t), Some(alg)) if t.eq_ignore_ascii_case("dpop") => {
+                    Some(crate::dpop::Alg::parse(alg).ok_or(format!("unknown dpop_alg {alg:?}"))?)
+                }
+                _ => None,
+            },
+        })
     });
+    let tokens = tokens.transpose()?;
     let registration = match stored.client {
         None => None,
         Some(c) => Some(Registration {
@@ -701,6 +723,7 @@ fn decode(bytes: &[u8], resource: &str) -> Result<Record, String> {
         tokens,
         registration,
         local_key: stored.local_key.map(Secret::new),
+        dpop_keys: stored.dpop_keys.map(Secret::new),
     })
 }
 
@@ -812,6 +835,7 @@ mod tests {
                 refresh_token: Some(Secret::new("rt-1")),
                 expires_at: Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
                 scopes: vec!["mcp".into()],
+                dpop: Some(crate::dpop::Alg::EdDsa),
             }),
             registration: Some(Registration {
                 issuer: "https://auth.example.com".into(),
@@ -821,6 +845,7 @@ mod tests {
                 registration_access_token: None,
             }),
             local_key: Some(Secret::new("lk-1")),
+            dpop_keys: Some(Secret::new("dk-1")),
         }
     }
 

@@ -114,6 +114,8 @@ impl Clients {
 pub struct Http {
     clients: Clients,
     server: Url,
+    /// DPoP for the token requests made through this one (RFC 9449 §5).
+    dpop: Option<Arc<crate::dpop::Prover>>,
 }
 
 /// A request that was not sent, or failed.
@@ -151,7 +153,20 @@ impl Http {
         Self {
             clients,
             server: server.clone(),
+            dpop: None,
         }
+    }
+
+    /// This server's way out for token requests that carry DPoP proofs.
+    pub fn with_dpop(&self, prover: Arc<crate::dpop::Prover>) -> Self {
+        Self {
+            dpop: Some(prover),
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn dpop(&self) -> Option<&crate::dpop::Prover> {
+        self.dpop.as_deref()
     }
 
     /// The client to send a request to `url` with, once the rule allows it. `what`
@@ -199,18 +214,30 @@ impl Http {
         url: &str,
         request: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<(reqwest::StatusCode, Vec<u8>), FetchError> {
+        let (status, _, body) = self.fetch_headed(what, url, request).await?;
+        Ok((status, body))
+    }
+
+    /// [`Http::fetch`] with the response's headers (for `DPoP-Nonce`).
+    pub(crate) async fn fetch_headed(
+        &self,
+        what: &'static str,
+        url: &str,
+        request: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>), FetchError> {
         let response = self.send(what, url, request).await.map_err(|e| match e {
             SendError::Refused(refused) => FetchError::Refused(refused),
             SendError::Network(e) => FetchError::Network(e.without_url().to_string()),
         })?;
         let status = response.status();
+        let headers = response.headers().clone();
         let body = crate::body::read(response, crate::body::MAX_RESPONSE)
             .await
             .map_err(|e| match e {
                 crate::body::BodyError::Network(_) => FetchError::Network(e.to_string()),
                 crate::body::BodyError::TooLarge { .. } => FetchError::TooLarge(e.to_string()),
             })?;
-        Ok((status, body))
+        Ok((status, headers, body))
     }
 
     fn refused(&self, what: &'static str, url: &str, why: String) -> Refused {

@@ -17,6 +17,7 @@ use url::form_urlencoded;
 
 use crate::Secret;
 use crate::assertion::{ASSERTION_TYPE, SigningKey};
+use crate::dpop;
 use crate::target::{FetchError, Http};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,6 +51,9 @@ pub struct TokenSet {
     pub refresh_token: Option<Secret>,
     pub expires_at: Option<SystemTime>,
     pub scopes: Vec<String>,
+    /// `token_type` DPoP: the access token is bound to the installation's DPoP key
+    /// and goes as `Authorization: DPoP`, with a proof (RFC 9449 §7.1).
+    pub dpop: Option<crate::dpop::Alg>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +81,8 @@ pub enum TokenError {
     Assertion(#[from] crate::assertion::KeyError),
     #[error(transparent)]
     Target(#[from] crate::target::Refused),
+    #[error(transparent)]
+    Dpop(#[from] crate::dpop::DpopError),
 }
 
 fn describe(description: &Option<String>) -> String {
@@ -187,10 +193,14 @@ pub(crate) struct TokenResponse {
     expires_in: Option<serde_json::Value>,
     refresh_token: Option<String>,
     scope: Option<String>,
+    /// The algorithm of the DPoP key a `token_type` DPoP token is bound to.
+    #[serde(skip)]
+    bound_to: Option<dpop::Alg>,
 }
 
 impl TokenResponse {
     pub(crate) fn into_set(self, old_refresh: Option<&Secret>, requested: &[String]) -> TokenSet {
+        let dpop = self.bound_to;
         let lifetime = match &self.expires_in {
             Some(serde_json::Value::Number(n)) => n.as_u64(),
             Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
@@ -208,6 +218,7 @@ impl TokenResponse {
                 None => requested.to_vec(),
             },
         )
+        .bound(dpop)
     }
 }
 
@@ -224,7 +235,14 @@ impl TokenSet {
             refresh_token,
             expires_at: expires_in.and_then(expiry_after),
             scopes,
+            dpop: None,
         }
+    }
+
+    /// These tokens as bound to the DPoP key of `dpop`'s algorithm.
+    #[must_use]
+    pub fn bound(self, dpop: Option<crate::dpop::Alg>) -> Self {
+        Self { dpop, ..self }
     }
 }
 
@@ -251,7 +269,23 @@ async fn request(
     form: &[(&str, &str)],
 ) -> Result<TokenResponse, TokenError> {
     let bytes = post_form(http, "token endpoint", endpoint, Some(client), form).await?;
-    parse_tokens(&bytes)
+    let mut tokens = parse_tokens(&bytes)?;
+    let dpop = tokens.token_type.eq_ignore_ascii_case("dpop");
+    // RFC 9449 §5: DPoP is the answer to a proof. Unasked, it is a token latchkey
+    // could not use; Bearer to a proof means the server did not bind the token, which
+    // is allowed unless bound tokens are required.
+    match http.dpop() {
+        None if dpop => Err(TokenError::Malformed {
+            cause: "token_type is DPoP, but latchkey sent no DPoP proof (the authorization server's metadata lists no dpop_signing_alg_values_supported); set dpop = true under the server's [oauth] section".into(),
+        }),
+        Some(prover) if prover.required && !dpop => Err(TokenError::Malformed {
+            cause: "the authorization server issued a Bearer token to a DPoP request, but DPoP-bound tokens are required (dpop = true in the config, or the resource's dpop_bound_access_tokens_required); set dpop = false to accept Bearer tokens".into(),
+        }),
+        prover => {
+            tokens.bound_to = prover.filter(|_| dpop).map(|p| p.key.alg());
+            Ok(tokens)
+        }
+    }
 }
 
 /// A successful token response's body, checked: the pure part of [`request`], on
@@ -267,10 +301,13 @@ pub(crate) fn parse_tokens(bytes: &[u8]) -> Result<TokenResponse, TokenError> {
                 e.column()
             ),
         })?;
-    if !tokens.token_type.eq_ignore_ascii_case("bearer") {
+    if !["bearer", "dpop"]
+        .iter()
+        .any(|t| tokens.token_type.eq_ignore_ascii_case(t))
+    {
         return Err(TokenError::Malformed {
             cause: format!(
-                "token_type is {:?}; latchkey supports Bearer tokens",
+                "token_type is {:?}; latchkey supports Bearer and DPoP tokens",
                 tokens.token_type
             ),
         });
@@ -308,29 +345,59 @@ pub(crate) async fn post_form(
     client: Option<&ClientCredentials>,
     form: &[(&str, &str)],
 ) -> Result<bytes::Bytes, TokenError> {
-    let (body, basic) = encode_form(client, form)?;
-    let (status, bytes) = http
-        .fetch(what, endpoint, |http| {
-            let request = http
-                .post(endpoint)
-                .header(reqwest::header::ACCEPT, "application/json")
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .timeout(REQUEST_TIMEOUT)
-                .body(body);
-            match basic {
-                Some(value) => request.header(reqwest::header::AUTHORIZATION, value),
-                None => request,
-            }
-        })
-        .await
-        .map_err(|e| match e {
-            FetchError::Refused(refused) => TokenError::Target(refused),
-            FetchError::Network(cause) => TokenError::Network { cause },
-            FetchError::TooLarge(cause) => TokenError::Malformed { cause },
-        })?;
+    let prover = http.dpop();
+    let htu = prover.map(|_| dpop::htu(endpoint));
+    let mut retried = false;
+    let (status, bytes) = loop {
+        // Made again for a retry: a client assertion's jti must not repeat either.
+        let (body, basic) = encode_form(client, form)?;
+        let proof = match (prover, &htu) {
+            (Some(prover), Some(htu)) => Some(prover.key.proof(
+                "POST",
+                htu,
+                None,
+                prover.nonce.get().as_deref(),
+            )?),
+            _ => None,
+        };
+        let (status, headers, bytes) = http
+            .fetch_headed(what, endpoint, |http| {
+                let mut request = http
+                    .post(endpoint)
+                    .header(reqwest::header::ACCEPT, "application/json")
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .timeout(REQUEST_TIMEOUT)
+                    .body(body);
+                if let Some(value) = basic {
+                    request = request.header(reqwest::header::AUTHORIZATION, value);
+                }
+                match proof {
+                    Some(proof) => request.header(dpop::DPOP, proof),
+                    None => request,
+                }
+            })
+            .await
+            .map_err(|e| match e {
+                FetchError::Refused(refused) => TokenError::Target(refused),
+                FetchError::Network(cause) => TokenError::Network { cause },
+                FetchError::TooLarge(cause) => TokenError::Malformed { cause },
+            })?;
+        // RFC 9449 §8: any answer may bring a new nonce; a `use_dpop_nonce` refusal
+        // with one is answered once with a proof that carries it.
+        let fresh = prover.is_some_and(|p| p.nonce.update(headers.get(dpop::DPOP_NONCE)));
+        if fresh
+            && !retried
+            && status == reqwest::StatusCode::BAD_REQUEST
+            && matches!(refusal(status, &bytes), TokenError::Refused { ref error, .. } if error == dpop::USE_DPOP_NONCE)
+        {
+            retried = true;
+            continue;
+        }
+        break (status, bytes);
+    };
     let bytes = bytes::Bytes::from(bytes);
     if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
         return Err(TokenError::Unavailable {

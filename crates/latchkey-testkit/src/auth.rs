@@ -101,6 +101,20 @@ pub struct AuthOptions {
     /// (a workload's platform, an enterprise IdP's ID-JAGs), checked by
     /// [`crate::jwt::verify`]; none: the grant is not offered.
     pub trusted_assertions: Vec<crate::jwt::TrustedIssuer>,
+    /// DPoP (RFC 9449): advertise `dpop_signing_alg_values_supported`, check the
+    /// proof of every token request that has one and bind its tokens to the proof's
+    /// key (`token_type` DPoP), and (in [`protected_upstream`]) take bound tokens
+    /// only with the `DPoP` scheme and a proof of that key.
+    pub dpop: bool,
+    /// With `dpop`: the token endpoint and the upstream want a nonce in the proof
+    /// (§8, §9); the upstream announces a new one on every success.
+    pub dpop_nonce: bool,
+    /// With `dpop`: the algorithms advertised, instead of ES256 and EdDSA.
+    pub dpop_algs: Option<Vec<String>>,
+    /// A broken DPoP server: with a proof, issue Bearer tokens anyway (not bound).
+    pub dpop_unbound: bool,
+    /// A broken DPoP server: `token_type` DPoP even to a request without a proof.
+    pub dpop_type_without_proof: bool,
 }
 
 impl Default for AuthOptions {
@@ -129,6 +143,11 @@ impl Default for AuthOptions {
             no_refresh_tokens: false,
             prefix: String::new(),
             trusted_assertions: Vec::new(),
+            dpop: false,
+            dpop_nonce: false,
+            dpop_algs: None,
+            dpop_unbound: false,
+            dpop_type_without_proof: false,
         }
     }
 }
@@ -151,6 +170,8 @@ struct AuthShared {
     /// this one (see [`AuthServer::name_in_metadata`]).
     names: Mutex<Option<String>>,
     state: Mutex<OAuthState>,
+    /// DPoP proof ids seen, at the token endpoint and the upstream.
+    jtis: Mutex<std::collections::HashSet<String>>,
 }
 
 /// One request as an [`AuthServer`] received it, with every value it carried, for
@@ -204,6 +225,11 @@ struct OAuthState {
     devices: HashMap<String, (String, bool, Grant)>,
     /// Tokens revoked at `/revoke`, in order.
     revoked: Vec<String>,
+    /// DPoP: the thumbprint each bound access or refresh token is bound to.
+    bound: HashMap<String, String>,
+    /// DPoP: the upstream's current nonce (a counter), and every refusal, in order.
+    resource_nonce: u64,
+    dpop_refusals: Vec<String>,
 }
 
 /// A client as registered (dynamically or ahead of time), with its request.
@@ -257,6 +283,7 @@ impl AuthServer {
             received: Mutex::new(Vec::new()),
             names: Mutex::new(None),
             state: Mutex::new(state),
+            jtis: Mutex::default(),
         });
         let prefix = shared.options.issuer_path.clone();
         let app = Router::new()
@@ -396,6 +423,17 @@ impl AuthServer {
         let mut state = self.lock();
         state.access_tokens.clear();
         state.refresh_tokens.clear();
+    }
+
+    /// The DPoP key thumbprint a token is bound to (`cnf.jkt`), if it is bound.
+    pub fn bound_to(&self, token: &str) -> Option<String> {
+        self.lock().bound.get(token).cloned()
+    }
+
+    /// Every DPoP refusal so far, at the token endpoint and the upstream, in order:
+    /// `use_dpop_nonce`, or why a proof or token was refused.
+    pub fn dpop_refusals(&self) -> Vec<String> {
+        self.lock().dpop_refusals.clone()
     }
 
     /// What a live access token stands for, if it is one this server issued.
@@ -618,6 +656,11 @@ async fn token(
 ) -> Response {
     let options = &shared.options;
     let mut state = shared.lock();
+    // The proof first: a request refused for its proof (or for a nonce) is no grant.
+    let jkt = match token_proof(&shared, &mut state, &headers) {
+        Ok(jkt) => jkt,
+        Err(refusal) => return *refusal,
+    };
     let grant_type = form.get("grant_type").cloned().unwrap_or_default();
     state.grants.push(grant_type.clone());
     // A JWT bearer grant may come without client authentication (RFC 7523 §3.1).
@@ -636,6 +679,21 @@ async fn token(
         }
     };
     let resource = form.get("resource").cloned();
+    if let Some(refresh) = form
+        .get("refresh_token")
+        .filter(|_| grant_type == "refresh_token")
+        && let Some(bound) = state.bound.get(refresh)
+        && jkt.as_ref() != Some(bound)
+    {
+        state
+            .dpop_refusals
+            .push("refresh token without its key".into());
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "the refresh token is bound to another DPoP key",
+        );
+    }
     let grant = match grant_type.as_str() {
         JWT_BEARER if !options.trusted_assertions.is_empty() => {
             match bearer_grant(&shared, &form, &client_id, resource.as_deref()) {
@@ -748,9 +806,16 @@ async fn token(
     if let Some(refresh) = &refresh {
         state.refresh_tokens.insert(refresh.clone(), grant.clone());
     }
+    let jkt = jkt.filter(|_| !options.dpop_unbound);
+    if let Some(jkt) = &jkt {
+        for token in std::iter::once(&access).chain(&refresh) {
+            state.bound.insert(token.clone(), jkt.clone());
+        }
+    }
+    let dpop = jkt.is_some() || options.dpop_type_without_proof;
     let mut body = json!({
         "access_token": access,
-        "token_type": "Bearer",
+        "token_type": if dpop { "DPoP" } else { "Bearer" },
         "expires_in": options.token_lifetime,
         "scope": grant.scope,
     });
@@ -1010,6 +1075,12 @@ fn server_metadata(shared: &AuthShared) -> Value {
             .expect("a list")
             .push(json!(JWT_BEARER));
     }
+    if options.dpop {
+        document["dpop_signing_alg_values_supported"] = options
+            .dpop_algs
+            .as_ref()
+            .map_or_else(|| json!(["ES256", "EdDSA"]), |algs| json!(algs));
+    }
     document["revocation_endpoint"] = json!(format!("{issuer}/revoke"));
     document
 }
@@ -1024,7 +1095,13 @@ pub async fn protected_upstream(
     // The upstream comes first (its URL is the resource), so it finds the
     // authorization server through a cell filled once that has started.
     let cell: Arc<std::sync::OnceLock<AuthServer>> = Arc::new(std::sync::OnceLock::new());
-    let (check, challenge, scoped) = (cell.clone(), cell.clone(), cell.clone());
+    let (check, challenge, scoped, proved) =
+        (cell.clone(), cell.clone(), cell.clone(), cell.clone());
+    let dpop: Option<crate::DpopCheck> = options.dpop.then(|| {
+        Arc::new(move |presented: &crate::DpopPresented<'_>| {
+            resource_proof(proved.get(), presented)
+        }) as crate::DpopCheck
+    });
     let scope: Option<crate::mcp::ScopeCheck> = options.write_scope_for_tools.then(|| {
         Arc::new(move |token: &str, method: &str| {
             let server = scoped.get()?;
@@ -1046,6 +1123,7 @@ pub async fn protected_upstream(
             }),
             challenge: Arc::new(move || challenge_naming(challenge.get())),
             scope,
+            dpop,
         },
     )
     .await?;
@@ -1058,7 +1136,128 @@ pub async fn protected_upstream(
 /// asks for `mcp:read`.
 fn challenge_naming(server: Option<&AuthServer>) -> String {
     let prm = server.map(AuthServer::header_prm_url).unwrap_or_default();
-    format!("Bearer resource_metadata=\"{prm}\", scope=\"mcp:read\"")
+    let dpop = if server.is_some_and(|s| s.shared.options.dpop) {
+        ", DPoP algs=\"ES256 EdDSA\""
+    } else {
+        ""
+    };
+    format!("Bearer resource_metadata=\"{prm}\", scope=\"mcp:read\"{dpop}")
+}
+
+/// DPoP at the token endpoint (RFC 9449 §5, §8): without a proof, the tokens are
+/// Bearer tokens; a proof that fails is refused (`invalid_dpop_proof`), and in nonce
+/// mode one without this server's nonce gets `use_dpop_nonce` and the nonce. Else
+/// the thumbprint the tokens are bound to.
+fn token_proof(
+    shared: &AuthShared,
+    state: &mut OAuthState,
+    headers: &HeaderMap,
+) -> Result<Option<String>, Box<Response>> {
+    let options = &shared.options;
+    let Some(proof) = headers
+        .get("dpop")
+        .filter(|_| options.dpop)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    else {
+        return Ok(None);
+    };
+    let htu = format!("{}/token", issuer(shared));
+    let expected = crate::dpop::Expected {
+        htm: "POST",
+        htu: &htu,
+        access_token: None,
+    };
+    let verified = crate::dpop::verify(&proof, &expected, &shared.jtis).map_err(|why| {
+        state.dpop_refusals.push(format!("token endpoint: {why}"));
+        Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_dpop_proof",
+            &why,
+        ))
+    })?;
+    let nonce = format!("{}as-nonce", options.prefix);
+    if options.dpop_nonce && verified.nonce.as_deref() != Some(&nonce) {
+        state
+            .dpop_refusals
+            .push("token endpoint: use_dpop_nonce".into());
+        let mut refusal = oauth_error(
+            StatusCode::BAD_REQUEST,
+            "use_dpop_nonce",
+            "Authorization server requires nonce in DPoP proof",
+        );
+        if let Ok(value) = axum::http::HeaderValue::from_str(&nonce) {
+            refusal.headers_mut().insert("dpop-nonce", value);
+        }
+        return Err(Box::new(refusal));
+    }
+    Ok(Some(verified.jkt))
+}
+
+/// DPoP at the upstream (RFC 9449 §7.1, §9): a bound token only with the `DPoP`
+/// scheme and a proof of its key for this request; an unbound one only as Bearer. In
+/// nonce mode the proof carries the current nonce, and every success announces the
+/// next one.
+fn resource_proof(
+    server: Option<&AuthServer>,
+    presented: &crate::DpopPresented<'_>,
+) -> Result<Option<String>, (String, Option<String>)> {
+    let Some(server) = server else {
+        return Err(("DPoP error=\"invalid_token\"".into(), None));
+    };
+    let shared = &server.shared;
+    let prm = server.header_prm_url();
+    let refuse = |why: &str| {
+        shared.lock().dpop_refusals.push(format!("upstream: {why}"));
+        Err((
+            format!(
+                "DPoP error=\"invalid_token\", algs=\"ES256 EdDSA\", resource_metadata=\"{prm}\""
+            ),
+            None,
+        ))
+    };
+    let bound = shared.lock().bound.get(presented.token).cloned();
+    let jkt = match (bound, presented.scheme) {
+        (None, "Bearer") => return Ok(None),
+        (None, _) => return refuse("the DPoP scheme for an unbound token"),
+        (Some(_), "Bearer") => return refuse("a bound token as Bearer"),
+        (Some(jkt), "DPoP") => jkt,
+        (Some(_), _) => return refuse("an unknown scheme"),
+    };
+    let Some(proof) = presented.proof else {
+        return refuse("no proof");
+    };
+    let expected = crate::dpop::Expected {
+        htm: presented.method,
+        htu: &presented.htu,
+        access_token: Some(presented.token),
+    };
+    let verified = match crate::dpop::verify(proof, &expected, &shared.jtis) {
+        Ok(verified) => verified,
+        Err(why) => return refuse(&why),
+    };
+    if verified.jkt != jkt {
+        return refuse("a proof of another key than the token's");
+    }
+    if !shared.options.dpop_nonce {
+        return Ok(None);
+    }
+    let mut state = shared.lock();
+    let nonce = |n: u64| format!("{}rs-nonce-{n}", shared.options.prefix);
+    let current = nonce(state.resource_nonce);
+    // The one before the current is still good, for requests that crossed.
+    let previous = state.resource_nonce.checked_sub(1).map(nonce);
+    let carried = verified.nonce.as_ref();
+    if carried != Some(&current) && (carried.is_none() || carried != previous.as_ref()) {
+        state.dpop_refusals.push("upstream: use_dpop_nonce".into());
+        return Err((
+            format!(
+                "DPoP error=\"use_dpop_nonce\", error_description=\"Resource server requires nonce in DPoP proof\", resource_metadata=\"{prm}\""
+            ),
+            Some(current),
+        ));
+    }
+    state.resource_nonce += 1;
+    Ok(Some(nonce(state.resource_nonce)))
 }
 
 /// `options` for an authorization server of `upstream`: its metadata is where the
@@ -1131,6 +1330,7 @@ pub async fn moving_upstream(
             check: Arc::new(move |token| check().is_some_and(|s| s.access_token(token).is_some())),
             challenge: Arc::new(move || challenge_naming(named().as_ref())),
             scope: None,
+            dpop: None,
         },
     )
     .await?;

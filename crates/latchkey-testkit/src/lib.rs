@@ -13,6 +13,7 @@
 //! that moves from one authorization server to another.
 
 mod auth;
+pub mod dpop;
 mod idp;
 pub mod jwt;
 mod mcp;
@@ -22,4 +23,6 @@ pub use auth::{
     moving_upstream, protected_upstream,
 };
 pub use idp::{Idp, IdpOptions};
-pub use mcp::{McpUpstream, Protection, RecordedRequest, ScopeCheck, TokenCheck};
+pub use mcp::{
+    DpopCheck, DpopPresented, McpUpstream, Protection, RecordedRequest, ScopeCheck, TokenCheck,
+};

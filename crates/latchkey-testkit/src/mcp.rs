@@ -52,9 +52,31 @@ pub struct Protection {
     /// Per-method scope rules: given a good token and the JSON-RPC method, the
     /// `WWW-Authenticate` value of a 403 `insufficient_scope`, or `None` to allow.
     pub scope: Option<ScopeCheck>,
+    /// DPoP (RFC 9449 §7): the tokens are presented with the `DPoP` scheme and a
+    /// proof, which this checks before `check` sees the token.
+    pub dpop: Option<DpopCheck>,
 }
 
 pub type ScopeCheck = Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
+
+/// A request's DPoP parts, as a [`DpopCheck`] gets them.
+#[derive(Debug)]
+pub struct DpopPresented<'a> {
+    /// The `Authorization` scheme: `Bearer` or `DPoP`.
+    pub scheme: &'a str,
+    pub token: &'a str,
+    /// The `DPoP` header.
+    pub proof: Option<&'a str>,
+    pub method: &'a str,
+    /// The URL the request was sent to, without the query.
+    pub htu: String,
+}
+
+/// Admits a request (with the `DPoP-Nonce` to announce on the response, if any) or
+/// refuses it with 401: the `WWW-Authenticate` value and the `DPoP-Nonce` to send.
+pub type DpopCheck = Arc<
+    dyn Fn(&DpopPresented<'_>) -> Result<Option<String>, (String, Option<String>)> + Send + Sync,
+>;
 
 impl std::fmt::Debug for Protection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -263,14 +285,57 @@ async fn protect(
     let Some(protection) = &shared.protection else {
         return next.run(request).await;
     };
-    let token = request
+    let presented = request
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '));
+    let mut announce = None;
+    let token = match (&protection.dpop, presented) {
+        (None, Some(("Bearer", token))) => Some(token),
+        (None, _) | (_, None) => None,
+        (Some(dpop), Some((scheme, token))) => {
+            let host = request
+                .headers()
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let checked = dpop(&DpopPresented {
+                scheme,
+                token,
+                proof: request.headers().get("dpop").and_then(|v| v.to_str().ok()),
+                method: request.method().as_str(),
+                htu: format!("http://{host}{}", request.uri().path()),
+            });
+            match checked {
+                Ok(nonce) => {
+                    announce = nonce;
+                    Some(token)
+                }
+                Err((challenge, nonce)) => {
+                    let mut response =
+                        jsonrpc_error(StatusCode::UNAUTHORIZED, "DPoP proof refused");
+                    if let Ok(value) = HeaderValue::from_str(&challenge) {
+                        response.headers_mut().insert("www-authenticate", value);
+                    }
+                    if let Some(value) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+                        response.headers_mut().insert("dpop-nonce", value);
+                    }
+                    return response;
+                }
+            }
+        }
+    };
+    let announce = announce.and_then(|n| HeaderValue::from_str(&n).ok());
+    let announced = |mut response: Response| {
+        if let Some(nonce) = &announce {
+            response.headers_mut().insert("dpop-nonce", nonce.clone());
+        }
+        response
+    };
     if let Some(token) = token.filter(|t| (protection.check)(t)) {
         let Some(scope) = &protection.scope else {
-            return next.run(request).await;
+            return announced(next.run(request).await);
         };
         let token = token.to_owned();
         let (parts, body) = request.into_parts();
@@ -288,9 +353,10 @@ async fn protect(
             }
             return response;
         }
-        return next
-            .run(axum::extract::Request::from_parts(parts, Body::from(body)))
-            .await;
+        return announced(
+            next.run(axum::extract::Request::from_parts(parts, Body::from(body)))
+                .await,
+        );
     }
     let mut response = jsonrpc_error(StatusCode::UNAUTHORIZED, "authorization required");
     if let Ok(value) = HeaderValue::from_str(&(protection.challenge)()) {

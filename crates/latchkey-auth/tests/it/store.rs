@@ -25,6 +25,7 @@ fn record(tag: &str, scopes: usize) -> Record {
             refresh_token: Some(Secret::new(format!("rt-{tag}"))),
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
             scopes: (0..scopes).map(|i| format!("scope:{i:04}")).collect(),
+            dpop: None,
         }),
         registration: Some(Registration {
             issuer: "https://auth.example.com".into(),
@@ -34,6 +35,7 @@ fn record(tag: &str, scopes: usize) -> Record {
             registration_access_token: None,
         }),
         local_key: Some(Secret::new(format!("lk-{tag}"))),
+        dpop_keys: None,
     }
 }
 

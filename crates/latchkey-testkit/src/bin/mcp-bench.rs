@@ -193,7 +193,13 @@ async fn wait_listening(addr: SocketAddr, child: &mut Child) -> Res<()> {
 }
 
 /// Starts `mcp-fast` and reads the URL (and issuer) it prints.
-async fn start_fast(args: &Args, procs: &Procs, protected: bool) -> Res<(String, u32)> {
+/// `dpop`: the DPoP algorithm its authorization server offers (and binds tokens with).
+async fn start_fast(
+    args: &Args,
+    procs: &Procs,
+    protected: bool,
+    dpop: Option<&str>,
+) -> Res<(String, u32)> {
     let mut cmd = Command::new(&args.fast);
     if protected {
         cmd.args([
@@ -203,6 +209,9 @@ async fn start_fast(args: &Args, procs: &Procs, protected: bool) -> Res<(String,
             "--direct-token",
             DIRECT_TOKEN,
         ]);
+    }
+    if let Some(alg) = dpop {
+        cmd.args(["--dpop", alg]);
     }
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -1404,8 +1413,10 @@ async fn measure_upstream(env: &Env, up: &Upstream, lk: &Latchkey, plan: &Plan) 
 
 async fn run_in(env: &Env, procs: &Procs, plan: &Plan) -> Res<String> {
     let args = &env.args;
-    let (fast_url, fast_pid) = start_fast(args, procs, false).await?;
-    let (oauth_url, oauth_pid) = start_fast(args, procs, true).await?;
+    let (fast_url, fast_pid) = start_fast(args, procs, false, None).await?;
+    let (oauth_url, oauth_pid) = start_fast(args, procs, true, None).await?;
+    let (eddsa_url, eddsa_pid) = start_fast(args, procs, true, Some("EdDSA")).await?;
+    let (es256_url, es256_pid) = start_fast(args, procs, true, Some("ES256")).await?;
     let mut upstreams = vec![
         Upstream {
             name: "fast",
@@ -1422,6 +1433,24 @@ async fn run_in(env: &Env, procs: &Procs, plan: &Plan) -> Res<String> {
             server: "fast-oauth",
             pid: Some(oauth_pid),
             relayed: true,
+        },
+        // DPoP-bound tokens: a proof signed per request (the direct client sends a
+        // plain bearer token, so its row is the same as above).
+        Upstream {
+            name: "fast + OAuth + DPoP (EdDSA)",
+            url: eddsa_url,
+            bearer: Some(DIRECT_TOKEN.into()),
+            server: "fast-dpop-eddsa",
+            pid: Some(eddsa_pid),
+            relayed: false,
+        },
+        Upstream {
+            name: "fast + OAuth + DPoP (ES256)",
+            url: es256_url,
+            bearer: Some(DIRECT_TOKEN.into()),
+            server: "fast-dpop-es256",
+            pid: Some(es256_pid),
+            relayed: false,
         },
     ];
     if let Some(entry) = &args.everything {
@@ -1442,23 +1471,29 @@ async fn run_in(env: &Env, procs: &Procs, plan: &Plan) -> Res<String> {
         .collect();
     let config = env.write_config("latchkey.toml", &servers)?;
 
-    progress("latchkey login fast-oauth (tokens stored before the run)");
-    let status = tokio::time::timeout(
-        Duration::from_secs(60),
-        env.command(&args.latchkey)
-            .arg("login")
-            .arg("fast-oauth")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(env.dir.join("login.log"))?)
-            .status(),
-    )
-    .await
-    .map_err(|_| err("latchkey login timed out"))??;
-    if !status.success() {
-        return Err(err(format!("latchkey login failed: {status}")));
+    for server in ["fast-oauth", "fast-dpop-eddsa", "fast-dpop-es256"] {
+        progress(&format!(
+            "latchkey login {server} (tokens stored before the run)"
+        ));
+        let status = tokio::time::timeout(
+            Duration::from_secs(60),
+            env.command(&args.latchkey)
+                .arg("login")
+                .arg(server)
+                .arg("--config")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(
+                    env.dir.join(format!("login-{server}.log")),
+                )?)
+                .status(),
+        )
+        .await
+        .map_err(|_| err("latchkey login timed out"))??;
+        if !status.success() {
+            return Err(err(format!("latchkey login {server} failed: {status}")));
+        }
     }
     let grants_before = grants(&oauth_url).await?;
 

@@ -1,7 +1,7 @@
 //! A minimal, fast MCP server for `scripts/bench`: Streamable HTTP with JSON replies,
 //! answering `tools/call echo` in microseconds so that a proxy's own cost shows.
 //!
-//! Usage: mcp-fast [--protected] [--token-lifetime SECS] [--direct-token TOKEN] [ADDR]
+//! Usage: mcp-fast [--protected] [--dpop ALG] [--token-lifetime SECS] [--direct-token TOKEN] [ADDR]
 //!
 //! - `POST /mcp`: `initialize` (gives an `Mcp-Session-Id`, which is then accepted but
 //!   not checked), notifications (202), `ping`, `tools/list` and `tools/call echo`.
@@ -13,6 +13,12 @@
 //! (started alongside, approving every login at once, with `--token-lifetime`, default
 //! 3600 s), or the `--direct-token` (for clients that talk to it directly). The first
 //! line printed is the MCP URL; in protected mode the second is the issuer.
+//!
+//! `--dpop ALG` (with `--protected`): the authorization server offers DPoP with ALG
+//! only (`ES256` or `EdDSA`) and binds its tokens, and the 401 has a DPoP challenge;
+//! a bound token is taken only with the DPoP scheme and a `DPoP` header. The proof is
+//! not verified here: the bench measures the client's cost of making it, and the
+//! testkit's tests check proofs.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,6 +43,7 @@ const EVENT: usize = 16 * 1024;
 
 struct Fast {
     auth: Option<(AuthServer, String)>,
+    dpop: bool,
     direct_token: Option<String>,
     sessions: AtomicU64,
 }
@@ -45,7 +52,7 @@ fn usage(msg: &str) -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::InvalidInput,
         format!(
-            "{msg}\nusage: mcp-fast [--protected] [--token-lifetime SECS] [--direct-token TOKEN] [ADDR]"
+            "{msg}\nusage: mcp-fast [--protected] [--dpop ALG] [--token-lifetime SECS] [--direct-token TOKEN] [ADDR]"
         ),
     )
 }
@@ -54,10 +61,17 @@ fn usage(msg: &str) -> std::io::Error {
 async fn main() -> std::io::Result<()> {
     let mut addr = SocketAddr::from(([127, 0, 0, 1], 0));
     let (mut protected, mut lifetime, mut direct_token) = (false, 3600, None);
+    let mut dpop: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--protected" => protected = true,
+            "--dpop" => {
+                dpop = Some(
+                    args.next()
+                        .ok_or_else(|| usage("--dpop needs ES256 or EdDSA"))?,
+                )
+            }
             "--token-lifetime" => {
                 let v = args
                     .next()
@@ -85,11 +99,17 @@ async fn main() -> std::io::Result<()> {
             prm_at: PrmAt::HeaderOnly,
             claimed_resource: Some(url.clone()),
             token_lifetime: lifetime,
+            dpop: dpop.is_some(),
+            dpop_algs: dpop.clone().map(|alg| vec![alg]),
             ..AuthOptions::default()
         })
         .await?;
+        let offer = dpop
+            .as_ref()
+            .map(|alg| format!(", DPoP algs=\"{alg}\""))
+            .unwrap_or_default();
         let challenge = format!(
-            "Bearer resource_metadata=\"{}\", scope=\"mcp:read\"",
+            "Bearer resource_metadata=\"{}\", scope=\"mcp:read\"{offer}",
             server.header_prm_url()
         );
         Some((server, challenge))
@@ -102,6 +122,7 @@ async fn main() -> std::io::Result<()> {
     }
     let fast = Arc::new(Fast {
         auth,
+        dpop: dpop.is_some(),
         direct_token,
         sessions: AtomicU64::new(0),
     });
@@ -136,15 +157,24 @@ fn authorized(fast: &Fast, req: &Request<Incoming>) -> bool {
     let Some((server, _)) = &fast.auth else {
         return true;
     };
-    let Some(token) = req
+    let Some((scheme, token)) = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
     else {
         return false;
     };
-    fast.direct_token.as_deref() == Some(token) || server.access_token(token).is_some()
+    if scheme == "Bearer" && fast.direct_token.as_deref() == Some(token) {
+        return true;
+    }
+    let bound = fast.dpop && server.bound_to(token).is_some();
+    let scheme_ok = if bound {
+        scheme == "DPoP" && req.headers().contains_key("dpop")
+    } else {
+        scheme == "Bearer"
+    };
+    scheme_ok && server.access_token(token).is_some()
 }
 
 async fn handle(fast: &Fast, req: Request<Incoming>) -> Response<Body> {

@@ -33,6 +33,7 @@ pub(super) const OAUTH_KEYS: &[&str] = &[
     "assertion_file",
     "assertion_env",
     "idp",
+    "dpop",
 ];
 
 impl Checker<'_> {
@@ -173,6 +174,13 @@ impl Checker<'_> {
                     Some(issuer_hint),
                 ),
             }
+        }
+        if let Some(dpop) = self.field::<bool>(
+            &mut table,
+            "dpop",
+            "write dpop = true to always use DPoP-bound tokens (RFC 9449) or dpop = false to never use them; without it, latchkey uses DPoP where the authorization server's metadata offers it",
+        ) {
+            oauth.dpop = Some(dpop.into_inner());
         }
         OAuth::Enabled(oauth)
     }

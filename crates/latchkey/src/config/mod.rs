@@ -262,6 +262,9 @@ pub struct OAuthConfig {
     pub login_wait: Duration,
     /// The only authorization server this server's credentials may go to.
     pub issuer: Option<String>,
+    /// DPoP-bound tokens (RFC 9449): `None` as the authorization server offers,
+    /// else always or never.
+    pub dpop: Option<bool>,
 }
 
 impl Default for OAuthConfig {
@@ -278,6 +281,7 @@ impl Default for OAuthConfig {
             auth_timeout: DEFAULT_AUTH_TIMEOUT,
             login_wait: DEFAULT_LOGIN_WAIT,
             issuer: None,
+            dpop: None,
         }
     }
 }

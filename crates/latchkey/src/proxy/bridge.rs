@@ -164,7 +164,7 @@ pub(crate) async fn open(proxy: &Proxy, upstream: &Upstream) -> Result<Arc<Sessi
     let server = &upstream.config;
     let mut headers = HeaderMap::new();
     headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
-    upstream.add_credentials(&mut headers);
+    upstream.add_credentials(&mut headers, "GET", &server.url);
     let response = proxy
         .client
         .get(server.url.clone())
@@ -387,7 +387,7 @@ async fn post_one(
 ) -> Result<Option<Response>, ProxyError> {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    upstream.add_credentials(&mut headers);
+    upstream.add_credentials(&mut headers, "POST", endpoint);
     let response = proxy
         .client
         .post(endpoint.clone())

@@ -23,11 +23,13 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Headers of the client's request that never go upstream, besides hop-by-hop ones.
-/// `Authorization` and `Cookie` are the client's own credentials; `Origin` and
+/// `Authorization`, `DPoP` and `Cookie` are the client's own credentials; `Origin` and
 /// `Referer` describe the client's page, and a remote server that checks `Origin`
 /// would otherwise refuse a request from latchkey's loopback origin. `Host` is set by
 /// the upstream client from the upstream URL.
-const CLIENT_ONLY: [HeaderName; 5] = [AUTHORIZATION, COOKIE, ORIGIN, REFERER, HOST];
+const CLIENT_ONLY: [HeaderName; 6] = [AUTHORIZATION, DPOP, COOKIE, ORIGIN, REFERER, HOST];
+/// RFC 9449 §4.1: the proof of possession that goes with a DPoP-bound token.
+pub(crate) const DPOP: HeaderName = HeaderName::from_static("dpop");
 
 /// Edits a client request's headers, in place, into the upstream request's headers.
 pub(crate) fn to_upstream(headers: &mut HeaderMap) {

@@ -108,14 +108,24 @@ pub(crate) struct Reloaded {
 }
 
 impl Upstream {
-    /// Adds the configured headers and, for an OAuth server, the current token. The
-    /// HTTP+SSE bridge uses this; it has no login retry of its own.
-    fn add_credentials(&self, headers: &mut HeaderMap) {
+    /// Adds the configured headers and, for an OAuth server, the current token (and
+    /// its DPoP proof for a `method` request to `url`). The HTTP+SSE bridge uses this;
+    /// it has no login retry of its own.
+    fn add_credentials(&self, headers: &mut HeaderMap, method: &str, url: &url::Url) {
         for (name, value) in &self.config.headers {
             headers.insert(name.clone(), value.clone());
         }
-        if let Some((Some(bearer), _)) = self.auth.as_ref().map(|auth| auth.session.bearer()) {
+        let Some(auth) = &self.auth else {
+            return;
+        };
+        let (bearer, proof, _) = auth
+            .session
+            .present(method, || latchkey_auth::dpop::htu(url.as_str()));
+        if let Some(bearer) = bearer {
             headers.insert(http::header::AUTHORIZATION, bearer);
+        }
+        if let Some(proof) = proof {
+            headers.insert(headers::DPOP, proof);
         }
     }
 
@@ -518,6 +528,8 @@ async fn upstream_request(
     // Round 1 may be answered by a refresh; if the refreshed token is refused too (the
     // server moved to another authorization server, say), round 2 is a full login.
     let mut round = 0;
+    // A DPoP nonce asked for is sent once more with it (RFC 9449 §9), outside the rounds.
+    let mut nonce_retried = false;
     loop {
         if auth.session.needs_refresh() {
             let seen = auth.session.bearer().1;
@@ -539,15 +551,24 @@ async fn upstream_request(
                 tracing::warn!(server = %server.name, error = %e, "early refresh failed; using the current token");
             }
         }
-        let (bearer, seen) = auth.session.bearer();
+        // A bound token's proof names the request's method and URL (no query).
+        let (bearer, proof, seen) = auth.session.present(method.as_str(), || htu(&uri));
         let mut attempt_headers = headers.clone();
         if let Some(bearer) = bearer {
             attempt_headers.insert(http::header::AUTHORIZATION, bearer);
+        }
+        let proved = proof.is_some();
+        if let Some(proof) = proof {
+            attempt_headers.insert(headers::DPOP, proof);
         }
         let (body, rest) = payload.split();
         payload = rest;
         let response =
             transmit(proxy, upstream, method, uri.clone(), attempt_headers, body).await?;
+        let nonce = proved
+            && auth
+                .session
+                .resource_nonce(response.headers().get(latchkey_auth::dpop::DPOP_NONCE));
         let status = response.status();
         let challenge = BearerChallenge::from_headers(
             response
@@ -562,6 +583,20 @@ async fn upstream_request(
                 .is_some_and(BearerChallenge::is_insufficient_scope);
         if !(status == StatusCode::UNAUTHORIZED || step_up) {
             return Ok(response);
+        }
+        if nonce
+            && !nonce_retried
+            && challenge
+                .as_ref()
+                .is_some_and(BearerChallenge::wants_dpop_nonce)
+        {
+            nonce_retried = true;
+            if matches!(payload, Payload::Spent) {
+                return Err(ProxyError::SendAgain {
+                    server: server.name.clone(),
+                });
+            }
+            continue;
         }
         if round == AUTH_ROUNDS {
             // A 401 would make the client start an OAuth flow of its own.
@@ -590,6 +625,20 @@ async fn upstream_request(
                 server: server.name.clone(),
             });
         }
+    }
+}
+
+/// A DPoP proof's `htu` for `uri`: scheme, host, port and path, without the query
+/// (RFC 9449 §4.2).
+fn htu(uri: &Uri) -> String {
+    let (scheme, host, path) = (
+        uri.scheme_str().unwrap_or("http"),
+        uri.host().unwrap_or_default(),
+        uri.path(),
+    );
+    match uri.port_u16() {
+        Some(port) => format!("{scheme}://{host}:{port}{path}"),
+        None => format!("{scheme}://{host}{path}"),
     }
 }
 

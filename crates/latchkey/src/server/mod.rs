@@ -219,6 +219,7 @@ pub(crate) fn auth_settings(server: &Server, oauth: &OAuthConfig) -> AuthSetting
         // The browser flow may outlast one request's wait; it keeps going for the next.
         flow_timeout: oauth.auth_timeout.max(FLOW_TIMEOUT),
         issuer: oauth.issuer.clone(),
+        dpop: oauth.dpop,
     }
 }
 

@@ -40,11 +40,19 @@ struct Fixture {
 
 impl Fixture {
     async fn oidc_provider() -> Self {
+        Self::oidc_provider_with("").await
+    }
+
+    /// With `OIDC_FIXTURE_DPOP` = `dpop` (`1` or `nonce`): DPoP at both ends.
+    async fn oidc_provider_with(dpop: &str) -> Self {
         let dir = interop_dir();
         let script = interop("oidc/server.mjs");
         let browser = interop("oidc/browser.mjs");
         let mut command = Command::new("node");
-        command.arg(script).current_dir(&dir);
+        command
+            .arg(script)
+            .current_dir(&dir)
+            .env("OIDC_FIXTURE_DPOP", dpop);
         Self::start(command, format!("node {}", browser.display())).await
     }
 
@@ -408,8 +416,8 @@ fn reply(text: &str, id: u64) -> Result<Value, String> {
 
 /// The whole life cycle against one server in one form, each step checked against
 /// what the servers counted.
-async fn life_cycle(fixture: Fixture, form: Form, name: &str) {
-    let mut latchkey = Latchkey::new(form, &fixture, name);
+async fn life_cycle(fixture: &Fixture, form: Form, name: &str) {
+    let mut latchkey = Latchkey::new(form, fixture, name);
     latchkey.start().await;
     let first = latchkey.whoami().await;
     let stats = fixture.stats().await;
@@ -490,20 +498,42 @@ async fn life_cycle(fixture: Fixture, form: Form, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_provider_life_cycle_through_the_daemon() {
-    life_cycle(Fixture::oidc_provider().await, Form::Daemon, "oidc").await;
+    life_cycle(&Fixture::oidc_provider().await, Form::Daemon, "oidc").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_provider_life_cycle_through_stdio() {
-    life_cycle(Fixture::oidc_provider().await, Form::Stdio, "oidc").await;
+    life_cycle(&Fixture::oidc_provider().await, Form::Stdio, "oidc").await;
+}
+
+/// oidc-provider with `features.dPoP` (and its nonce) in front of an MCP server that
+/// takes only DPoP-bound tokens with a proof of their key (and its own nonce): the
+/// whole life cycle, with every proof accepted.
+async fn dpop_life_cycle(form: Form) {
+    let fixture = Fixture::oidc_provider_with("nonce").await;
+    life_cycle(&fixture, form, "oidc-dpop").await;
+    let stats = fixture.stats().await.raw;
+    assert_eq!(stats["dpop_refused"], json!([]), "{stats}");
+    assert!(stats["dpop_ok"].as_u64() >= Some(5), "{stats}");
+    assert!(stats["rs_nonce_challenges"].as_u64() >= Some(1), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_provider_with_dpop_through_the_daemon() {
+    dpop_life_cycle(Form::Daemon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_provider_with_dpop_through_stdio() {
+    dpop_life_cycle(Form::Stdio).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fastmcp_life_cycle_through_the_daemon() {
-    life_cycle(Fixture::fastmcp().await, Form::Daemon, "fastmcp").await;
+    life_cycle(&Fixture::fastmcp().await, Form::Daemon, "fastmcp").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fastmcp_life_cycle_through_stdio() {
-    life_cycle(Fixture::fastmcp().await, Form::Stdio, "fastmcp").await;
+    life_cycle(&Fixture::fastmcp().await, Form::Stdio, "fastmcp").await;
 }

@@ -388,3 +388,32 @@ fn one_mistake_does_not_hide_another_in_the_same_table() {
         );
     }
 }
+
+/// `dpop` in `[servers.NAME.oauth]`: left out it follows the metadata (`None`);
+/// anything but a bool is refused, at its position, naming both values.
+#[test]
+fn dpop_is_a_bool_or_left_out() {
+    let config = parse(
+        "[servers.a]\nurl = \"https://a.example.com\"\noauth = { dpop = true }\n[servers.b]\nurl = \"https://b.example.com\"\noauth = { dpop = false }\n[servers.c]\nurl = \"https://c.example.com\"\n",
+    )
+    .expect("valid");
+    let dpop: Vec<Option<bool>> = config
+        .servers
+        .iter()
+        .map(|s| match &s.oauth {
+            OAuth::Enabled(oauth) => oauth.dpop,
+            OAuth::Disabled => panic!("oauth is on"),
+        })
+        .collect();
+    assert_eq!(dpop, [Some(true), Some(false), None]);
+    let errors = diagnostics(
+        "[servers.a]\nurl = \"https://a.example.com\"\n[servers.a.oauth]\ndpop = \"ES256\"\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("latchkey.toml:4:")
+            && errors[0].contains("dpop = true")
+            && errors[0].contains("dpop = false"),
+        "{errors:?}"
+    );
+}

@@ -252,6 +252,7 @@ async fn a_record_another_user_planted_is_refused_and_its_token_never_sent() {
             refresh_token: None,
             expires_at: None,
             scopes: Vec::new(),
+            dpop: None,
         }),
         ..Record::default()
     };
@@ -372,6 +373,7 @@ async fn public_upstream(resource_metadata: String) -> McpUpstream {
         check: Arc::new(|_| false),
         challenge: Arc::new(move || format!("Bearer resource_metadata=\"{resource_metadata}\"")),
         scope: None,
+        dpop: None,
     })
     .await
     .expect("upstream")
@@ -548,6 +550,7 @@ async fn a_public_authorization_server_cannot_send_revocation_to_this_machine() 
             refresh_token: Some(Secret::new("rt-to-revoke")),
             expires_at: None,
             scopes: Vec::new(),
+            dpop: None,
         }),
         registration: Some(Registration {
             issuer: ISSUER.into(),

@@ -333,6 +333,34 @@ impl ProtectedBuilder {
         self
     }
 
+    /// DPoP (RFC 9449): advertised, proofs checked, tokens bound to the proof's key.
+    pub fn dpop(mut self) -> Self {
+        self.0.dpop = true;
+        self
+    }
+
+    /// DPoP with nonces at the token endpoint and the upstream, which announces a
+    /// new one on every success.
+    pub fn dpop_nonce(mut self) -> Self {
+        self.0.dpop = true;
+        self.0.dpop_nonce = true;
+        self
+    }
+
+    /// A broken DPoP server: Bearer tokens even to a request with a proof.
+    pub fn dpop_unbound(mut self) -> Self {
+        self.0.dpop = true;
+        self.0.dpop_unbound = true;
+        self
+    }
+
+    /// A broken DPoP server: `token_type` DPoP even without a proof.
+    pub fn dpop_type_without_proof(mut self) -> Self {
+        self.0.dpop = true;
+        self.0.dpop_type_without_proof = true;
+        self
+    }
+
     /// Before every client id, secret, code and token it issues.
     pub fn prefix(mut self, prefix: &str) -> Self {
         prefix.clone_into(&mut self.0.prefix);
@@ -378,7 +406,7 @@ impl Protected {
     }
 }
 
-/// The bearer token of the last request that `upstream` got with one.
+/// The access token (Bearer or DPoP) of the last request that `upstream` got with one.
 pub fn last_token(upstream: &McpUpstream) -> String {
     upstream
         .requests()
@@ -386,7 +414,10 @@ pub fn last_token(upstream: &McpUpstream) -> String {
         .rev()
         .find_map(|r| {
             let value = r.headers.get("authorization")?.to_str().ok()?;
-            value.strip_prefix("Bearer ").map(str::to_owned)
+            let bearer = value.strip_prefix("Bearer ");
+            bearer
+                .or_else(|| value.strip_prefix("DPoP "))
+                .map(str::to_owned)
         })
         .expect("a request with a token")
 }

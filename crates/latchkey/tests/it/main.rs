@@ -8,6 +8,7 @@ mod callback;
 mod cli;
 mod config;
 mod conformance;
+mod dpop;
 mod grants;
 mod guidance;
 mod hardening;

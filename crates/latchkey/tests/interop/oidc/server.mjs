@@ -13,13 +13,18 @@
 // Startup prints exactly one JSON line on stdout ({"mcp","issuer","control"}); all
 // logging goes to stderr and never includes a token. Env: PORT (default 0 = any),
 // OIDC_FIXTURE_RFC8414=0 to stop serving /.well-known/oauth-authorization-server.
+// OIDC_FIXTURE_DPOP=1 (or =nonce) for DPoP (RFC 9449): the provider's features.dPoP
+// binds tokens (`cnf.jkt`) and, with nonce, wants its nonce in token requests; the MCP
+// server then takes tokens only with the DPoP scheme and a proof of the bound key,
+// checked here with jose (signature by the embedded jwk, htm, htu, iat, jti replay,
+// ath, cnf.jkt), and with nonce wants a nonce of its own (RFC 9449 section 9).
 
 // Anything written to stdout besides the contract line would break a reader that
 // expects one line, and oidc-provider prints its run-time notices with console.info:
 // send the console to stderr (the imports above it run first; they only warn, there).
 console.log = console.info = console.debug = (...args) => console.error(...args);
 
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import http from 'node:http';
 
 import express from 'express';
@@ -41,6 +46,8 @@ const ACCOUNT_ID = 'alice';
 const MCP_SCOPE = 'mcp:tools';
 const ACCESS_TOKEN_TTL = 3600;
 const SERVE_RFC8414 = process.env.OIDC_FIXTURE_RFC8414 !== '0';
+const DPOP = ['1', 'nonce'].includes(process.env.OIDC_FIXTURE_DPOP ?? '');
+const DPOP_NONCE = process.env.OIDC_FIXTURE_DPOP === 'nonce';
 
 const log = (...args) => console.error('[oidc-fixture]', ...args);
 
@@ -57,6 +64,9 @@ const stats = {
   mcp_ok: 0,
   mcp_401: 0,
   tokens_refused_early: 0,
+  dpop_ok: 0,
+  dpop_refused: [],
+  rs_nonce_challenges: 0,
 };
 
 let issueSeq = 0; // bumped for every access token the AS issues
@@ -108,6 +118,11 @@ const provider = new Provider(ISSUER, {
       // A client revokes its own tokens only (others' are ignored, as RFC 7009 allows).
       allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
     },
+    // Without OIDC_FIXTURE_DPOP, oidc-provider's default: DPoP offered at the token
+    // endpoint, in front of an MCP server that takes Bearer tokens only.
+    ...(DPOP && {
+      dPoP: { enabled: true, ...(DPOP_NONCE && { nonceSecret: randomBytes(32), requireNonce: () => true }) },
+    }),
     resourceIndicators: {
       enabled: true,
       // No resource asked for: the MCP server; several: left as they are (an error).
@@ -233,7 +248,7 @@ const verifier = {
       scopes: typeof payload.scope === 'string' ? payload.scope.split(' ').filter(Boolean) : [],
       expiresAt: payload.exp,
       resource: new URL(MCP_URL),
-      extra: { sub: payload.sub },
+      extra: { sub: payload.sub, jkt: payload.cnf?.jkt },
     };
   },
 };
@@ -363,11 +378,69 @@ const bearer = requireBearerAuth({
   resourceMetadataUrl: RESOURCE_METADATA_URL,
   expectedResource: new URL(MCP_URL),
 });
+// RFC 9449 §7.1 at the MCP server, in place of the SDK's Bearer middleware.
+const seenJtis = new Set();
+const rsNonce = randomBytes(16).toString('base64url');
+const DPOP_CHALLENGE = `DPoP algs="ES256 EdDSA", resource_metadata="${RESOURCE_METADATA_URL}"`;
+const dpopAuth = async (req, res, next) => {
+  // Counted: a refusal of the proof or the binding (not of a token the control API
+  // expired, and not a nonce asked for).
+  const refuse = (error, why, { nonce, counted = true } = {}) => {
+    if (nonce) res.set('DPoP-Nonce', nonce);
+    if (counted && !nonce) {
+      stats.dpop_refused.push(why);
+      log(`DPoP refused: ${why}`);
+    }
+    res.status(401)
+      .set('WWW-Authenticate', `${DPOP_CHALLENGE}, error="${error}", error_description="${why}"`)
+      .json({ error, error_description: why });
+  };
+  const [scheme, token] = (req.headers.authorization ?? '').split(' ');
+  if (!token) {
+    res.status(401).set('WWW-Authenticate', DPOP_CHALLENGE).json({ error: 'invalid_token' });
+    return;
+  }
+  if (scheme !== 'DPoP') return refuse('invalid_token', 'the token must come with the DPoP scheme');
+  let info;
+  try {
+    info = await verifier.verifyAccessToken(token);
+  } catch (err) {
+    return refuse('invalid_token', err.message, { counted: false });
+  }
+  const proof = req.headers.dpop;
+  if (typeof proof !== 'string' || proof.includes(',')) return refuse('invalid_dpop_proof', 'not one DPoP proof');
+  let payload;
+  let protectedHeader;
+  try {
+    ({ payload, protectedHeader } = await jose.jwtVerify(proof, jose.EmbeddedJWK, {
+      typ: 'dpop+jwt',
+      algorithms: ['ES256', 'EdDSA', 'Ed25519'],
+    }));
+  } catch {
+    return refuse('invalid_dpop_proof', 'the proof does not verify with its jwk');
+  }
+  const ath = createHash('sha256').update(token).digest('base64url');
+  const jkt = await jose.calculateJwkThumbprint(protectedHeader.jwk, 'sha256');
+  if (payload.htm !== req.method) return refuse('invalid_dpop_proof', 'htm');
+  if (payload.htu !== MCP_URL) return refuse('invalid_dpop_proof', 'htu');
+  if (typeof payload.iat !== 'number' || Math.abs(Date.now() / 1000 - payload.iat) > 60) return refuse('invalid_dpop_proof', 'iat');
+  if (typeof payload.jti !== 'string' || seenJtis.has(payload.jti)) return refuse('invalid_dpop_proof', 'jti replayed');
+  seenJtis.add(payload.jti);
+  if (payload.ath !== ath) return refuse('invalid_dpop_proof', 'ath');
+  if (!info.extra.jkt || info.extra.jkt !== jkt) return refuse('invalid_token', 'the token is not bound to the proof key (cnf.jkt)');
+  if (DPOP_NONCE && payload.nonce !== rsNonce) {
+    stats.rs_nonce_challenges += 1;
+    return refuse('use_dpop_nonce', 'Resource server requires nonce in DPoP proof', { nonce: rsNonce });
+  }
+  stats.dpop_ok += 1;
+  req.auth = info;
+  next();
+};
 const passed = (_req, _res, next) => {
   stats.mcp_ok += 1;
   next();
 };
-app.all('/mcp', countMcp, bearer, passed, express.json(), async (req, res) => {
+app.all('/mcp', countMcp, DPOP ? dpopAuth : bearer, passed, express.json(), async (req, res) => {
   try {
     await handleMcp(req, res);
   } catch (err) {
