@@ -17,4 +17,7 @@ pub use auth::{
     AuthOptions, AuthServer, Grant, MetadataAt, MovingUpstream, PrmAt, Received, RegisteredClient,
     moving_upstream, protected_upstream,
 };
-pub use mcp::{McpUpstream, Protection, RecordedRequest, ScopeCheck, TokenCheck};
+pub use mcp::{
+    MODERN_STATE, MODERN_VERSION, McpUpstream, PROTOCOL_VERSION, Protection, RecordedRequest,
+    ScopeCheck, TokenCheck,
+};

@@ -18,6 +18,12 @@ use tokio_util::sync::CancellationToken;
 /// The protocol revision the fake answers `initialize` with.
 pub const PROTOCOL_VERSION: &str = "2025-06-18";
 
+/// The only revision the fake's `/modern` endpoint speaks (stateless, no `initialize`).
+pub const MODERN_VERSION: &str = "2026-07-28";
+
+/// The `requestState` the `/modern` endpoint's `confirm` tool sends and expects back.
+pub const MODERN_STATE: &str = "opaque:confirm=1";
+
 /// The largest request body the fake accepts.
 const BODY_LIMIT: usize = 64 * 1024 * 1024;
 
@@ -121,6 +127,7 @@ impl McpUpstream {
         });
         let app = Router::new()
             .route("/mcp", post(mcp_post).get(mcp_get).delete(mcp_delete))
+            .route("/modern", post(modern_post))
             .route("/sse", get(legacy_sse))
             .route("/messages", post(legacy_post))
             .with_state(shared.clone())
@@ -146,6 +153,14 @@ impl McpUpstream {
     /// The Streamable HTTP endpoint.
     pub fn mcp_url(&self) -> String {
         format!("http://{}/mcp", self.addr)
+    }
+
+    /// A 2026-07-28-only endpoint: no `initialize` (refused with the versions it
+    /// speaks), `server/discover`, the per-request `_meta` and the `Mcp-Method`/
+    /// `Mcp-Name` headers required, and a `confirm` tool that asks for an elicitation
+    /// by a multi round-trip (`input_required`) result.
+    pub fn modern_url(&self) -> String {
+        format!("http://{}/modern", self.addr)
     }
 
     /// The legacy HTTP+SSE endpoint.
@@ -427,6 +442,120 @@ fn answer(message: &Value) -> Value {
         }
     };
     json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+fn modern_error(
+    status: StatusCode,
+    id: &Value,
+    code: i64,
+    message: &str,
+    data: Option<Value>,
+) -> Response {
+    let mut error = json!({"code": code, "message": message});
+    if let Some(data) = data {
+        error["data"] = data;
+    }
+    (
+        status,
+        axum::Json(json!({"jsonrpc": "2.0", "id": id, "error": error})),
+    )
+        .into_response()
+}
+
+/// `POST /modern`: the server side of 2026-07-28 as a strict server checks it.
+async fn modern_post(headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(message) = serde_json::from_slice::<Value>(&body) else {
+        return jsonrpc_error(StatusCode::BAD_REQUEST, "parse error");
+    };
+    let id = &message["id"];
+    let method = message["method"].as_str().unwrap_or("");
+    let params = &message["params"];
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let bad = |code, text: &str| modern_error(StatusCode::BAD_REQUEST, id, code, text, None);
+    if method == "initialize" {
+        let data = json!({"supported": [MODERN_VERSION], "requested": params["protocolVersion"]});
+        return modern_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            -32022,
+            &format!("this server speaks only {MODERN_VERSION}"),
+            Some(data),
+        );
+    }
+    let meta = &params["_meta"];
+    let version = meta["io.modelcontextprotocol/protocolVersion"].as_str();
+    if version.is_none() || !meta["io.modelcontextprotocol/clientCapabilities"].is_object() {
+        return bad(
+            -32602,
+            "missing _meta protocolVersion or clientCapabilities",
+        );
+    }
+    if header("mcp-protocol-version") != version {
+        return bad(-32020, "MCP-Protocol-Version does not match _meta");
+    }
+    if header("mcp-method") != Some(method) {
+        return bad(-32020, "Mcp-Method does not match the body");
+    }
+    if method == "tools/call" && header("mcp-name") != params["name"].as_str() {
+        return bad(-32020, "Mcp-Name does not match the body");
+    }
+    if version != Some(MODERN_VERSION) {
+        let data = json!({"supported": [MODERN_VERSION], "requested": version});
+        return modern_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            -32022,
+            "unsupported protocol version",
+            Some(data),
+        );
+    }
+    if message.get("id").is_none() {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    let result = match method {
+        "server/discover" => json!({
+            "supportedVersions": [MODERN_VERSION],
+            "capabilities": {"tools": {"listChanged": true}},
+            "serverInfo": {"name": "latchkey-testkit-modern", "version": "0.1.0"},
+            "instructions": "Call confirm to be asked.",
+            "ttlMs": 0, "cacheScope": "private",
+        }),
+        "tools/list" => json!({"ttlMs": 0, "cacheScope": "private", "tools": [
+            {"name": "echo", "description": "Echoes its text.",
+             "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}},
+            {"name": "confirm", "description": "Asks the user to confirm, then answers.",
+             "inputSchema": {"type": "object"}},
+        ]}),
+        "tools/call" if params["name"] == "confirm" => {
+            let answer = &params["inputResponses"]["ok"];
+            if answer.is_null() {
+                json!({"resultType": "input_required", "requestState": MODERN_STATE,
+                    "inputRequests": {"ok": {"method": "elicitation/create", "params": {
+                        "mode": "form", "message": "Go ahead?",
+                        "requestedSchema": {"type": "object", "properties": {"sure": {"type": "boolean"}}}}}}})
+            } else if params["requestState"] != MODERN_STATE {
+                return bad(-32602, "requestState was not echoed");
+            } else {
+                json!({"content": [{"type": "text", "text": format!("{}: {}", answer["action"].as_str().unwrap_or("?"), answer["content"])}]})
+            }
+        }
+        "tools/call" => json!({"content": [{"type": "text",
+            "text": params["arguments"]["text"].as_str().unwrap_or("done")}]}),
+        other => {
+            return modern_error(
+                StatusCode::NOT_FOUND,
+                id,
+                -32601,
+                &format!("method not found: {other}"),
+                None,
+            );
+        }
+    };
+    let mut result = result;
+    if result.get("resultType").is_none() {
+        result["resultType"] = json!("complete");
+    }
+    axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response()
 }
 
 /// `GET /mcp`: the session's stream of server-initiated messages.

@@ -5,15 +5,18 @@
 //! daemon's own. This module only plays the Streamable HTTP client: it keeps the
 //! session id and protocol version, mirrors the 2026-07-28 headers, holds the GET
 //! stream for the server's own messages, and turns HTTP failures into JSON-RPC
-//! errors, so that no request is left without an answer.
+//! errors, so that no request is left without an answer. In front of a server that
+//! speaks only 2026-07-28, it also translates for an older client (`translate.rs`).
 //!
 //! Nothing but protocol goes to stdout; logs go to stderr.
 
 mod io;
 mod mirror;
+mod translate;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -25,7 +28,7 @@ use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -86,6 +89,7 @@ pub async fn run(
         out,
         posting,
         session: Mutex::new(Session::default()),
+        asked_count: AtomicU64::new(0),
         stop: stop.clone(),
     });
     // The reading runs on a worker, not on this (the runtime's main) thread, so that
@@ -207,6 +211,11 @@ struct Session {
     /// The GET stream's last event id, to resume it where it broke.
     last_event_id: Option<String>,
     tools: mirror::ToolHeaders,
+    /// Set when the server speaks only 2026-07-28 and the client an older revision.
+    modern: Option<translate::Modern>,
+    /// The bridge's own requests to the client (a modern server's input requests),
+    /// by id, waiting for the client's answer.
+    asked: HashMap<String, oneshot::Sender<Value>>,
 }
 
 struct Bridge {
@@ -218,6 +227,8 @@ struct Bridge {
     /// How many posted messages are waiting for their answer.
     posting: Arc<AtomicUsize>,
     session: Mutex<Session>,
+    /// Numbers the bridge's own request ids.
+    asked_count: AtomicU64,
     stop: CancellationToken,
 }
 
@@ -228,6 +239,11 @@ struct Answered {
     done: bool,
     /// A message in the answer was not JSON.
     malformed: bool,
+    /// The id the client knows the request by, when it was posted under another
+    /// (a retry with input, `translate.rs`).
+    reply_as: Option<Value>,
+    /// The answer was a 2026-07-28 `input_required` result, held for the bridge.
+    input_required: Option<Value>,
 }
 
 impl Bridge {
@@ -251,13 +267,18 @@ impl Bridge {
                 return;
             }
         };
+        if self.take_answer(&message) {
+            return;
+        }
         if message["method"] == "initialize" {
             // Kept for the session: a copy, not a view that would hold the read buffer.
             self.initialize(Bytes::copy_from_slice(text), &message)
                 .await;
             return;
         }
-        let body = line.slice_ref(text);
+        let Some((body, message)) = self.outgoing(line.slice_ref(text), message).await else {
+            return;
+        };
         let opens_stream = message["method"] == "notifications/initialized";
         let task = self.clone();
         self.posting.fetch_add(1, Ordering::Relaxed);
@@ -370,7 +391,10 @@ impl Bridge {
         if let Some(id) = response.headers().get("mcp-session-id") {
             self.session().id = Some(id.clone());
         }
-        self.relay(response, message, true).await;
+        match self.negotiate(response, message).await {
+            Ok(answer) => self.emit_value(&answer).await,
+            Err(response) => drop(self.relay(response, message, true, None).await),
+        }
     }
 
     /// Posts one message and relays what comes back. A 404 for a known session
@@ -388,7 +412,9 @@ impl Bridge {
         {
             return Box::pin(self.post(body, message, false)).await;
         }
-        self.relay(response, message, false).await;
+        if let Some(result) = self.relay(response, message, false, None).await {
+            self.fulfil(message, result).await;
+        }
     }
 
     /// Replays the client's initialize for a new session; its answer is not the
@@ -429,9 +455,16 @@ impl Bridge {
     }
 
     /// Relays an answer to `message`: a JSON body, an SSE stream event by event, or
-    /// a failure as a JSON-RPC error carrying the request's id.
-    async fn relay(&self, response: axum::response::Response, message: &Value, initialize: bool) {
-        let id = message.get("id").cloned();
+    /// a failure as a JSON-RPC error carrying the request's id (`reply_as`, when the
+    /// client knows it by another). Returns an `input_required` result, not relayed.
+    async fn relay(
+        &self,
+        response: axum::response::Response,
+        message: &Value,
+        initialize: bool,
+        reply_as: Option<&Value>,
+    ) -> Option<Value> {
+        let id = message.get("id").map(|id| reply_as.unwrap_or(id).clone());
         let status = response.status();
         let is_sse = response
             .headers()
@@ -440,7 +473,8 @@ impl Bridge {
             .is_some_and(|v| v.starts_with("text/event-stream"));
         let mut answered = Answered {
             done: id.is_none(),
-            malformed: false,
+            reply_as: reply_as.cloned(),
+            ..Answered::default()
         };
         if status.is_success() && is_sse {
             self.relay_stream(response.into_body(), message, &mut answered, initialize)
@@ -475,6 +509,7 @@ impl Bridge {
             };
             self.emit_value(&error(id, -32603, &message)).await;
         }
+        answered.input_required
     }
 
     /// One message from the server: notes what the bridge needs from it (the
@@ -497,6 +532,16 @@ impl Bridge {
             if is_answer {
                 answered.done = true;
                 let result = &value["result"];
+                if self.session().modern.is_some() && translate::is_input_required(result) {
+                    answered.input_required = Some(result.clone());
+                    return;
+                }
+                if let Some(reply_as) = &answered.reply_as {
+                    let mut value = value.clone();
+                    value["id"] = reply_as.clone();
+                    self.emit_value(&value).await;
+                    return;
+                }
                 if initialize {
                     let version = result["protocolVersion"]
                         .as_str()

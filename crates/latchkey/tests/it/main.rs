@@ -19,3 +19,4 @@ mod service;
 mod statuspage;
 mod stdio;
 mod thirdparty;
+mod translate;

@@ -53,7 +53,7 @@ impl Bridge {
         }
     }
 
-    async fn send(&mut self, message: &Value) {
+    pub(crate) async fn send(&mut self, message: &Value) {
         let stdin = self.stdin.as_mut().expect("stdin open");
         stdin
             .write_all(format!("{message}\n").as_bytes())
@@ -62,7 +62,7 @@ impl Bridge {
         stdin.flush().await.expect("flush");
     }
 
-    async fn recv(&mut self) -> Value {
+    pub(crate) async fn recv(&mut self) -> Value {
         let line = tokio::time::timeout(Duration::from_secs(15), self.stdout.next_line())
             .await
             .expect("an answer in time")
@@ -102,7 +102,7 @@ impl Bridge {
     }
 
     /// Closes stdin and waits for the exit status.
-    async fn finish(mut self) -> std::process::ExitStatus {
+    pub(crate) async fn finish(mut self) -> std::process::ExitStatus {
         drop(self.stdin.take());
         tokio::time::timeout(Duration::from_secs(15), self.child.wait())
             .await
@@ -111,7 +111,7 @@ impl Bridge {
     }
 }
 
-fn by_name(scratch: &TempDir, url: &str) -> Command {
+pub(crate) fn by_name(scratch: &TempDir, url: &str) -> Command {
     let config = scratch.0.join("latchkey.toml");
     std::fs::write(
         &config,
@@ -127,7 +127,10 @@ fn by_name(scratch: &TempDir, url: &str) -> Command {
     command
 }
 
-fn header<'a>(request: &'a latchkey_testkit::RecordedRequest, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(
+    request: &'a latchkey_testkit::RecordedRequest,
+    name: &str,
+) -> Option<&'a str> {
     request.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
