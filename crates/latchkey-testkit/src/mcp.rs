@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::stream;
+use futures_util::{StreamExt as _, stream};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
@@ -511,6 +511,18 @@ async fn modern_post(headers: HeaderMap, body: Bytes) -> Response {
     }
     if message.get("id").is_none() {
         return StatusCode::ACCEPTED.into_response();
+    }
+    if method == "subscriptions/listen" {
+        // The acknowledgment, one list change, then open until the client leaves.
+        let tag = json!({"io.modelcontextprotocol/subscriptionId": id});
+        let events = [
+            json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                   "params": {"_meta": tag, "notifications": params["notifications"]}}),
+            json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
+                   "params": {"_meta": tag}}),
+        ]
+        .map(|event| Ok::<_, std::io::Error>(sse_event(&event)));
+        return sse_response(stream::iter(events).chain(stream::pending()));
     }
     let result = match method {
         "server/discover" => json!({

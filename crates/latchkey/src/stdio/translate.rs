@@ -12,6 +12,9 @@
 //!   old client gave in its `initialize`, which the discovery answers.
 //! - changelog items 2 and 5: `notifications/initialized` and `ping` are gone (absorbed,
 //!   answered here); `logging/setLevel` became the per-request `logLevel` field.
+//! - basic/patterns/subscriptions: the list-change notifications an old client takes
+//!   from the GET stream come on a `subscriptions/listen` stream, opened when the old
+//!   client says it is initialized.
 //! - basic/patterns/mrtr: a server needing elicitation, sampling or roots answers
 //!   `resultType: "input_required"` with `inputRequests`; each goes to the old client as
 //!   the server-to-client request it knows, and the original request is retried with
@@ -19,6 +22,7 @@
 //!
 //! The `Mcp-Method`/`Mcp-Name` headers are `mirror.rs`'s, sent for every request anyway.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Body;
@@ -57,6 +61,8 @@ pub(crate) struct Modern {
     client_info: Value,
     capabilities: Value,
     log_level: Option<Value>,
+    /// The `subscriptions/listen` filter for the list changes the server announces.
+    listen: Option<Value>,
 }
 
 impl Modern {
@@ -69,6 +75,7 @@ impl Modern {
                 _ => json!({}),
             },
             log_level: None,
+            listen: None,
         }
     }
 
@@ -145,6 +152,21 @@ pub(crate) fn local(message: &Value, modern: &mut Modern) -> Local {
     }
 }
 
+/// The `subscriptions/listen` filter for the list changes a discovery announces.
+fn listen_filter(discovery: &Value) -> Option<Value> {
+    let mut filter = Map::new();
+    for (feature, field) in [
+        ("tools", "toolsListChanged"),
+        ("prompts", "promptsListChanged"),
+        ("resources", "resourcesListChanged"),
+    ] {
+        if discovery["capabilities"][feature]["listChanged"] == true {
+            filter.insert(field.into(), true.into());
+        }
+    }
+    (!filter.is_empty()).then_some(Value::Object(filter))
+}
+
 /// Whether an answer to the old `initialize` says the server may be modern: a
 /// JSON-RPC error or a client error status (a modern server rejects the request,
 /// which lacks its `_meta`, with 400), or a success naming a modern revision that is
@@ -192,9 +214,9 @@ fn discovered(answer: &Value, requested: &str) -> Discovered {
 }
 
 /// The answer to the old client's `initialize`, from the discovery: the version it
-/// asked for, and the capabilities it can use through the bridge. List-change and
-/// resource-update notifications need `subscriptions/listen`, which the bridge does
-/// not hold, so they are not promised. The server's identity may be in the result's
+/// asked for, and the capabilities it can use through the bridge (resource updates
+/// would need a `subscriptions/listen` per set of URIs, which the bridge does not
+/// hold, so they are not promised). The server's identity may be in the result's
 /// `_meta` instead (basic/index, "Per-response protocol fields"); an old client
 /// requires one, so without either it is the configured server's name.
 fn initialize_result(initialize: &Value, discovered: &Value, server: &str) -> Value {
@@ -202,9 +224,8 @@ fn initialize_result(initialize: &Value, discovered: &Value, server: &str) -> Va
     if let Some(capabilities) = capabilities.as_object_mut() {
         for (name, feature) in capabilities.iter_mut() {
             if let Some(feature) = feature.as_object_mut()
-                && name != "extensions"
+                && name == "resources"
             {
-                feature.remove("listChanged");
                 feature.remove("subscribe");
             }
         }
@@ -332,6 +353,8 @@ impl Bridge {
                     // not sent, nor ended.
                     session.id = None;
                     session.protocol_version = Some(HeaderValue::from_static(MODERN));
+                    let mut modern = modern;
+                    modern.listen = listen_filter(&discovery);
                     session.modern = Some(modern);
                     return Ok(initialize_result(initialize, &discovery, &self.server));
                 }
@@ -345,8 +368,12 @@ impl Bridge {
     /// A message from the client on its way to the server: as it is, unless the
     /// bridge translates; then with its `_meta`, or `None` when answered or absorbed
     /// here.
-    pub(super) async fn outgoing(&self, body: Bytes, mut message: Value) -> Option<(Bytes, Value)> {
-        let local = {
+    pub(super) async fn outgoing(
+        self: &Arc<Self>,
+        body: Bytes,
+        mut message: Value,
+    ) -> Option<(Bytes, Value)> {
+        let (local, listen) = {
             let mut session = self.session();
             let Some(modern) = &mut session.modern else {
                 return Some((body, message));
@@ -355,14 +382,83 @@ impl Bridge {
             if local == Local::Forward {
                 modern.stamp(&mut message);
             }
-            local
+            let listen = (message["method"] == "notifications/initialized")
+                .then(|| modern.listen.clone())
+                .flatten();
+            (local, listen)
         };
+        if let Some(filter) = listen {
+            let bridge = self.clone();
+            tokio::spawn(async move { bridge.listen_modern(filter).await });
+        }
         match local {
             Local::Forward => Some((Bytes::from(message.to_string()), message)),
             Local::Absorb => None,
             Local::Answer(answer) => {
                 self.emit_value(&answer).await;
                 None
+            }
+        }
+    }
+
+    /// Holds a `subscriptions/listen` stream for the list changes in `filter` and
+    /// relays them as the old client's GET stream would have; opens it again after a
+    /// pause when it ends, until the bridge stops or the server refuses it.
+    async fn listen_modern(&self, filter: Value) {
+        let mut round = 0u64;
+        while !self.stop.is_cancelled() {
+            round += 1;
+            let mut request = json!({"jsonrpc": "2.0", "id": format!("{OWN_ID}listen-{round}"),
+                "method": "subscriptions/listen", "params": {"notifications": filter}});
+            match &self.session().modern {
+                Some(modern) => modern.stamp(&mut request),
+                None => return,
+            }
+            let post = self.request(
+                Method::POST,
+                Body::from(request.to_string()),
+                Some(&request),
+            );
+            let response = tokio::select! {
+                response = self.send(post) => response,
+                () = self.stop.cancelled() => return,
+            };
+            let is_sse = response
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            if !response.status().is_success() || !is_sse {
+                tracing::debug!(server = %self.server, status = %response.status(), "subscriptions/listen was refused");
+                return;
+            }
+            let mut stream = response.into_body().into_data_stream();
+            let mut blocks = sse::Blocks::default();
+            loop {
+                let chunk = tokio::select! {
+                    chunk = stream.next() => chunk,
+                    () = self.stop.cancelled() => return,
+                };
+                let Some(Ok(chunk)) = chunk else { break };
+                blocks.push(&chunk);
+                while let Some(block) = blocks.next_block() {
+                    let text = String::from_utf8_lossy(&block);
+                    let Some(data) = sse::parse_event(&text).data else {
+                        continue;
+                    };
+                    let Ok(message) = serde_json::from_str::<Value>(&data) else {
+                        continue;
+                    };
+                    let acknowledged =
+                        message["method"] == "notifications/subscriptions/acknowledged";
+                    if message.get("id").is_none() && !acknowledged {
+                        self.emit_value(&message).await;
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(super::DEFAULT_RETRY) => {}
+                () = self.stop.cancelled() => return,
             }
         }
     }
@@ -588,11 +684,16 @@ mod tests {
             answer,
             json!({"jsonrpc": "2.0", "id": 0, "result": {
                 "protocolVersion": "2025-11-25",
-                "capabilities": {"tools": {}, "resources": {}, "logging": {},
-                                 "extensions": {"io.example/x": {"listChanged": 1}}},
+                "capabilities": {"tools": {"listChanged": true}, "resources": {"listChanged": true},
+                                 "logging": {}, "extensions": {"io.example/x": {"listChanged": 1}}},
                 "serverInfo": {"name": "s", "version": "2"},
                 "instructions": "be kind"}})
         );
+        assert_eq!(
+            listen_filter(&discovery),
+            Some(json!({"toolsListChanged": true, "resourcesListChanged": true}))
+        );
+        assert_eq!(listen_filter(&json!({"capabilities": {"tools": {}}})), None);
         let elsewhere = json!({"supportedVersions": [MODERN], "capabilities": {},
             "_meta": {SERVER_INFO: {"name": "m", "version": "1"}}});
         let answer = initialize_result(&initialize(), &elsewhere, "notes");

@@ -72,7 +72,7 @@ impl Bridge {
     }
 
     /// The next message that answers `id`, skipping server notifications.
-    async fn answer(&mut self, id: i64) -> Value {
+    pub(crate) async fn answer(&mut self, id: i64) -> Value {
         loop {
             let message = self.recv().await;
             if message["id"] == id && message.get("method").is_none() {

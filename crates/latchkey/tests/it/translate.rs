@@ -56,19 +56,21 @@ async fn an_old_initialize_is_answered_from_the_discovery() {
     assert_eq!(
         answer["result"],
         json!({"protocolVersion": OLD,
-               "capabilities": {"tools": {}},
+               "capabilities": {"tools": {"listChanged": true}},
                "serverInfo": {"name": "latchkey-testkit-modern", "version": "0.1.0"},
                "instructions": "Call confirm to be asked."}),
-        "the version asked for, and no list-change notifications promised: {answer}"
+        "the version asked for: {answer}"
     );
     let tools = bridge.call(1, "tools/list", json!({})).await;
     assert_eq!(tools["result"]["tools"][0]["name"], "echo", "{tools}");
     assert!(bridge.finish().await.success());
 
-    // (The proxy's transport detection tries a GET for HTTP+SSE after the refusal.)
+    // (The proxy's transport detection tries a GET for HTTP+SSE after the refusal;
+    // subscriptions/listen has a test of its own.)
     let methods: Vec<String> = upstream
         .requests()
         .iter()
+        .filter(|r| body(r)["method"] != "subscriptions/listen")
         .map(|r| match body(r)["method"].as_str() {
             Some(method) => method.to_owned(),
             None => r.method.to_string(),
@@ -138,15 +140,20 @@ async fn an_elicitation_round_trip_goes_through_the_client() {
         .send(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                       "params": {"name": "confirm", "arguments": {}}}))
         .await;
-    let asked = bridge.recv().await;
+    let asked = loop {
+        // (Past the list change the subscription brings.)
+        let message = bridge.recv().await;
+        if message.get("id").is_some() {
+            break message;
+        }
+    };
     assert_eq!(asked["method"], "elicitation/create", "{asked}");
     assert_eq!(asked["params"]["message"], "Go ahead?");
     bridge
         .send(&json!({"jsonrpc": "2.0", "id": asked["id"],
                       "result": {"action": "accept", "content": {"sure": true}}}))
         .await;
-    let answer = bridge.recv().await;
-    assert_eq!(answer["id"], 7, "under the client's own id: {answer}");
+    let answer = bridge.answer(7).await;
     assert_eq!(
         answer["result"]["content"][0]["text"], "accept: {\"sure\":true}",
         "{answer}"
@@ -192,5 +199,30 @@ async fn a_server_of_the_client_revision_gets_its_messages_untouched() {
     assert_eq!(
         header(sent, "mcp-protocol-version"),
         Some(latchkey_testkit::PROTOCOL_VERSION)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_changes_come_from_a_subscription() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let scratch = TempDir::new("translate-listen");
+    let (mut bridge, _) = open(&scratch, &upstream.modern_url()).await;
+    let changed = bridge.recv().await;
+    assert_eq!(
+        changed["method"], "notifications/tools/list_changed",
+        "{changed}"
+    );
+    assert!(bridge.finish().await.success());
+
+    let listen = posted(&upstream, "subscriptions/listen");
+    assert_eq!(listen.len(), 1);
+    assert_eq!(
+        body(&listen[0])["params"]["notifications"],
+        json!({"toolsListChanged": true}),
+        "what the discovery announced"
+    );
+    assert_eq!(
+        header(&listen[0], "mcp-method"),
+        Some("subscriptions/listen")
     );
 }
