@@ -76,6 +76,8 @@ struct Shared {
     next_session: AtomicU64,
     /// Released by the test to let the `gated` tool finish its SSE reply.
     gate: Notify,
+    /// How many `/modern` `slow` calls ended with the client closing their stream.
+    closed_early: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -186,6 +188,12 @@ impl McpUpstream {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+    }
+
+    /// How many calls of the `/modern` `slow` tool the client cancelled by closing
+    /// their stream (2026-07-28 cancellation).
+    pub fn closed_early(&self) -> u64 {
+        self.shared.closed_early.load(Ordering::Relaxed)
     }
 
     pub fn open_gate(&self) {
@@ -444,6 +452,15 @@ fn answer(message: &Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "result": result})
 }
 
+/// Counts a `slow` stream dropped before its end: the client went away.
+struct ClosedEarly(Arc<Shared>);
+
+impl Drop for ClosedEarly {
+    fn drop(&mut self) {
+        self.0.closed_early.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 fn modern_error(
     status: StatusCode,
     id: &Value,
@@ -463,7 +480,11 @@ fn modern_error(
 }
 
 /// `POST /modern`: the server side of 2026-07-28 as a strict server checks it.
-async fn modern_post(headers: HeaderMap, body: Bytes) -> Response {
+async fn modern_post(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Ok(message) = serde_json::from_slice::<Value>(&body) else {
         return jsonrpc_error(StatusCode::BAD_REQUEST, "parse error");
     };
@@ -511,6 +532,19 @@ async fn modern_post(headers: HeaderMap, body: Bytes) -> Response {
     }
     if message.get("id").is_none() {
         return StatusCode::ACCEPTED.into_response();
+    }
+    if method == "tools/call" && params["name"] == "slow" {
+        // A progress notification, then nothing until the client closes the stream.
+        let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+            "params": {"progressToken": params["_meta"]["progressToken"], "progress": 1}});
+        let closed = ClosedEarly(shared);
+        let events = stream::iter([Ok::<_, std::io::Error>(sse_event(&progress))])
+            .chain(stream::pending())
+            .map(move |event| {
+                let _held = &closed;
+                event
+            });
+        return sse_response(events);
     }
     if method == "subscriptions/listen" {
         // The acknowledgment, one list change, then open until the client leaves.

@@ -216,6 +216,9 @@ struct Session {
     /// The bridge's own requests to the client (a modern server's input requests),
     /// by id, waiting for the client's answer.
     asked: HashMap<String, oneshot::Sender<Value>>,
+    /// The client's requests in flight, by id, while translating: the old client's
+    /// `notifications/cancelled` ends one.
+    running: HashMap<String, tokio::task::AbortHandle>,
 }
 
 struct Bridge {
@@ -230,6 +233,23 @@ struct Bridge {
     /// Numbers the bridge's own request ids.
     asked_count: AtomicU64,
     stop: CancellationToken,
+}
+
+/// One posted message waiting for its answer, counted until it is dropped (also
+/// when its task is aborted).
+struct Posting(Arc<AtomicUsize>);
+
+impl Posting {
+    fn count(posting: &Arc<AtomicUsize>) -> Self {
+        posting.fetch_add(1, Ordering::Relaxed);
+        Self(posting.clone())
+    }
+}
+
+impl Drop for Posting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What an answer to a POST held.
@@ -281,11 +301,13 @@ impl Bridge {
         };
         let opens_stream = message["method"] == "notifications/initialized";
         let task = self.clone();
-        self.posting.fetch_add(1, Ordering::Relaxed);
-        inflight.spawn(async move {
+        let id = message.get("id").cloned();
+        let posting = Posting::count(&self.posting);
+        let running = inflight.spawn(async move {
+            let _posting = posting;
             task.post(body, &message, true).await;
-            task.posting.fetch_sub(1, Ordering::Relaxed);
         });
+        self.track(id, running);
         if opens_stream {
             let task = self.clone();
             tokio::spawn(async move { task.listen().await });

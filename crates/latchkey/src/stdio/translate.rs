@@ -119,6 +119,10 @@ pub(crate) enum Local {
     Forward,
     /// A notification 2026-07-28 has no use for.
     Absorb,
+    /// `notifications/cancelled` for the request with this id: over 2026-07-28
+    /// Streamable HTTP, closing its stream is the cancellation (basic/patterns/
+    /// cancellation).
+    Cancel(String),
     /// Answered by the bridge.
     Answer(Value),
 }
@@ -128,8 +132,11 @@ pub(crate) enum Local {
 pub(crate) fn local(message: &Value, modern: &mut Modern) -> Local {
     let id = &message["id"];
     match message["method"].as_str() {
-        // Client notifications (initialized, cancelled, roots/list_changed): none is
-        // defined over 2026-07-28 Streamable HTTP (closing the stream cancels).
+        Some("notifications/cancelled") if message.get("id").is_none() => {
+            Local::Cancel(message["params"]["requestId"].to_string())
+        }
+        // The other client notifications (initialized, roots/list_changed): none is
+        // defined over 2026-07-28 Streamable HTTP.
         Some(method) if message.get("id").is_none() && method.starts_with("notifications/") => {
             Local::Absorb
         }
@@ -394,6 +401,12 @@ impl Bridge {
         match local {
             Local::Forward => Some((Bytes::from(message.to_string()), message)),
             Local::Absorb => None,
+            Local::Cancel(id) => {
+                if let Some(running) = self.session().running.remove(&id) {
+                    running.abort();
+                }
+                None
+            }
             Local::Answer(answer) => {
                 self.emit_value(&answer).await;
                 None
@@ -460,6 +473,15 @@ impl Bridge {
                 () = tokio::time::sleep(super::DEFAULT_RETRY) => {}
                 () = self.stop.cancelled() => return,
             }
+        }
+    }
+
+    /// Keeps a request's task while translating, for `notifications/cancelled`.
+    pub(super) fn track(&self, id: Option<Value>, running: tokio::task::AbortHandle) {
+        let mut session = self.session();
+        if let (Some(id), true) = (id, session.modern.is_some()) {
+            session.running.retain(|_, task| !task.is_finished());
+            session.running.insert(id.to_string(), running);
         }
     }
 
@@ -608,7 +630,6 @@ mod tests {
         let mut modern = Modern::from_initialize(&initialize());
         for notification in [
             "notifications/initialized",
-            "notifications/cancelled",
             "notifications/roots/list_changed",
         ] {
             let message = json!({"jsonrpc": "2.0", "method": notification});
@@ -618,6 +639,9 @@ mod tests {
                 "{notification}"
             );
         }
+        let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": "a-1", "reason": "user"}});
+        assert_eq!(local(&cancel, &mut modern), Local::Cancel("\"a-1\"".into()));
         let ping = json!({"jsonrpc": "2.0", "id": "p", "method": "ping"});
         assert_eq!(
             local(&ping, &mut modern),

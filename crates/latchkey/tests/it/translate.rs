@@ -226,3 +226,43 @@ async fn list_changes_come_from_a_subscription() {
         Some("subscriptions/listen")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_request_closes_its_stream() {
+    let upstream = McpUpstream::start().await.expect("upstream");
+    let scratch = TempDir::new("translate-cancel");
+    let (mut bridge, _) = open(&scratch, &upstream.modern_url()).await;
+    bridge
+        .send(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                      "params": {"name": "slow", "_meta": {"progressToken": "p9"}}}))
+        .await;
+    loop {
+        // The call is under way once its progress arrives.
+        let message = bridge.recv().await;
+        if message["method"] == "notifications/progress" {
+            assert_eq!(message["params"]["progressToken"], "p9");
+            break;
+        }
+    }
+    bridge
+        .send(
+            &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                      "params": {"requestId": 9, "reason": "the user pressed stop"}}),
+        )
+        .await;
+    for _ in 0..100 {
+        if upstream.closed_early() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        upstream.closed_early(),
+        1,
+        "2026-07-28 cancels by closing the stream"
+    );
+    let ping = bridge.call(10, "ping", json!({})).await;
+    assert_eq!(ping["result"], json!({}), "the bridge goes on: {ping}");
+    assert!(bridge.finish().await.success());
+    assert!(posted(&upstream, "notifications/cancelled").is_empty());
+}
