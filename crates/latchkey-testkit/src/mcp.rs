@@ -547,21 +547,34 @@ async fn modern_post(
         return sse_response(events);
     }
     if method == "subscriptions/listen" {
-        // The acknowledgment, one list change, then open until the client leaves.
+        // The acknowledgment, one list change, an update of each subscribed
+        // resource, then open until the client leaves.
         let tag = json!({"io.modelcontextprotocol/subscriptionId": id});
-        let events = [
+        let mut events = vec![
             json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
                    "params": {"_meta": tag, "notifications": params["notifications"]}}),
             json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
                    "params": {"_meta": tag}}),
-        ]
-        .map(|event| Ok::<_, std::io::Error>(sse_event(&event)));
+        ];
+        for uri in params["notifications"]["resourceSubscriptions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            events.push(
+                json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                "params": {"_meta": tag, "uri": uri}}),
+            );
+        }
+        let events = events
+            .into_iter()
+            .map(|event| Ok::<_, std::io::Error>(sse_event(&event)));
         return sse_response(stream::iter(events).chain(stream::pending()));
     }
     let result = match method {
         "server/discover" => json!({
             "supportedVersions": [MODERN_VERSION],
-            "capabilities": {"tools": {"listChanged": true}},
+            "capabilities": {"tools": {"listChanged": true}, "resources": {"subscribe": true}},
             "serverInfo": {"name": "latchkey-testkit-modern", "version": "0.1.0"},
             "instructions": "Call confirm to be asked.",
             "ttlMs": 0, "cacheScope": "private",

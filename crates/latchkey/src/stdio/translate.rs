@@ -13,8 +13,9 @@
 //! - changelog items 2 and 5: `notifications/initialized` and `ping` are gone (absorbed,
 //!   answered here); `logging/setLevel` became the per-request `logLevel` field.
 //! - basic/patterns/subscriptions: the list-change notifications an old client takes
-//!   from the GET stream come on a `subscriptions/listen` stream, opened when the old
-//!   client says it is initialized.
+//!   from the GET stream, and the resource updates it asks for with
+//!   `resources/subscribe`, come on a `subscriptions/listen` stream, opened when the
+//!   old client says it is initialized and again whenever its subscriptions change.
 //! - basic/patterns/mrtr: a server needing elicitation, sampling or roots answers
 //!   `resultType: "input_required"` with `inputRequests`; each goes to the old client as
 //!   the server-to-client request it knows, and the original request is retried with
@@ -31,7 +32,7 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http::{HeaderValue, Method};
 use serde_json::{Map, Value, json};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::{Bridge, error};
 use crate::proxy::sse;
@@ -62,7 +63,15 @@ pub(crate) struct Modern {
     capabilities: Value,
     log_level: Option<Value>,
     /// The `subscriptions/listen` filter for the list changes the server announces.
-    listen: Option<Value>,
+    list_changes: Map<String, Value>,
+    /// The server announces resource subscriptions.
+    can_subscribe: bool,
+    /// The resources the client subscribed to.
+    subscribed: Vec<String>,
+    /// A `subscriptions/listen` stream is held (or being opened).
+    listening: bool,
+    /// Tells the stream's holder that the filter changed.
+    relisten: Arc<Notify>,
 }
 
 impl Modern {
@@ -75,8 +84,35 @@ impl Modern {
                 _ => json!({}),
             },
             log_level: None,
-            listen: None,
+            list_changes: Map::new(),
+            can_subscribe: false,
+            subscribed: Vec::new(),
+            listening: false,
+            relisten: Arc::new(Notify::new()),
         }
+    }
+
+    fn learn(&mut self, discovery: &Value) {
+        let capabilities = &discovery["capabilities"];
+        for (feature, field) in [
+            ("tools", "toolsListChanged"),
+            ("prompts", "promptsListChanged"),
+            ("resources", "resourcesListChanged"),
+        ] {
+            if capabilities[feature]["listChanged"] == true {
+                self.list_changes.insert(field.into(), true.into());
+            }
+        }
+        self.can_subscribe = capabilities["resources"]["subscribe"] == true;
+    }
+
+    /// The `subscriptions/listen` filter for what the client should hear, if anything.
+    fn filter(&self) -> Option<Value> {
+        let mut filter = self.list_changes.clone();
+        if !self.subscribed.is_empty() {
+            filter.insert("resourceSubscriptions".into(), json!(self.subscribed));
+        }
+        (!filter.is_empty()).then_some(Value::Object(filter))
     }
 
     /// Adds the per-request `_meta` fields to a request (keeping the client's own).
@@ -125,6 +161,8 @@ pub(crate) enum Local {
     Cancel(String),
     /// Answered by the bridge.
     Answer(Value),
+    /// Answered by the bridge, after which the subscription stream is opened anew.
+    Resubscribe(Value),
 }
 
 /// Messages the modern revision removed, answered here so the old client still gets
@@ -145,33 +183,28 @@ pub(crate) fn local(message: &Value, modern: &mut Modern) -> Local {
             modern.log_level = Some(message["params"]["level"].clone());
             Local::Answer(json!({"jsonrpc": "2.0", "id": id, "result": {}}))
         }
+        Some(method @ ("resources/subscribe" | "resources/unsubscribe"))
+            if modern.can_subscribe =>
+        {
+            let Some(uri) = message["params"]["uri"].as_str() else {
+                return Local::Answer(error(id.clone(), -32602, "no uri"));
+            };
+            modern.subscribed.retain(|known| known != uri);
+            if method == "resources/subscribe" {
+                modern.subscribed.push(uri.to_owned());
+            }
+            Local::Resubscribe(json!({"jsonrpc": "2.0", "id": id, "result": {}}))
+        }
         Some(method @ ("resources/subscribe" | "resources/unsubscribe")) => Local::Answer(error(
             id.clone(),
             -32601,
-            &format!(
-                "{method} does not cross to a 2026-07-28 server (it has subscriptions/listen instead)"
-            ),
+            &format!("{method}: the server offers no resource subscriptions"),
         )),
         Some(_) => Local::Forward,
         // A response: only answers to the bridge's own requests are expected, and
         // those are taken before this.
         None => Local::Absorb,
     }
-}
-
-/// The `subscriptions/listen` filter for the list changes a discovery announces.
-fn listen_filter(discovery: &Value) -> Option<Value> {
-    let mut filter = Map::new();
-    for (feature, field) in [
-        ("tools", "toolsListChanged"),
-        ("prompts", "promptsListChanged"),
-        ("resources", "resourcesListChanged"),
-    ] {
-        if discovery["capabilities"][feature]["listChanged"] == true {
-            filter.insert(field.into(), true.into());
-        }
-    }
-    (!filter.is_empty()).then_some(Value::Object(filter))
 }
 
 /// Whether an answer to the old `initialize` says the server may be modern: a
@@ -221,24 +254,14 @@ fn discovered(answer: &Value, requested: &str) -> Discovered {
 }
 
 /// The answer to the old client's `initialize`, from the discovery: the version it
-/// asked for, and the capabilities it can use through the bridge (resource updates
-/// would need a `subscriptions/listen` per set of URIs, which the bridge does not
-/// hold, so they are not promised). The server's identity may be in the result's
+/// asked for and the server's capabilities (all of which cross). The server's identity may be in the result's
 /// `_meta` instead (basic/index, "Per-response protocol fields"); an old client
 /// requires one, so without either it is the configured server's name.
 fn initialize_result(initialize: &Value, discovered: &Value, server: &str) -> Value {
-    let mut capabilities = discovered["capabilities"].clone();
-    if let Some(capabilities) = capabilities.as_object_mut() {
-        for (name, feature) in capabilities.iter_mut() {
-            if let Some(feature) = feature.as_object_mut()
-                && name == "resources"
-            {
-                feature.remove("subscribe");
-            }
-        }
-    } else {
-        capabilities = json!({});
-    }
+    let capabilities = match &discovered["capabilities"] {
+        Value::Object(capabilities) => Value::Object(capabilities.clone()),
+        _ => json!({}),
+    };
     let server_info = [&discovered["serverInfo"], &discovered["_meta"][SERVER_INFO]]
         .into_iter()
         .find(|info| info["name"].is_string())
@@ -259,6 +282,22 @@ fn initialize_result(initialize: &Value, discovered: &Value, server: &str) -> Va
 /// client rather than relayed.
 pub(crate) fn is_input_required(result: &Value) -> bool {
     result["resultType"] == "input_required"
+}
+
+/// One of the server's input requests as the request the old client knows. A
+/// URL-mode elicitation of 2025-11-25 has an `elicitationId`, which 2026-07-28
+/// dropped (changelog, minor change 11): the request's own id stands in for it (no
+/// `notifications/elicitation/complete` follows; the retry is the completion).
+fn client_request(id: &str, request: &Value) -> Value {
+    let mut message = json!({"jsonrpc": "2.0", "id": id, "method": request["method"]});
+    if let Some(params) = request.get("params") {
+        message["params"] = params.clone();
+        let params = &mut message["params"];
+        if params["mode"] == "url" && params.get("elicitationId").is_none() {
+            params["elicitationId"] = id.into();
+        }
+    }
+    message
 }
 
 /// The retry of `original` (already stamped) with a new id, the client's answers and
@@ -361,7 +400,7 @@ impl Bridge {
                     session.id = None;
                     session.protocol_version = Some(HeaderValue::from_static(MODERN));
                     let mut modern = modern;
-                    modern.listen = listen_filter(&discovery);
+                    modern.learn(&discovery);
                     session.modern = Some(modern);
                     return Ok(initialize_result(initialize, &discovery, &self.server));
                 }
@@ -380,7 +419,7 @@ impl Bridge {
         body: Bytes,
         mut message: Value,
     ) -> Option<(Bytes, Value)> {
-        let (local, listen) = {
+        let (local, start) = {
             let mut session = self.session();
             let Some(modern) = &mut session.modern else {
                 return Some((body, message));
@@ -389,14 +428,19 @@ impl Bridge {
             if local == Local::Forward {
                 modern.stamp(&mut message);
             }
-            let listen = (message["method"] == "notifications/initialized")
-                .then(|| modern.listen.clone())
-                .flatten();
-            (local, listen)
+            let wants = matches!(local, Local::Resubscribe(_))
+                || message["method"] == "notifications/initialized";
+            let start = wants && !modern.listening && modern.filter().is_some();
+            if start {
+                modern.listening = true;
+            } else if wants && modern.listening {
+                modern.relisten.notify_one();
+            }
+            (local, start)
         };
-        if let Some(filter) = listen {
+        if start {
             let bridge = self.clone();
-            tokio::spawn(async move { bridge.listen_modern(filter).await });
+            tokio::spawn(async move { bridge.listen_modern().await });
         }
         match local {
             Local::Forward => Some((Bytes::from(message.to_string()), message)),
@@ -407,26 +451,36 @@ impl Bridge {
                 }
                 None
             }
-            Local::Answer(answer) => {
+            Local::Answer(answer) | Local::Resubscribe(answer) => {
                 self.emit_value(&answer).await;
                 None
             }
         }
     }
 
-    /// Holds a `subscriptions/listen` stream for the list changes in `filter` and
-    /// relays them as the old client's GET stream would have; opens it again after a
-    /// pause when it ends, until the bridge stops or the server refuses it.
-    async fn listen_modern(&self, filter: Value) {
+    /// Holds a `subscriptions/listen` stream for what the client should hear and
+    /// relays its notifications as the old client's GET stream would have; opens it
+    /// again at once when the client's subscriptions change, or after a pause when
+    /// it ends, until the bridge stops, the server refuses it, or nothing is left to
+    /// hear.
+    async fn listen_modern(&self) {
         let mut round = 0u64;
         while !self.stop.is_cancelled() {
             round += 1;
-            let mut request = json!({"jsonrpc": "2.0", "id": format!("{OWN_ID}listen-{round}"),
-                "method": "subscriptions/listen", "params": {"notifications": filter}});
-            match &self.session().modern {
-                Some(modern) => modern.stamp(&mut request),
-                None => return,
-            }
+            let (request, relisten) = {
+                let mut session = self.session();
+                let Some(modern) = &mut session.modern else {
+                    return;
+                };
+                let Some(filter) = modern.filter() else {
+                    modern.listening = false;
+                    return;
+                };
+                let mut request = json!({"jsonrpc": "2.0", "id": format!("{OWN_ID}listen-{round}"),
+                    "method": "subscriptions/listen", "params": {"notifications": filter}});
+                modern.stamp(&mut request);
+                (request, modern.relisten.clone())
+            };
             let post = self.request(
                 Method::POST,
                 Body::from(request.to_string()),
@@ -443,16 +497,20 @@ impl Bridge {
                 .is_some_and(|v| v.starts_with("text/event-stream"));
             if !response.status().is_success() || !is_sse {
                 tracing::debug!(server = %self.server, status = %response.status(), "subscriptions/listen was refused");
+                if let Some(modern) = &mut self.session().modern {
+                    modern.listening = false;
+                }
                 return;
             }
             let mut stream = response.into_body().into_data_stream();
             let mut blocks = sse::Blocks::default();
-            loop {
+            let changed = loop {
                 let chunk = tokio::select! {
                     chunk = stream.next() => chunk,
+                    () = relisten.notified() => break true,
                     () = self.stop.cancelled() => return,
                 };
-                let Some(Ok(chunk)) = chunk else { break };
+                let Some(Ok(chunk)) = chunk else { break false };
                 blocks.push(&chunk);
                 while let Some(block) = blocks.next_block() {
                     let text = String::from_utf8_lossy(&block);
@@ -468,9 +526,13 @@ impl Bridge {
                         self.emit_value(&message).await;
                     }
                 }
+            };
+            if changed {
+                continue;
             }
             tokio::select! {
                 () = tokio::time::sleep(super::DEFAULT_RETRY) => {}
+                () = relisten.notified() => {}
                 () = self.stop.cancelled() => return,
             }
         }
@@ -513,11 +575,7 @@ impl Bridge {
         );
         let (tx, rx) = oneshot::channel();
         self.session().asked.insert(id.clone(), tx);
-        let mut message = json!({"jsonrpc": "2.0", "id": id, "method": request["method"]});
-        if let Some(params) = request.get("params") {
-            message["params"] = params.clone();
-        }
-        self.emit_value(&message).await;
+        self.emit_value(&client_request(&id, request)).await;
         tokio::select! {
             answer = rx => answer.ok(),
             () = self.stop.cancelled() => None,
@@ -708,16 +766,10 @@ mod tests {
             answer,
             json!({"jsonrpc": "2.0", "id": 0, "result": {
                 "protocolVersion": "2025-11-25",
-                "capabilities": {"tools": {"listChanged": true}, "resources": {"listChanged": true},
-                                 "logging": {}, "extensions": {"io.example/x": {"listChanged": 1}}},
+                "capabilities": discovery["capabilities"],
                 "serverInfo": {"name": "s", "version": "2"},
                 "instructions": "be kind"}})
         );
-        assert_eq!(
-            listen_filter(&discovery),
-            Some(json!({"toolsListChanged": true, "resourcesListChanged": true}))
-        );
-        assert_eq!(listen_filter(&json!({"capabilities": {"tools": {}}})), None);
         let elsewhere = json!({"supportedVersions": [MODERN], "capabilities": {},
             "_meta": {SERVER_INFO: {"name": "m", "version": "1"}}});
         let answer = initialize_result(&initialize(), &elsewhere, "notes");
@@ -729,6 +781,43 @@ mod tests {
         assert_eq!(
             answer["result"]["serverInfo"],
             json!({"name": "notes", "version": "unknown"})
+        );
+    }
+
+    #[test]
+    fn the_subscription_filter_follows_the_discovery_and_the_client() {
+        let mut modern = Modern::from_initialize(&initialize());
+        modern.learn(&json!({"capabilities": {"tools": {}}}));
+        assert_eq!(modern.filter(), None, "nothing to hear");
+        let subscribe = json!({"jsonrpc": "2.0", "id": 1, "method": "resources/subscribe", "params": {"uri": "a://b"}});
+        assert!(
+            matches!(local(&subscribe, &mut modern), Local::Answer(a) if a["error"]["code"] == -32601),
+            "not offered"
+        );
+
+        modern.learn(&json!({"capabilities": {"tools": {"listChanged": true},
+            "resources": {"subscribe": true, "listChanged": true}}}));
+        assert_eq!(
+            modern.filter(),
+            Some(json!({"toolsListChanged": true, "resourcesListChanged": true}))
+        );
+        assert_eq!(
+            local(&subscribe, &mut modern),
+            Local::Resubscribe(json!({"jsonrpc": "2.0", "id": 1, "result": {}}))
+        );
+        let other = json!({"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe", "params": {"uri": "a://c"}});
+        local(&other, &mut modern);
+        local(&subscribe, &mut modern);
+        assert_eq!(
+            modern.filter().expect("a filter")["resourceSubscriptions"],
+            json!(["a://c", "a://b"]),
+            "once each"
+        );
+        let unsubscribe = json!({"jsonrpc": "2.0", "id": 3, "method": "resources/unsubscribe", "params": {"uri": "a://c"}});
+        local(&unsubscribe, &mut modern);
+        assert_eq!(
+            modern.filter().expect("a filter")["resourceSubscriptions"],
+            json!(["a://b"])
         );
     }
 
@@ -760,6 +849,21 @@ mod tests {
             "no state when none was sent"
         );
         assert!(is_input_required(&json!({"resultType": "input_required"})));
+        let sample = json!({"method": "sampling/createMessage", "params": {"maxTokens": 5}});
+        assert_eq!(
+            client_request("latchkey-4", &sample),
+            json!({"jsonrpc": "2.0", "id": "latchkey-4", "method": "sampling/createMessage",
+                   "params": {"maxTokens": 5}})
+        );
+        let url = json!({"method": "elicitation/create",
+            "params": {"mode": "url", "url": "https://a.example/sign", "message": "sign"}});
+        assert_eq!(
+            client_request("latchkey-5", &url)["params"]["elicitationId"],
+            "latchkey-5",
+            "2025-11-25 requires one"
+        );
+        let roots = json!({"method": "roots/list"});
+        assert!(client_request("latchkey-6", &roots).get("params").is_none());
         assert!(!is_input_required(&json!({"content": []})));
     }
 }

@@ -56,7 +56,7 @@ async fn an_old_initialize_is_answered_from_the_discovery() {
     assert_eq!(
         answer["result"],
         json!({"protocolVersion": OLD,
-               "capabilities": {"tools": {"listChanged": true}},
+               "capabilities": {"tools": {"listChanged": true}, "resources": {"subscribe": true}},
                "serverInfo": {"name": "latchkey-testkit-modern", "version": "0.1.0"},
                "instructions": "Call confirm to be asked."}),
         "the version asked for: {answer}"
@@ -203,7 +203,7 @@ async fn a_server_of_the_client_revision_gets_its_messages_untouched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_changes_come_from_a_subscription() {
+async fn list_changes_and_resource_updates_come_from_a_subscription() {
     let upstream = McpUpstream::start().await.expect("upstream");
     let scratch = TempDir::new("translate-listen");
     let (mut bridge, _) = open(&scratch, &upstream.modern_url()).await;
@@ -212,19 +212,35 @@ async fn list_changes_come_from_a_subscription() {
         changed["method"], "notifications/tools/list_changed",
         "{changed}"
     );
+    let subscribed = bridge
+        .call(1, "resources/subscribe", json!({"uri": "test://hello"}))
+        .await;
+    assert_eq!(subscribed["result"], json!({}), "{subscribed}");
+    let updated = loop {
+        let message = bridge.recv().await;
+        if message["method"] == "notifications/resources/updated" {
+            break message;
+        }
+    };
+    assert_eq!(updated["params"]["uri"], "test://hello");
     assert!(bridge.finish().await.success());
 
     let listen = posted(&upstream, "subscriptions/listen");
-    assert_eq!(listen.len(), 1);
+    assert_eq!(listen.len(), 2, "opened anew for the subscription");
     assert_eq!(
         body(&listen[0])["params"]["notifications"],
         json!({"toolsListChanged": true}),
         "what the discovery announced"
     );
     assert_eq!(
+        body(&listen[1])["params"]["notifications"],
+        json!({"toolsListChanged": true, "resourceSubscriptions": ["test://hello"]})
+    );
+    assert_eq!(
         header(&listen[0], "mcp-method"),
         Some("subscriptions/listen")
     );
+    assert!(posted(&upstream, "resources/subscribe").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
