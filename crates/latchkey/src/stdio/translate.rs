@@ -2,9 +2,10 @@
 //! a server that speaks only 2026-07-28: the two cannot talk (spec, basic/versioning,
 //! "Compatibility Matrix": legacy client, modern server "fails"), so the bridge plays a
 //! modern client for the old one. Only once the server has refused the client's own
-//! `initialize` and then answered `server/discover` (server/discover; versioning,
-//! "Backward Compatibility") naming 2026-07-28 and not the client's revision; a server
-//! that takes the `initialize` gets every message untouched.
+//! `initialize` (or answered it with a 2026 revision the client did not ask for) and
+//! then answered `server/discover` (server/discover; versioning, "Backward
+//! Compatibility") naming 2026-07-28 and not the client's revision; a server that
+//! takes the `initialize` gets every message untouched.
 //!
 //! Then, per the 2026-07-28 pages:
 //! - basic/index, "`_meta`": each request carries the protocol version and the client's
@@ -38,7 +39,7 @@ use super::{Bridge, error};
 use crate::proxy::sse;
 
 /// The only modern revision the bridge knows how to speak.
-pub(crate) const MODERN: &str = "2026-07-28";
+const MODERN: &str = "2026-07-28";
 const VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
 const CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
@@ -48,7 +49,7 @@ const SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 const UNSUPPORTED_VERSION: i64 = -32022;
 /// The ids of the bridge's own requests to the client start with this, so that their
 /// answers are told apart from anything else the client sends.
-pub(super) const OWN_ID: &str = "latchkey-";
+const OWN_ID: &str = "latchkey-";
 /// How many rounds of input one request may take: a server that keeps asking
 /// forever must not keep the client's request open forever.
 const MAX_ROUNDS: usize = 8;
@@ -56,9 +57,10 @@ const MAX_ROUNDS: usize = 8;
 const SMALL_ANSWER: usize = 1024 * 1024;
 
 /// What the bridge speaks to a modern server for the old client: who the client is
-/// and what it can do, from its `initialize`, and the log level it last set.
-#[derive(Debug, Clone)]
-pub(crate) struct Modern {
+/// and what it can do, from its `initialize`, the log level it last set, and what it
+/// listens to.
+#[derive(Debug)]
+pub(super) struct Modern {
     client_info: Value,
     capabilities: Value,
     log_level: Option<Value>,
@@ -75,7 +77,7 @@ pub(crate) struct Modern {
 }
 
 impl Modern {
-    pub(crate) fn from_initialize(initialize: &Value) -> Self {
+    fn from_initialize(initialize: &Value) -> Self {
         let params = &initialize["params"];
         Self {
             client_info: params["clientInfo"].clone(),
@@ -116,7 +118,7 @@ impl Modern {
     }
 
     /// Adds the per-request `_meta` fields to a request (keeping the client's own).
-    pub(crate) fn stamp(&self, request: &mut Value) {
+    fn stamp(&self, request: &mut Value) {
         let Some(message) = request.as_object_mut() else {
             return;
         };
@@ -150,7 +152,7 @@ impl Modern {
 
 /// What the bridge does with a message from the old client once it speaks modern.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Local {
+enum Local {
     /// Post it, with its `_meta`.
     Forward,
     /// A notification 2026-07-28 has no use for.
@@ -167,7 +169,7 @@ pub(crate) enum Local {
 
 /// Messages the modern revision removed, answered here so the old client still gets
 /// what it expects.
-pub(crate) fn local(message: &Value, modern: &mut Modern) -> Local {
+fn local(message: &Value, modern: &mut Modern) -> Local {
     let id = &message["id"];
     match message["method"].as_str() {
         Some("notifications/cancelled") if message.get("id").is_none() => {
@@ -254,8 +256,9 @@ fn discovered(answer: &Value, requested: &str) -> Discovered {
 }
 
 /// The answer to the old client's `initialize`, from the discovery: the version it
-/// asked for and the server's capabilities (all of which cross). The server's identity may be in the result's
-/// `_meta` instead (basic/index, "Per-response protocol fields"); an old client
+/// asked for and the server's capabilities (all of which cross). The server's
+/// identity may be in the result's `_meta` instead (basic/index, "Per-response
+/// protocol fields"); an old client
 /// requires one, so without either it is the configured server's name.
 fn initialize_result(initialize: &Value, discovered: &Value, server: &str) -> Value {
     let capabilities = match &discovered["capabilities"] {
@@ -280,7 +283,7 @@ fn initialize_result(initialize: &Value, discovered: &Value, server: &str) -> Va
 
 /// Whether a result is an `InputRequiredResult` (mrtr), to be carried through the
 /// client rather than relayed.
-pub(crate) fn is_input_required(result: &Value) -> bool {
+pub(super) fn is_input_required(result: &Value) -> bool {
     result["resultType"] == "input_required"
 }
 
@@ -350,10 +353,11 @@ async fn read_answer(response: axum::response::Response) -> Option<Value> {
 }
 
 impl Bridge {
-    /// Given the answer to the client's `initialize`: if it is a refusal and the
-    /// server's discovery says it speaks only 2026-07-28, switches the session to
-    /// translation and returns the client's answer; otherwise hands back the
-    /// server's answer, to be relayed as it is.
+    /// Given the answer to the client's `initialize`: if it says the server may be
+    /// modern and the server's discovery says it speaks only 2026-07-28 (asked
+    /// again once after an `UnsupportedProtocolVersionError` naming 2026-07-28),
+    /// switches the session to translation and returns the client's answer;
+    /// otherwise hands back the server's answer, to be relayed as it is.
     pub(super) async fn negotiate(
         &self,
         response: axum::response::Response,
