@@ -24,5 +24,6 @@ pub use auth::{
 };
 pub use idp::{Idp, IdpOptions};
 pub use mcp::{
-    DpopCheck, DpopPresented, McpUpstream, Protection, RecordedRequest, ScopeCheck, TokenCheck,
+    DpopCheck, DpopPresented, MODERN_STATE, MODERN_VERSION, McpUpstream, PROTOCOL_VERSION,
+    Protection, RecordedRequest, ScopeCheck, TokenCheck,
 };

@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::stream;
+use futures_util::{StreamExt as _, stream};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
@@ -17,6 +17,12 @@ use tokio_util::sync::CancellationToken;
 
 /// The protocol revision the fake answers `initialize` with.
 pub const PROTOCOL_VERSION: &str = "2025-06-18";
+
+/// The only revision the fake's `/modern` endpoint speaks (stateless, no `initialize`).
+pub const MODERN_VERSION: &str = "2026-07-28";
+
+/// The `requestState` the `/modern` endpoint's `confirm` tool sends and expects back.
+pub const MODERN_STATE: &str = "opaque:confirm=1";
 
 /// The largest request body the fake accepts.
 const BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -92,6 +98,8 @@ struct Shared {
     next_session: AtomicU64,
     /// Released by the test to let the `gated` tool finish its SSE reply.
     gate: Notify,
+    /// How many `/modern` `slow` calls ended with the client closing their stream.
+    closed_early: AtomicU64,
     /// The streams of `polled` calls, by stream name.
     polled: Mutex<HashMap<String, Polled>>,
     next_polled: AtomicU64,
@@ -178,6 +186,7 @@ impl McpUpstream {
         });
         let app = Router::new()
             .route("/mcp", post(mcp_post).get(mcp_get).delete(mcp_delete))
+            .route("/modern", post(modern_post))
             .route("/sse", get(legacy_sse))
             .route("/messages", post(legacy_post))
             .with_state(shared.clone())
@@ -205,6 +214,14 @@ impl McpUpstream {
         format!("http://{}/mcp", self.addr)
     }
 
+    /// A 2026-07-28-only endpoint: no `initialize` (refused with the versions it
+    /// speaks), `server/discover`, the per-request `_meta` and the `Mcp-Method`/
+    /// `Mcp-Name` headers required, and a `confirm` tool that asks for an elicitation
+    /// by a multi round-trip (`input_required`) result.
+    pub fn modern_url(&self) -> String {
+        format!("http://{}/modern", self.addr)
+    }
+
     /// The legacy HTTP+SSE endpoint.
     pub fn sse_url(&self) -> String {
         format!("http://{}/sse", self.addr)
@@ -228,6 +245,12 @@ impl McpUpstream {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+    }
+
+    /// How many calls of the `/modern` `slow` tool the client cancelled by closing
+    /// their stream (2026-07-28 cancellation).
+    pub fn closed_early(&self) -> u64 {
+        self.shared.closed_early.load(Ordering::Relaxed)
     }
 
     pub fn open_gate(&self) {
@@ -620,6 +643,171 @@ fn answer(message: &Value) -> Value {
         }
     };
     json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+/// Counts a `slow` stream dropped before its end: the client went away.
+struct ClosedEarly(Arc<Shared>);
+
+impl Drop for ClosedEarly {
+    fn drop(&mut self) {
+        self.0.closed_early.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn modern_error(
+    status: StatusCode,
+    id: &Value,
+    code: i64,
+    message: &str,
+    data: Option<Value>,
+) -> Response {
+    let mut error = json!({"code": code, "message": message});
+    if let Some(data) = data {
+        error["data"] = data;
+    }
+    (
+        status,
+        axum::Json(json!({"jsonrpc": "2.0", "id": id, "error": error})),
+    )
+        .into_response()
+}
+
+/// `POST /modern`: the server side of 2026-07-28 as a strict server checks it.
+async fn modern_post(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(message) = serde_json::from_slice::<Value>(&body) else {
+        return jsonrpc_error(StatusCode::BAD_REQUEST, "parse error");
+    };
+    let id = &message["id"];
+    let method = message["method"].as_str().unwrap_or("");
+    let params = &message["params"];
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let bad = |code, text: &str| modern_error(StatusCode::BAD_REQUEST, id, code, text, None);
+    if method == "initialize" {
+        let data = json!({"supported": [MODERN_VERSION], "requested": params["protocolVersion"]});
+        return modern_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            -32022,
+            &format!("this server speaks only {MODERN_VERSION}"),
+            Some(data),
+        );
+    }
+    let meta = &params["_meta"];
+    let version = meta["io.modelcontextprotocol/protocolVersion"].as_str();
+    if version.is_none() || !meta["io.modelcontextprotocol/clientCapabilities"].is_object() {
+        return bad(
+            -32602,
+            "missing _meta protocolVersion or clientCapabilities",
+        );
+    }
+    if header("mcp-protocol-version") != version {
+        return bad(-32020, "MCP-Protocol-Version does not match _meta");
+    }
+    if header("mcp-method") != Some(method) {
+        return bad(-32020, "Mcp-Method does not match the body");
+    }
+    if method == "tools/call" && header("mcp-name") != params["name"].as_str() {
+        return bad(-32020, "Mcp-Name does not match the body");
+    }
+    if version != Some(MODERN_VERSION) {
+        let data = json!({"supported": [MODERN_VERSION], "requested": version});
+        return modern_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            -32022,
+            "unsupported protocol version",
+            Some(data),
+        );
+    }
+    if message.get("id").is_none() {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    if method == "tools/call" && params["name"] == "slow" {
+        // A progress notification, then nothing until the client closes the stream.
+        let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+            "params": {"progressToken": params["_meta"]["progressToken"], "progress": 1}});
+        let closed = ClosedEarly(shared);
+        let events = stream::iter([Ok::<_, std::io::Error>(sse_event(&progress))])
+            .chain(stream::pending())
+            .map(move |event| {
+                let _held = &closed;
+                event
+            });
+        return sse_response(events);
+    }
+    if method == "subscriptions/listen" {
+        // The acknowledgment, one list change, an update of each subscribed
+        // resource, then open until the client leaves.
+        let tag = json!({"io.modelcontextprotocol/subscriptionId": id});
+        let mut events = vec![
+            json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                   "params": {"_meta": tag, "notifications": params["notifications"]}}),
+            json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
+                   "params": {"_meta": tag}}),
+        ];
+        for uri in params["notifications"]["resourceSubscriptions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            events.push(
+                json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                "params": {"_meta": tag, "uri": uri}}),
+            );
+        }
+        let events = events
+            .into_iter()
+            .map(|event| Ok::<_, std::io::Error>(sse_event(&event)));
+        return sse_response(stream::iter(events).chain(stream::pending()));
+    }
+    let result = match method {
+        "server/discover" => json!({
+            "supportedVersions": [MODERN_VERSION],
+            "capabilities": {"tools": {"listChanged": true}, "resources": {"subscribe": true}},
+            "serverInfo": {"name": "latchkey-testkit-modern", "version": "0.1.0"},
+            "instructions": "Call confirm to be asked.",
+            "ttlMs": 0, "cacheScope": "private",
+        }),
+        "tools/list" => json!({"ttlMs": 0, "cacheScope": "private", "tools": [
+            {"name": "echo", "description": "Echoes its text.",
+             "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}},
+            {"name": "confirm", "description": "Asks the user to confirm, then answers.",
+             "inputSchema": {"type": "object"}},
+        ]}),
+        "tools/call" if params["name"] == "confirm" => {
+            let answer = &params["inputResponses"]["ok"];
+            if answer.is_null() {
+                json!({"resultType": "input_required", "requestState": MODERN_STATE,
+                    "inputRequests": {"ok": {"method": "elicitation/create", "params": {
+                        "mode": "form", "message": "Go ahead?",
+                        "requestedSchema": {"type": "object", "properties": {"sure": {"type": "boolean"}}}}}}})
+            } else if params["requestState"] != MODERN_STATE {
+                return bad(-32602, "requestState was not echoed");
+            } else {
+                json!({"content": [{"type": "text", "text": format!("{}: {}", answer["action"].as_str().unwrap_or("?"), answer["content"])}]})
+            }
+        }
+        "tools/call" => json!({"content": [{"type": "text",
+            "text": params["arguments"]["text"].as_str().unwrap_or("done")}]}),
+        other => {
+            return modern_error(
+                StatusCode::NOT_FOUND,
+                id,
+                -32601,
+                &format!("method not found: {other}"),
+                None,
+            );
+        }
+    };
+    let mut result = result;
+    if result.get("resultType").is_none() {
+        result["resultType"] = json!("complete");
+    }
+    axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response()
 }
 
 fn invalid_tool(name: &str, properties: Value) -> Value {

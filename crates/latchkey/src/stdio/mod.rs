@@ -7,7 +7,8 @@
 //! tools whose annotations for them are invalid), holds the GET stream for the
 //! server's own messages, resumes a request's stream that the server closed early,
 //! and turns HTTP failures into JSON-RPC errors, so that no request is left without an
-//! answer.
+//! answer. In front of a server that speaks only 2026-07-28, it also translates for an
+//! older client (`translate.rs`).
 //!
 //! Nothing but protocol goes to stdout; logs go to stderr.
 
@@ -15,9 +16,11 @@ mod io;
 mod mirror;
 mod resume;
 mod tool_headers;
+mod translate;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -29,7 +32,7 @@ use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -92,6 +95,7 @@ pub async fn run(
         out,
         posting,
         session: Mutex::new(Session::default()),
+        asked_count: AtomicU64::new(0),
         stop: stop.clone(),
     });
     // The reading runs on a worker, not on this (the runtime's main) thread, so that
@@ -213,6 +217,14 @@ struct Session {
     /// The GET stream's last event id, to resume it where it broke.
     last_event_id: Option<String>,
     tools: mirror::ToolHeaders,
+    /// Set when the server speaks only 2026-07-28 and the client an older revision.
+    modern: Option<translate::Modern>,
+    /// The bridge's own requests to the client (a modern server's input requests),
+    /// by id, waiting for the client's answer.
+    asked: HashMap<String, oneshot::Sender<Value>>,
+    /// The client's requests in flight, by id, while translating: the old client's
+    /// `notifications/cancelled` ends one.
+    running: HashMap<String, tokio::task::AbortHandle>,
 }
 
 struct Bridge {
@@ -224,7 +236,26 @@ struct Bridge {
     /// How many posted messages are waiting for their answer.
     posting: Arc<AtomicUsize>,
     session: Mutex<Session>,
+    /// Numbers the bridge's own request ids.
+    asked_count: AtomicU64,
     stop: CancellationToken,
+}
+
+/// One posted message waiting for its answer, counted until it is dropped (also
+/// when its task is aborted).
+struct Posting(Arc<AtomicUsize>);
+
+impl Posting {
+    fn count(posting: &Arc<AtomicUsize>) -> Self {
+        posting.fetch_add(1, Ordering::Relaxed);
+        Self(posting.clone())
+    }
+}
+
+impl Drop for Posting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What an answer to a POST held.
@@ -234,6 +265,11 @@ struct Answered {
     done: bool,
     /// A message in the answer was not JSON.
     malformed: bool,
+    /// The id the client knows the request by, when it was posted under another
+    /// (a retry with input, `translate.rs`).
+    reply_as: Option<Value>,
+    /// The answer was a 2026-07-28 `input_required` result, held for the bridge.
+    input_required: Option<Value>,
 }
 
 impl Bridge {
@@ -257,20 +293,27 @@ impl Bridge {
                 return;
             }
         };
+        if self.take_answer(&message) {
+            return;
+        }
         if message["method"] == "initialize" {
             // Kept for the session: a copy, not a view that would hold the read buffer.
             self.initialize(Bytes::copy_from_slice(text), &message)
                 .await;
             return;
         }
-        let body = line.slice_ref(text);
+        let Some((body, message)) = self.outgoing(line.slice_ref(text), message).await else {
+            return;
+        };
         let opens_stream = message["method"] == "notifications/initialized";
         let task = self.clone();
-        self.posting.fetch_add(1, Ordering::Relaxed);
-        inflight.spawn(async move {
+        let id = message.get("id").cloned();
+        let posting = Posting::count(&self.posting);
+        let running = inflight.spawn(async move {
+            let _posting = posting;
             task.post(body, &message, true).await;
-            task.posting.fetch_sub(1, Ordering::Relaxed);
         });
+        self.track(id, running);
         if opens_stream {
             let task = self.clone();
             tokio::spawn(async move { task.listen().await });
@@ -378,7 +421,10 @@ impl Bridge {
         if let Some(id) = response.headers().get("mcp-session-id") {
             self.session().id = Some(id.clone());
         }
-        self.relay(response, message, true).await;
+        match self.negotiate(response, message).await {
+            Ok(answer) => self.emit_value(&answer).await,
+            Err(response) => drop(self.relay(response, message, true, None).await),
+        }
     }
 
     /// Posts one message and relays what comes back. A 404 for a known session
@@ -400,7 +446,9 @@ impl Bridge {
         {
             return Box::pin(self.post(body, message, false)).await;
         }
-        self.relay(response, message, false).await;
+        if let Some(result) = self.relay(response, message, false, None).await {
+            self.fulfil(message, result).await;
+        }
     }
 
     /// The answer to a call of a tool left out of `tools/list` for invalid header
@@ -457,14 +505,22 @@ impl Bridge {
     }
 
     /// Relays an answer to `message`: a JSON body, an SSE stream event by event, or
-    /// a failure as a JSON-RPC error carrying the request's id.
-    async fn relay(&self, response: axum::response::Response, message: &Value, initialize: bool) {
-        let id = message.get("id").cloned();
+    /// a failure as a JSON-RPC error carrying the request's id (`reply_as`, when the
+    /// client knows it by another). Returns an `input_required` result, not relayed.
+    async fn relay(
+        &self,
+        response: axum::response::Response,
+        message: &Value,
+        initialize: bool,
+        reply_as: Option<&Value>,
+    ) -> Option<Value> {
+        let id = message.get("id").map(|id| reply_as.unwrap_or(id).clone());
         let status = response.status();
         let is_sse = is_event_stream(response.headers());
         let mut answered = Answered {
             done: id.is_none(),
-            malformed: false,
+            reply_as: reply_as.cloned(),
+            ..Answered::default()
         };
         let mut cursor = resume::Cursor::default();
         if status.is_success() && is_sse {
@@ -516,6 +572,7 @@ impl Bridge {
             };
             self.emit_value(&error(id, -32603, &message)).await;
         }
+        answered.input_required
     }
 
     /// One message from the server: notes what the bridge needs from it (the
@@ -539,6 +596,17 @@ impl Bridge {
                 id.is_some_and(|id| value.get("id") == Some(id)) && value.get("method").is_none();
             if is_answer {
                 answered.done = true;
+                let result = &value["result"];
+                if self.session().modern.is_some() && translate::is_input_required(result) {
+                    answered.input_required = Some(result.clone());
+                    return;
+                }
+                if let Some(reply_as) = &answered.reply_as {
+                    let mut value = value.clone();
+                    value["id"] = reply_as.clone();
+                    self.emit_value(&value).await;
+                    return;
+                }
                 if initialize {
                     let version = value["result"]["protocolVersion"]
                         .as_str()

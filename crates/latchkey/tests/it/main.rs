@@ -24,3 +24,4 @@ mod service;
 mod statuspage;
 mod stdio;
 mod thirdparty;
+mod translate;

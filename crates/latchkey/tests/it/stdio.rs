@@ -65,7 +65,7 @@ impl Bridge {
         }
     }
 
-    async fn send(&mut self, message: &Value) {
+    pub(crate) async fn send(&mut self, message: &Value) {
         let stdin = self.stdin.as_mut().expect("stdin open");
         stdin
             .write_all(format!("{message}\n").as_bytes())
@@ -74,7 +74,7 @@ impl Bridge {
         stdin.flush().await.expect("flush");
     }
 
-    async fn recv(&mut self) -> Value {
+    pub(crate) async fn recv(&mut self) -> Value {
         let line = tokio::time::timeout(Duration::from_secs(15), self.stdout.next_line())
             .await
             .expect("an answer in time")
@@ -84,7 +84,7 @@ impl Bridge {
     }
 
     /// The next message that answers `id`, skipping server notifications.
-    async fn answer(&mut self, id: i64) -> Value {
+    pub(crate) async fn answer(&mut self, id: i64) -> Value {
         loop {
             let message = self.recv().await;
             if message["id"] == id && message.get("method").is_none() {
@@ -129,7 +129,7 @@ impl Bridge {
     }
 
     /// Closes stdin and waits for the exit status.
-    async fn finish(mut self) -> std::process::ExitStatus {
+    pub(crate) async fn finish(mut self) -> std::process::ExitStatus {
         drop(self.stdin.take());
         tokio::time::timeout(Duration::from_secs(15), self.child.wait())
             .await
@@ -138,7 +138,7 @@ impl Bridge {
     }
 }
 
-fn by_name(scratch: &TempDir, url: &str) -> Command {
+pub(crate) fn by_name(scratch: &TempDir, url: &str) -> Command {
     let config = scratch.0.join("latchkey.toml");
     std::fs::write(
         &config,
@@ -154,7 +154,10 @@ fn by_name(scratch: &TempDir, url: &str) -> Command {
     command
 }
 
-fn header<'a>(request: &'a latchkey_testkit::RecordedRequest, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(
+    request: &'a latchkey_testkit::RecordedRequest,
+    name: &str,
+) -> Option<&'a str> {
     request.headers.get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -10,7 +10,8 @@ import { Client } from "@modelcontextprotocol/client";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/client";
 import { StdioClientTransport } from "@modelcontextprotocol/client/stdio";
 import { SkillsClient } from "@modelcontextprotocol/client/ext/skills";
-import { context, main, scenario } from "./latchkey.mjs";
+import { drive } from "./drive.mjs";
+import { main, scenario } from "./latchkey.mjs";
 
 const info = { name: "latchkey-conformance", version: "1.0.0" };
 
@@ -73,67 +74,35 @@ await main(async (endpoint) => {
     : new StreamableHTTPClientTransport(new URL(endpoint.url));
   if (noDiscovery) transport = localDiscovery(transport);
   await client.connect(transport);
-  const { tools } = await client.listTools();
-  const call = (name, args = {}) => client.callTool({ name, arguments: args });
-  switch (scenario) {
-    case "request-metadata":
-    case "json-schema-ref-no-deref":
-    case "initialize":
-      break;
-    case "http-custom-headers":
-      for (const c of context.toolCalls ?? []) await call(c.name, c.arguments);
-      break;
-    case "http-invalid-tool-headers":
-      // Only the valid tool may be left; a call refused locally is not a failure.
-      for (const tool of tools) await call(tool.name, { region: "us-west1" }).catch(() => {});
-      break;
-    case "http-standard-headers": {
-      if (tools[0]) await call(tools[0].name);
-      const { resources } = await client.listResources();
-      if (resources[0]) await client.readResource({ uri: resources[0].uri });
-      const { prompts } = await client.listPrompts();
-      if (prompts[0]) await client.getPrompt({ name: prompts[0].name, arguments: {} });
-      break;
-    }
-    case "sep-2322-client-request-state":
-      for (const name of ["test_mrtr_echo_state", "test_mrtr_no_state", "test_mrtr_unrelated"]) await call(name);
-      // A result without resultType is refused by the SDK without a retry: expected.
-      await call("test_mrtr_no_result_type").catch(() => {});
-      break;
-    case "json-schema-2020-12-preservation": {
-      const focal = tools.find((t) => t.name === "json_schema_2020_12_tool");
-      if (!focal) throw new Error("json_schema_2020_12_tool not listed");
-      await call("json_schema_echo", { schema: focal.inputSchema });
-      break;
-    }
-    case "tools_call":
-      if (tools.some((t) => t.name === "add_numbers")) await call("add_numbers", { a: 5, b: 3 });
-      break;
-    case "sep-2640-client-no-prefetch":
-      // A host lists skills and retrieves nothing until one is needed.
-      await new SkillsClient(client).list();
-      break;
-    case "sep-2640-client-verify-digest":
-    case "sep-2640-client-verify-size":
-    case "sep-2640-client-verify-frontmatter": {
-      // A host loads each skill (its SKILL.md), then its files; the SDK checks
-      // each against the listing, and a file that fails is not used (nor a skill
-      // whose SKILL.md fails).
-      const skills = new SkillsClient(client);
-      for (const skill of (await skills.list({}, {})).skills) {
-        try {
-          await skills.read(skill);
-        } catch {
-          continue;
+  await drive(client, async () => {
+    switch (scenario) {
+      case "sep-2640-client-no-prefetch":
+        // A host lists skills and retrieves nothing until one is needed.
+        await new SkillsClient(client).list();
+        break;
+      case "sep-2640-client-verify-digest":
+      case "sep-2640-client-verify-size":
+      case "sep-2640-client-verify-frontmatter": {
+        // A host loads each skill (its SKILL.md), then its files; the SDK checks
+        // each against the listing, and a file that fails is not used (nor a skill
+        // whose SKILL.md fails).
+        const skills = new SkillsClient(client);
+        for (const skill of (await skills.list({}, {})).skills) {
+          try {
+            await skills.read(skill);
+          } catch {
+            continue;
+          }
+          for (const file of skill.resources ?? []) {
+            if (file.uri !== skill.uri) await skills.read(skill, file.uri).catch(() => {});
+          }
         }
-        for (const file of skill.resources ?? []) {
-          if (file.uri !== skill.uri) await skills.read(skill, file.uri).catch(() => {});
-        }
+        break;
       }
-      break;
+      default:
+        return false;
     }
-    default:
-      for (const tool of tools) await call(tool.name);
-  }
+    return true;
+  });
   await client.close();
 });
