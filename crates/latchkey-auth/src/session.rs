@@ -103,6 +103,13 @@ pub trait Redirect: Send {
     ) -> BoxFuture<'static, Result<Secret, String>>;
 }
 
+/// The assertion of a JWT bearer grant: one read already (a workload's), or the
+/// ID-JAG an IdP makes once the authorization server is known.
+enum Assertion<'a> {
+    Read(Secret),
+    FromIdp(&'a Idp),
+}
+
 /// What the person is told about a sign-in.
 #[derive(Debug, Clone, Copy)]
 pub struct Prompt<'a> {
@@ -946,31 +953,8 @@ impl ServerAuth {
         let Some(idp) = &self.idp else {
             return Err(AuthError::fatal("no identity provider for this server"));
         };
-        let found = self.discover(trigger.challenge.as_ref()).await?;
-        self.lock().discovered = Some(found.clone());
-        let client = match &self.settings.client {
-            Some(_) => Some(self.registration(&found, "").await?.credentials()),
-            None => None,
-        };
-        let scopes = unattended_scopes(trigger, &found, granted);
-        let resource = self
-            .settings
-            .send_resource
-            .then_some(found.resource.as_str());
-        let grant = idp
-            .assertion(&found.server.issuer, resource, &scopes)
+        self.jwt_grant(trigger, granted, Assertion::FromIdp(idp))
             .await
-            .map_err(|e| self.failed(&e, e.retryable))?;
-        let tokens = jwt_bearer::grant(
-            &self.http,
-            &found.server.token_endpoint,
-            client.as_ref(),
-            &grant,
-            &scopes,
-            resource,
-        )
-        .await;
-        self.finish_grant(&found, tokens)
     }
 
     /// Workload identity: the platform's JWT, read now, traded at the server's
@@ -983,6 +967,18 @@ impl ServerAuth {
     ) -> Result<(), AuthError> {
         // Read first: a missing token is a setup problem, named before any request.
         let assertion = source.read().map_err(|e| self.failed(&e, false))?;
+        self.jwt_grant(trigger, granted, Assertion::Read(assertion))
+            .await
+    }
+
+    /// The JWT bearer grant (RFC 7523 §2.1) at this server's authorization server,
+    /// found as for any other grant, with the configured client if there is one.
+    async fn jwt_grant(
+        &self,
+        trigger: &Trigger,
+        granted: &[String],
+        assertion: Assertion<'_>,
+    ) -> Result<(), AuthError> {
         let found = self.discover(trigger.challenge.as_ref()).await?;
         self.lock().discovered = Some(found.clone());
         let client = match &self.settings.client {
@@ -994,6 +990,14 @@ impl ServerAuth {
             .settings
             .send_resource
             .then_some(found.resource.as_str());
+        let assertion = match assertion {
+            Assertion::Read(assertion) => assertion,
+            // The ID-JAG is addressed to this authorization server and resource.
+            Assertion::FromIdp(idp) => idp
+                .assertion(&found.server.issuer, resource, &scopes)
+                .await
+                .map_err(|e| self.failed(&e, e.retryable))?,
+        };
         let tokens = jwt_bearer::grant(
             &self.http,
             &found.server.token_endpoint,
