@@ -27,10 +27,13 @@ impl Home {
     /// `PATH` with latchkey and the pinned clients first, as after an install.
     fn path_var(&self) -> String {
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_latchkey"));
+        // opencode is its Linux x64 package: the npm mirror has no other platform's,
+        // which `opencode-ai` lists, so it cannot be locked for `npm ci`.
         format!(
-            "{}:{}:{}",
+            "{}:{}:{}:{}",
             bin.parent().expect("bin dir").display(),
             interop("node_modules/.bin").display(),
+            interop("node_modules/opencode-linux-x64/bin").display(),
             std::env::var("PATH").unwrap_or_default()
         )
     }
