@@ -139,7 +139,7 @@ pub(crate) async fn present(
     tokio::select! {
         code = &mut completing => code,
         was = shown => {
-            tracing::debug!(who = %prompt.who, reached = was, "waiting for the login in the browser");
+            tracing::debug!(who = %prompt.who, reached = was, "the person was reached: {was}");
             reached(was);
             completing.await
         }
@@ -1322,6 +1322,7 @@ impl ServerAuth {
             url: pending.url.to_string(),
             reached: None,
         });
+        tracing::info!(server = %settings.server, "waiting for the login in the browser");
         let pending = Arc::new(pending);
         let checker = pending.clone();
         let code = present(
