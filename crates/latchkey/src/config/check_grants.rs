@@ -17,7 +17,7 @@ use url::Url;
 
 use super::check::{Checker, is_valid_name};
 
-const GRANT_HINT: &str = "write grant = \"authorization_code\" (a person logs in), \"client_credentials\" (a machine client), \"jwt-bearer\" (a workload with a token from its platform) or \"enterprise\" (a person signed in at the enterprise IdP that idp names)";
+const GRANT_HINT: &str = "write grant = \"authorization_code\" (a person logs in), \"client_credentials\" (a machine client), \"jwt_bearer\" (a workload with a token from its platform) or \"enterprise\" (a person signed in at the enterprise IdP that idp names)";
 const ASSERTION_HINT: &str = "give the workload's token once: assertion_file (a path, such as a Kubernetes projected service-account token) or assertion_env (the name of a variable holding it)";
 const IDP_HINT: &str = "write idp = \"NAME\" naming an [idps.NAME] table with issuer and client_id";
 const ID_TOKEN_HINT: &str = "give the ID token once: id_token_file (a path) or id_token_env (a variable), kept current by another program; or neither, for a login in the browser";
@@ -62,14 +62,14 @@ impl Checker<'_> {
         let chosen = match name {
             "authorization_code" => Grant::AuthorizationCode,
             "client_credentials" => Grant::ClientCredentials,
-            "jwt-bearer" => match &source {
+            "jwt_bearer" => match &source {
                 Some((_, Some(source))) => Grant::JwtBearer(source.clone()),
                 // Already reported.
                 Some((_, None)) => Grant::AuthorizationCode,
                 None => {
                     self.error(
                         grant_span,
-                        "grant = \"jwt-bearer\" needs the workload's token",
+                        "grant = \"jwt_bearer\" needs the workload's token",
                         Some(ASSERTION_HINT),
                     );
                     Grant::AuthorizationCode
@@ -96,12 +96,12 @@ impl Checker<'_> {
             }
         };
         if let Some((key_span, _)) = &source
-            && name != "jwt-bearer"
+            && name != "jwt_bearer"
         {
             self.error(
                 key_span.clone(),
-                "assertion_file and assertion_env are only used with grant = \"jwt-bearer\"",
-                Some("add grant = \"jwt-bearer\", or remove the key"),
+                "assertion_file and assertion_env are only used with grant = \"jwt_bearer\"",
+                Some("add grant = \"jwt_bearer\", or remove the key"),
             );
         }
         if let Some(idp) = &idp

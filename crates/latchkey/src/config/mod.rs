@@ -237,7 +237,7 @@ pub enum OAuth {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OAuthConfig {
     /// `authorization_code` (a person logs in), `client_credentials` (a machine) or
-    /// `jwt-bearer` (a workload, with its platform's token).
+    /// `jwt_bearer` (a workload, with its platform's token).
     pub grant: Grant,
     /// A client registered by hand. An empty value counts as none.
     pub client_id: Option<String>,

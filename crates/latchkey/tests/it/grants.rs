@@ -50,7 +50,7 @@ async fn a_workload_token_in_a_file_is_read_again_for_every_grant() {
     let daemon = setup
         .daemon(&[
             "[servers.notes.oauth]",
-            "grant = \"jwt-bearer\"",
+            "grant = \"jwt_bearer\"",
             &format!("assertion_file = {:?}", file.display().to_string()),
         ])
         .start()
@@ -86,7 +86,7 @@ async fn a_workload_token_from_the_environment_is_used_and_never_logged() {
         &setup
             .daemon(&[
                 "[servers.notes.oauth]",
-                "grant = \"jwt-bearer\"",
+                "grant = \"jwt_bearer\"",
                 "assertion_env = \"LATCHKEY_TEST_WORKLOAD_TOKEN\"",
             ])
             .toml(),
@@ -130,7 +130,7 @@ async fn a_refused_workload_token_fails_once_without_a_browser() {
         let daemon = setup
             .daemon(&[
                 "[servers.notes.oauth]",
-                "grant = \"jwt-bearer\"",
+                "grant = \"jwt_bearer\"",
                 &format!("assertion_file = {:?}", file.display().to_string()),
             ])
             .start()
@@ -157,29 +157,29 @@ fn workload_token_config_errors_name_the_key() {
             Err(e) => e.to_string(),
         }
     };
-    let neither = check("grant = \"jwt-bearer\"");
+    let neither = check("grant = \"jwt_bearer\"");
     assert!(
         neither.contains("needs the workload's token") && neither.contains("assertion_file"),
         "{neither}"
     );
-    let both = check("grant = \"jwt-bearer\"\nassertion_file = \"/t\"\nassertion_env = \"T\"");
+    let both = check("grant = \"jwt_bearer\"\nassertion_file = \"/t\"\nassertion_env = \"T\"");
     assert!(
         both.contains("given twice: assertion_file and assertion_env"),
         "{both}"
     );
-    let missing = check("grant = \"jwt-bearer\"\nassertion_file = \"/nonexistent/token\"");
+    let missing = check("grant = \"jwt_bearer\"\nassertion_file = \"/nonexistent/token\"");
     assert!(
         missing.contains("cannot read assertion_file /nonexistent/token"),
         "{missing}"
     );
-    let unset = check("grant = \"jwt-bearer\"\nassertion_env = \"WORKLOAD_TOKEN\"");
+    let unset = check("grant = \"jwt_bearer\"\nassertion_env = \"WORKLOAD_TOKEN\"");
     assert!(
         unset.contains("WORKLOAD_TOKEN (assertion_env) is not set"),
         "{unset}"
     );
     let stray = check("assertion_file = \"/t\"");
     assert!(
-        stray.contains("only used with grant = \"jwt-bearer\""),
+        stray.contains("only used with grant = \"jwt_bearer\""),
         "{stray}"
     );
 }

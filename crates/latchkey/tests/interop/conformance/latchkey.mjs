@@ -25,7 +25,7 @@ function config(url, dir) {
   // Workload identity (SEP-1933): the workload's JWT in a file, as a platform mounts it.
   if (scenario === "auth/wif-jwt-bearer") {
     writeFileSync(join(dir, "workload.jwt"), context.valid_jwt, { mode: 0o600 });
-    text += `grant = "jwt-bearer"\nassertion_file = "workload.jwt"\n`;
+    text += `grant = "jwt_bearer"\nassertion_file = "workload.jwt"\n`;
   }
   // Enterprise-Managed Authorization (SEP-990): the IdP's ID token handed over, as
   // a program that keeps it current would.
