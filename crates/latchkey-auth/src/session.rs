@@ -179,6 +179,10 @@ pub struct AuthSettings {
     pub server: String,
     /// The command that logs in to it from a terminal, for messages.
     pub login_command: String,
+    /// Configured by name: its record is kept under the name, so that two names
+    /// for one URL hold two logins (two accounts). `false` for a URL given on the
+    /// command line, whose record is kept under the URL.
+    pub named: bool,
     pub resource_url: Url,
     pub grant: Grant,
     pub client: Option<ConfiguredClient>,
@@ -272,8 +276,11 @@ pub struct Credentials {
 pub struct ServerAuth {
     settings: AuthSettings,
     credentials: Credentials,
-    /// The store's key for this server: its canonical resource URL.
+    /// The store's key for this server: `latchkey:server:NAME`, or its canonical
+    /// resource URL when it has no name ([`AuthSettings::named`]).
     key: String,
+    /// Its canonical resource URL, kept in the record.
+    resource: String,
     /// Every OAuth request of this server goes through it (see [`crate::target`]).
     http: Http,
     browser: Arc<dyn Browser>,
@@ -375,7 +382,12 @@ impl ServerAuth {
         };
         Arc::new(Self {
             idp,
-            key: discovery::canonical_resource(&settings.resource_url),
+            key: if settings.named {
+                format!("latchkey:server:{}", settings.server)
+            } else {
+                discovery::canonical_resource(&settings.resource_url)
+            },
+            resource: discovery::canonical_resource(&settings.resource_url),
             http: Http::new(clients, &settings.resource_url),
             credentials,
             settings,
@@ -413,15 +425,45 @@ impl ServerAuth {
 
     /// The stored record, read on a blocking thread.
     async fn load(&self) -> Result<Option<Record>, AuthError> {
-        let (store, key, server) = (
+        let (store, key, server, resource) = (
             self.credentials.store.clone(),
             self.key.clone(),
             self.settings.server.clone(),
+            self.resource.clone(),
         );
-        let record = tokio::task::spawn_blocking(move || store.load(&key, &server))
-            .await
-            .map_err(|e| AuthError::fatal(format!("the credential store failed: {e}")))?
-            .map_err(|e| AuthError::fatal(e.to_string()))?;
+        // Before records were kept by name they were kept by URL: such a record is
+        // moved to the name once (saved, then the old one deleted, so that nothing
+        // is lost and a logout cannot bring it back).
+        let legacy = (key != resource).then(|| resource.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            if let Some(record) = store.load(&key, &server)? {
+                return Ok((Some(record), false));
+            }
+            let Some(old) = legacy else {
+                return Ok((None, false));
+            };
+            let Some(mut record) = store.load(&old, &server)? else {
+                return Ok((None, false));
+            };
+            record.server = Some(resource);
+            store.save(&key, &record)?;
+            store.delete(&old)?;
+            Ok::<_, store::StoreError>((Some(record), true))
+        })
+        .await
+        .map_err(|e| AuthError::fatal(format!("the credential store failed: {e}")))?
+        .map_err(|e| AuthError::fatal(e.to_string()))?;
+        let (mut record, moved) = loaded;
+        if moved {
+            tracing::info!(server = %self.settings.server, "the stored credentials were moved from the record of the server's URL to one of the server's own name");
+        }
+        // The config gave the name another URL: its tokens are not for this one.
+        if let Some(stored) = record.as_ref().and_then(|r| r.server.clone())
+            && stored != self.resource
+        {
+            tracing::info!(server = %self.settings.server, stored = %stored, "the stored credentials are for another URL; a new login is needed");
+            record = None;
+        }
         // Bound tokens are usable only with their key: have it before they are used.
         if record
             .as_ref()
@@ -588,6 +630,7 @@ impl ServerAuth {
                 // A capability URL's key and the DPoP keys have records of their own.
                 local_key: None,
                 dpop_keys: None,
+                server: Some(self.resource.clone()),
             }
         };
         let has_tokens = record.tokens.is_some();

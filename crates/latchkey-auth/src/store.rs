@@ -61,6 +61,10 @@ pub struct Record {
     pub local_key: Option<Secret>,
     /// The installation's DPoP key pairs, in a record of their own (`dpop_key.rs`).
     pub dpop_keys: Option<Secret>,
+    /// The server (its canonical resource) the tokens are for, in a record kept
+    /// under the server's name: when the config gives the name another URL, the
+    /// old tokens are not sent there.
+    pub server: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -568,6 +572,8 @@ struct Stored {
     local_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dpop_keys: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -653,6 +659,7 @@ fn encode(resource: &str, record: &Record) -> Vec<u8> {
         client,
         local_key: record.local_key.as_ref().map(|k| k.expose().to_owned()),
         dpop_keys: record.dpop_keys.as_ref().map(|k| k.expose().to_owned()),
+        server: record.server.clone(),
     };
     serde_json::to_vec_pretty(&stored).unwrap_or_default()
 }
@@ -724,6 +731,7 @@ fn decode(bytes: &[u8], resource: &str) -> Result<Record, String> {
         registration,
         local_key: stored.local_key.map(Secret::new),
         dpop_keys: stored.dpop_keys.map(Secret::new),
+        server: stored.server,
     })
 }
 
@@ -846,6 +854,7 @@ mod tests {
             }),
             local_key: Some(Secret::new("lk-1")),
             dpop_keys: Some(Secret::new("dk-1")),
+            server: Some("https://mcp.example.com/mcp".into()),
         }
     }
 

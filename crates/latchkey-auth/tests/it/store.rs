@@ -36,6 +36,7 @@ fn record(tag: &str, scopes: usize) -> Record {
         }),
         local_key: Some(Secret::new(format!("lk-{tag}"))),
         dpop_keys: None,
+        server: None,
     }
 }
 

@@ -94,6 +94,7 @@ impl Checker<'_> {
             headers,
             oauth,
             local_key,
+            adhoc: false,
         })
     }
 

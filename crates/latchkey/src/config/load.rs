@@ -219,6 +219,7 @@ pub fn adhoc(
             oauth: OAuth::Enabled(OAuthConfig::default()),
             local_key: false,
             login_command: format!("latchkey login --url {}", crate::redact::redacted(&url)),
+            adhoc: true,
         },
         store,
         state_dir,

@@ -174,6 +174,9 @@ pub struct Server {
     pub local_key: bool,
     /// The command that logs in to this server from a terminal, for error messages.
     pub login_command: String,
+    /// A `--url` server, not a `[servers.NAME]` table: its credentials are kept
+    /// under its URL (every such server is named "remote").
+    pub adhoc: bool,
 }
 
 /// `url` as an HTTP request URI. User info (`user:password@`) is refused: HTTP

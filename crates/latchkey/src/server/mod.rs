@@ -205,6 +205,8 @@ pub(crate) fn auth_settings(server: &Server, oauth: &OAuthConfig) -> AuthSetting
     AuthSettings {
         server: server.name.clone(),
         login_command: server.login_command.clone(),
+        // `--url` servers are all named "remote": those stay keyed by their URL.
+        named: !server.adhoc,
         resource_url: server.url.clone(),
         grant: oauth.grant.clone(),
         client: oauth.client_id.clone().map(|client_id| ConfiguredClient {

@@ -722,3 +722,96 @@ async fn remove_revokes_and_deletes_the_tokens_then_the_table() {
         "{after}"
     );
 }
+
+/// Profiles: two names for one server are two accounts, each with its own login
+/// and record, each request with its own name's token. A record from before records
+/// were kept by name (under the server's URL) is moved to its name once, with no
+/// new login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_names_for_one_server_hold_two_logins_and_an_old_record_is_moved() {
+    use latchkey_auth::store::{FileStore, Store as _};
+    let setup = protected().start().await;
+    let home = Home::new("profiles", &setup.mcp_url());
+    home.log_in(&setup).await;
+    assert_eq!(setup.logins(), 1);
+    // Put the record where an older latchkey kept it: under the URL.
+    let store = FileStore::new(home.state().join("credentials"));
+    let url = setup.mcp_url();
+    let mut record = store
+        .load("latchkey:server:notes", "notes")
+        .expect("load")
+        .expect("the record, by name");
+    assert_eq!(
+        record.server.as_deref(),
+        Some(url.as_str()),
+        "the record names its server"
+    );
+    record.server = None;
+    store.save(&url, &record).expect("save");
+    store.delete("latchkey:server:notes").expect("delete");
+    let old_token = record
+        .tokens
+        .as_ref()
+        .expect("tokens")
+        .access_token
+        .expose()
+        .to_owned();
+
+    // The upgrade: the first name to find the old record takes it.
+    let upgraded = logged_in(
+        Daemon::builder()
+            .server("notes", &url, &[])
+            .store(home.store()),
+    )
+    .await;
+    assert_eq!(
+        setup.logins(),
+        1,
+        "the moved record served notes: no new login"
+    );
+    assert_eq!(crate::harness::last_token(&setup.upstream), old_token);
+    assert!(
+        store.load(&url, "notes").expect("load").is_none(),
+        "the old record is gone"
+    );
+    assert!(
+        store
+            .load("latchkey:server:notes", "notes")
+            .expect("load")
+            .is_some()
+    );
+    upgraded.shutdown().await.expect("shutdown");
+
+    // A second name for the same server: a second account.
+    let config = home.0.path().join("config.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        format!("{text}[servers.notes-home]\nurl = {url:?}\n"),
+    )
+    .expect("config");
+    let daemon = Daemon::builder()
+        .server("notes", &url, &[])
+        .server("notes-home", &url, &[])
+        .store(home.store())
+        .browser(ScriptedBrowser::approving())
+        .start()
+        .await;
+
+    assert_eq!(daemon.initialize("/notes-home").await.status(), 200);
+    assert_eq!(setup.logins(), 2, "the second name is a second login");
+    let home_token = crate::harness::last_token(&setup.upstream);
+    assert_ne!(home_token, old_token);
+    assert_eq!(daemon.initialize("/notes").await.status(), 200);
+    assert_eq!(
+        crate::harness::last_token(&setup.upstream),
+        old_token,
+        "each name its own token"
+    );
+    assert_eq!(daemon.initialize("/notes-home").await.status(), 200);
+    assert_eq!(crate::harness::last_token(&setup.upstream), home_token);
+    assert_eq!(setup.logins(), 2);
+    let status = home.status().await.to_string();
+    assert!(status.contains("notes-home"), "{status}");
+    daemon.shutdown().await.expect("shutdown");
+}
