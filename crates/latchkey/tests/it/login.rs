@@ -543,7 +543,9 @@ impl Drop for DesktopLogin {
 async fn a_bridge_with_a_bare_environment_shares_the_keyring_and_the_locks() {
     let desktop = DesktopLogin::lay_out();
     let setup = protected()
-        .token_lifetime(2)
+        // Long enough for four binaries to start on a loaded CI machine before the
+        // refresh margin (half the lifetime) is reached.
+        .token_lifetime(8)
         .rotating_refresh_tokens()
         .start()
         .await;
@@ -579,8 +581,8 @@ async fn a_bridge_with_a_bare_environment_shares_the_keyring_and_the_locks() {
     assert!(bridge.initialize().await.get("result").is_some());
     assert_eq!(setup.auth.token_requests(), ["authorization_code"]);
 
-    // Past the expiry margin (half of a 2 s lifetime) and the expiry itself.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Past the expiry margin (half of an 8 s lifetime) and the expiry itself.
+    tokio::time::sleep(Duration::from_millis(8100)).await;
     let bridged = async {
         let mut answers = Vec::new();
         for id in 0..50 {

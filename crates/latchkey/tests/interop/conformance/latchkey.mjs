@@ -68,6 +68,10 @@ export async function latchkey(url) {
       XDG_STATE_HOME: join(dir, "state"),
       XDG_RUNTIME_DIR: join(dir, "run"),
     };
+    // No session bus: the store is then a file in this scenario's own state
+    // directory, so that no scenario finds another's tokens in the session's
+    // keyring (scenario servers of different runs can share a port).
+    delete env.DBUS_SESSION_BUS_ADDRESS;
     return { stdio: { command: process.env.LATCHKEY_BIN, args, env, stderr: "inherit" }, close: cleanup };
   }
   const daemon = spawn(
