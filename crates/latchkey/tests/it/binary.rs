@@ -65,12 +65,15 @@ impl TempDir {
     /// page it is given (tests/interop/conformance/browser.mjs), after `delay_secs`.
     pub fn approving_browser(&self, delay_secs: u32) -> PathBuf {
         let script = interop("conformance/browser.mjs");
+        self.browser(&format!(
+            "sleep {delay_secs}\nexec node {script:?} \"$1\"\n"
+        ))
+    }
+
+    /// A `$BROWSER` here: a shell script with `body`, which gets the URL as `$1`.
+    pub fn browser(&self, body: &str) -> PathBuf {
         let browser = self.0.join("browser");
-        std::fs::write(
-            &browser,
-            format!("#!/bin/sh\nsleep {delay_secs}\nexec node {script:?} \"$1\"\n"),
-        )
-        .expect("browser script");
+        std::fs::write(&browser, format!("#!/bin/sh\n{body}")).expect("browser script");
         std::fs::set_permissions(
             &browser,
             std::os::unix::fs::PermissionsExt::from_mode(0o755),

@@ -46,28 +46,26 @@ async fn daemon(
 /// A `$BROWSER` that writes each URL it is given to `urls` and fails, except for
 /// latchkey's own start page, which it follows as a person would (approving).
 fn recording_browser(dir: &TempDir) -> std::path::PathBuf {
-    let path = dir.path().join("browser");
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\necho \"$1\" >> {:?}\ncase \"$1\" in\n  */.latchkey/login/*) exec node {:?} \"$1\" ;;\n  *) exit 1 ;;\nesac\n",
-            dir.path().join("urls"),
-            interop("conformance/browser.mjs")
-        ),
-    )
-    .expect("browser");
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    path
+    dir.browser(&format!(
+        "echo \"$1\" >> {:?}\ncase \"$1\" in\n  */.latchkey/login/*) exec node {:?} \"$1\" ;;\n  *) exit 1 ;;\nesac\n",
+        dir.path().join("urls"),
+        interop("conformance/browser.mjs")
+    ))
 }
 
-/// The daemon's log, once it has the guidance line.
-async fn guidance(served: &Served) -> String {
+/// The daemon's log and its guidance line, once it has one.
+async fn guidance(served: &Served) -> (String, String) {
     crate::harness::eventually("the guidance in the log", || {
         served.log().contains("needs you to sign in")
     })
     .await;
-    served.log()
+    let log = served.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("needs you to sign in"))
+        .expect("the guidance line")
+        .to_owned();
+    (log, line)
 }
 
 /// What a request that meets the login gets, and how long it took.
@@ -116,11 +114,7 @@ async fn with_no_way_to_the_person_the_log_says_where_to_go_and_requests_get_the
             "{body}"
         );
         let start = served.url("/.latchkey/login/notes");
-        let log = guidance(&served).await;
-        let line = log
-            .lines()
-            .find(|l| l.contains("needs you to sign in"))
-            .expect("the guidance line");
+        let (log, line) = guidance(&served).await;
         assert!(
             line.contains(" WARN ")
                 && line.contains(why)
@@ -209,11 +203,7 @@ async fn a_desktop_notification_reaches_the_person_and_its_action_signs_in() {
         let (a, b) = tokio::join!(local.initialize("/notes"), local.initialize("/notes"));
         (a.status().as_u16(), b.status().as_u16())
     });
-    let log = guidance(&served).await;
-    let line = log
-        .lines()
-        .find(|l| l.contains("needs you to sign in"))
-        .expect("the guidance line");
+    let (_, line) = guidance(&served).await;
     assert!(
         line.contains(" INFO ") && line.contains("a notification was shown"),
         "{line}"
