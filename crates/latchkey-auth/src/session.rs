@@ -164,7 +164,7 @@ pub enum Grant {
 
 impl Grant {
     /// Whether new tokens come without a person, so expiring ones are renewed ahead.
-    fn unattended(&self) -> bool {
+    pub fn unattended(&self) -> bool {
         matches!(
             self,
             Self::ClientCredentials | Self::JwtBearer(_) | Self::Enterprise(_)
@@ -805,6 +805,13 @@ impl ServerAuth {
         let state = self.lock();
         let tokens = state.tokens.as_ref()?;
         Some(self.settings.grant.unattended() || tokens.refresh_token.is_some())
+    }
+
+    /// Whether the tokens held came with a refresh token, for status displays. `None`
+    /// without tokens.
+    pub fn holds_refresh_token(&self) -> Option<bool> {
+        let state = self.lock();
+        Some(state.tokens.as_ref()?.refresh_token.is_some())
     }
 
     /// The `Authorization` value to send and its generation. `None` when there is no

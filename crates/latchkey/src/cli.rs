@@ -140,6 +140,10 @@ pub enum Command {
         /// Replace the key: the old URL stops working when the daemon reloads.
         #[arg(long)]
         new: bool,
+        /// Also print what to paste into each MCP client (as `latchkey add` and the
+        /// status page show it).
+        #[arg(long)]
+        snippets: bool,
     },
     /// Show each server's credentials: state, store, expiry and scopes (never a secret).
     Status {

@@ -547,6 +547,7 @@ fn router(proxy: Proxy) -> Router {
             status::AUTHORIZE_PATH,
             axum::routing::post(status::authorize),
         )
+        .route(status::SIGN_OUT_PATH, axum::routing::post(status::sign_out))
         .route(crate::server::LOGIN_PATH, get(status::login))
         .route("/{server}", any(proxy::forward))
         .route("/{server}/messages/{token}", any(proxy::legacy_message))
@@ -672,15 +673,23 @@ impl LogLine {
         // Whole microseconds: formatting a `Duration` with `?` costs more than the
         // rest of the line.
         let duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // The status page fetches itself every 2 s while it is open: its answers
+        // are logged at debug level, its refusals as every other request.
+        let quiet = server.is_empty() && status < 400;
         crate::telemetry::later(move || {
-            tracing::info!(
-                server = %server,
-                method = %method,
-                status,
-                duration_us,
-                complete,
-                "request"
-            );
+            macro_rules! line {
+                ($level:ident) => {
+                    tracing::$level!(
+                        server = %server,
+                        method = %method,
+                        status,
+                        duration_us,
+                        complete,
+                        "request"
+                    )
+                };
+            }
+            if quiet { line!(debug) } else { line!(info) }
         });
     }
 }

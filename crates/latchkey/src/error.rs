@@ -65,7 +65,7 @@ pub(crate) enum ProxyError {
 }
 
 impl ProxyError {
-    fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::UnknownServer { .. }
             | Self::UnknownLegacyEndpoint { .. }

@@ -138,6 +138,13 @@ impl Lists {
             let origin = origin.to_str().unwrap_or("");
             let listed = |list: &[String]| list.iter().any(|o| o.eq_ignore_ascii_case(origin));
             web_app = listed(&self.origins);
+            // A web app in allowed_origins may use the MCP endpoints, never the
+            // status page's buttons (nor read its anti-CSRF token).
+            if !proxied && web_app && !listed(&self.own_origins) {
+                return Err(ProxyError::Forbidden(format!(
+                    "Origin {origin:?} is allowed to use the MCP endpoints (allowed_origins), not latchkey's own pages"
+                )));
+            }
             if !web_app && (proxied || !listed(&self.own_origins)) {
                 return Err(ProxyError::Forbidden(format!(
                     "Origin {origin:?} may not use latchkey (cross-site protection); to allow a web app, add its origin to allowed_origins in the config"
@@ -178,14 +185,17 @@ where
     let proxied = is_proxy_path(request.uri().path());
     let mut response = match guard.check(&request) {
         Err(e) => e.into_response(),
-        Ok(()) => cors(request, next).await,
+        Ok(()) if proxied => cors(request, next).await,
+        // latchkey's own pages are for its own origin only, which needs no CORS.
+        Ok(()) => next(request).await,
     };
     let headers = response.headers_mut();
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if proxied {
         headers.insert(CONTENT_SECURITY_POLICY, RELAYED_CSP);
     } else {
-        headers.insert(CONTENT_SECURITY_POLICY, PAGE_CSP);
+        // The status page sets its own, which allows its one script by hash.
+        headers.entry(CONTENT_SECURITY_POLICY).or_insert(PAGE_CSP);
         headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }
     response

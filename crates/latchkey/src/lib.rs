@@ -23,6 +23,7 @@ pub mod redact;
 pub mod report;
 mod server;
 pub mod service;
+pub mod snippets;
 mod status;
 pub mod stdio;
 pub mod telemetry;

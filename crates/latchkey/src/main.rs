@@ -74,10 +74,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             server,
             config,
             new,
+            snippets,
         } => {
             let config = config::load(&config.unwrap_or_else(config::default_path))?;
             let url = runtime()?.block_on(latchkey::login::url(&config, &server, new))?;
             println!("{url}");
+            if snippets {
+                print!("\n{}", latchkey::snippets::print(&server, &url));
+            }
             if new {
                 eprintln!(
                     "latchkey: {server} has a new key; a running daemon takes it when it reloads (systemctl --user reload latchkey), and the old URL stops working then"

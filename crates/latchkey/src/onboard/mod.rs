@@ -7,7 +7,6 @@
 mod config_file;
 pub mod import;
 mod inspect;
-pub mod snippets;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -118,16 +117,8 @@ impl Added {
             ),
         };
         let _ = writeln!(out, "\nLocal endpoint: {}", self.local_url);
-        let _ = writeln!(
-            out,
-            "\nConnect a client (the endpoint needs `latchkey serve` running; stdio needs nothing):"
-        );
-        for s in snippets::snippets(name, &self.local_url) {
-            let _ = writeln!(out, "\n  {} ({}, {}):", s.client, s.form, s.place);
-            for line in s.text.lines() {
-                let _ = writeln!(out, "    {line}");
-            }
-        }
+        out.push('\n');
+        out.push_str(&crate::snippets::print(name, &self.local_url));
         out
     }
 

@@ -306,7 +306,31 @@ pub(crate) async fn forward(
     request: Request,
 ) -> Result<Response, ProxyError> {
     let upstream = proxy.upstream(&name)?;
-    local_key::admit(&name, upstream.key.as_ref(), request.extensions().get())?;
+    counted(
+        &upstream,
+        forward_to(&proxy, &upstream, &name, request).await,
+    )
+}
+
+/// `result`, counted in the server's traffic as the client sees it.
+fn counted(
+    upstream: &Upstream,
+    result: Result<Response, ProxyError>,
+) -> Result<Response, ProxyError> {
+    upstream.traffic.count(match &result {
+        Ok(response) => response.status(),
+        Err(e) => e.status(),
+    });
+    result
+}
+
+async fn forward_to(
+    proxy: &Proxy,
+    upstream: &Arc<Upstream>,
+    name: &str,
+    request: Request,
+) -> Result<Response, ProxyError> {
+    local_key::admit(name, upstream.key.as_ref(), request.extensions().get())?;
     let method = request.method();
     if !matches!(*method, Method::POST | Method::GET | Method::DELETE) {
         return Err(ProxyError::MethodNotAllowed {
@@ -316,12 +340,12 @@ pub(crate) async fn forward(
     }
     let uri = upstream.config.uri.clone();
     if !upstream.may_bridge() {
-        return send(&proxy, &upstream, uri, request).await;
+        return send(proxy, upstream, uri, request).await;
     }
     // Boxed, as every path below that is not `send` is taken only by legacy servers
     // and before `auto` has detected the transport: the future of each request is
     // as large as its largest path, and it is moved at least once.
-    Box::pin(bridging(&proxy, &upstream, &name, uri, request)).await
+    Box::pin(bridging(proxy, upstream, name, uri, request)).await
 }
 
 /// [`forward`] for a server that may speak HTTP+SSE: `sse`, or `auto` before it is
@@ -453,15 +477,26 @@ pub(crate) async fn legacy_message(
     request: Request,
 ) -> Result<Response, ProxyError> {
     let upstream = proxy.upstream(&name)?;
-    local_key::admit(&name, upstream.key.as_ref(), request.extensions().get())?;
+    let result = legacy_message_to(&proxy, &upstream, &name, &token, request).await;
+    counted(&upstream, result)
+}
+
+async fn legacy_message_to(
+    proxy: &Proxy,
+    upstream: &Upstream,
+    name: &str,
+    token: &str,
+    request: Request,
+) -> Result<Response, ProxyError> {
+    local_key::admit(name, upstream.key.as_ref(), request.extensions().get())?;
     let url = proxy
         .legacy
-        .get(&name, &token)
+        .get(name, token)
         .ok_or_else(|| ProxyError::UnknownLegacyEndpoint {
             path: format!("/{name}/messages/{token}"),
         })?;
     let uri = crate::config::request_uri(&url).map_err(|cause| ProxyError::Upstream {
-        server: name.clone(),
+        server: name.to_owned(),
         url: crate::redact::redacted(&url),
         cause,
     })?;
@@ -471,7 +506,7 @@ pub(crate) async fn legacy_message(
             path: format!("/{name}/messages/{token}"),
         });
     }
-    send(&proxy, &upstream, uri, request).await
+    send(proxy, upstream, uri, request).await
 }
 
 async fn send(

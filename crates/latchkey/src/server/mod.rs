@@ -5,6 +5,7 @@
 //! `stdio`, `status`, `login` and `report`, which all use it.
 
 mod pool;
+mod traffic;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,6 +23,7 @@ use crate::config::{Config, OAuth, OAuthConfig, Server};
 use crate::{credentials, local_key};
 
 pub(crate) use pool::Connector;
+pub(crate) use traffic::Seen;
 
 /// One timeout over DNS, TCP and TLS, for every connection to a server.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,6 +85,8 @@ pub(crate) struct Upstream {
     pub(crate) pool: pool::Pool,
     /// The key of its key URL, when `local_key = true`.
     pub(crate) key: Option<local_key::Held>,
+    /// Its requests since start, for the status page.
+    pub(crate) traffic: traffic::Traffic,
 }
 
 pub(crate) const UNKNOWN: u8 = 0;
@@ -111,6 +115,9 @@ pub(crate) struct UpstreamAuth {
     /// How long it waits when the person may not be there ([`LoginWait`]).
     pub(crate) login_wait: Duration,
     pub(crate) waits: LoginWait,
+    /// What the status page's last sign-out could not do (a token not revoked), shown
+    /// there until the next sign-in.
+    pub(crate) notice: Mutex<Option<String>>,
 }
 
 /// How long a request that meets a login waits for it: the front end's choice.
@@ -139,6 +146,7 @@ impl Upstream {
                 timeout: oauth.auth_timeout,
                 login_wait: oauth.login_wait.min(oauth.auth_timeout),
                 waits: parts.waits,
+                notice: Mutex::new(None),
             }),
         };
         Arc::new(Upstream {
@@ -151,6 +159,7 @@ impl Upstream {
             proxied: pool::system_proxy(&server.uri),
             pool: pool::Pool::new(&parts.connector, &server.uri),
             key: server.local_key.then(local_key::Held::default),
+            traffic: traffic::Traffic::default(),
         })
     }
 

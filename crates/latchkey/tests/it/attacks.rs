@@ -430,6 +430,20 @@ async fn another_user_gets_in_only_at_a_key_url() {
         assert_eq!(own.status(), StatusCode::OK, "{admitted}");
     }
     assert_eq!(upstream.requests().len(), 3, "only the admitted reached it");
+    // The status page, the user's own, never shows the key: a keyed server gets the
+    // stdio snippets and the command that prints its URL.
+    for accept in ["text/html", "application/json"] {
+        let page = client()
+            .get(format!("{base}/"))
+            .header("accept", accept)
+            .send()
+            .await
+            .expect("GET /");
+        assert_eq!(page.status(), StatusCode::OK);
+        let page = page.text().await.expect("body");
+        assert!(!page.contains(&key), "{accept}: {page}");
+        assert!(page.contains(&format!("stdio {keyed}")), "{accept}: {page}");
+    }
 
     // A legacy server's announced endpoint is under the key URL, and works from there.
     let legacy_url = printed_url(&config, &["url", &legacy]).await;

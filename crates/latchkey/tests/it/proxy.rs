@@ -507,6 +507,48 @@ async fn allowing_app_origin() -> (McpUpstream, Daemon) {
     .await
 }
 
+/// A web app allowed to call the MCP endpoints is not the person: it may neither
+/// read the status page (and its anti-CSRF token) nor post its buttons.
+#[tokio::test]
+async fn an_allowed_web_app_may_not_read_the_status_page_or_press_its_buttons() {
+    let (_upstream, daemon) = allowing_app_origin().await;
+    let app = "https://app.example.com";
+    for accept in ["text/html", "application/json"] {
+        let page = client()
+            .get(daemon.url("/"))
+            .header("origin", app)
+            .header("accept", accept)
+            .send()
+            .await
+            .expect("GET /");
+        assert_eq!(page.status(), StatusCode::FORBIDDEN, "{accept}");
+        assert!(page.headers().get("access-control-allow-origin").is_none());
+    }
+    for path in ["/.latchkey/sign-out/notes", "/.latchkey/authorize/notes"] {
+        let preflight = client()
+            .request(reqwest::Method::OPTIONS, daemon.url(path))
+            .header("origin", app)
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .expect("OPTIONS");
+        assert!(
+            preflight
+                .headers()
+                .get("access-control-allow-origin")
+                .is_none()
+        );
+        let post = client()
+            .post(daemon.url(path))
+            .header("origin", app)
+            .form(&[("csrf", "guessed")])
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(post.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn dns_rebinding_and_cross_site_origins_are_refused() {
     let (upstream, daemon) = allowing_app_origin().await;
@@ -601,7 +643,8 @@ async fn status_page_lists_servers_as_json_and_html() {
     assert_eq!(json["servers"][0]["transport"], "auto");
     let html = daemon.page("text/html").await;
     assert!(
-        html.contains("<tr data-server=\"notes\"><td>notes</td>")
+        html.contains("<section class=\"server\" data-server=\"notes\"")
+            && html.contains("<h2 id=\"server-notes\">notes</h2>")
             && !html.contains("href=\"/notes\""),
         "{html}"
     );

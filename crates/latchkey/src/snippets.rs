@@ -1,7 +1,8 @@
 //! What to paste into each MCP client to use a latchkey server, in both forms: the
 //! daemon's local endpoint for clients that speak Streamable HTTP, and `latchkey
-//! stdio NAME` for clients that launch their servers. `latchkey add` prints these
-//! and the status page shows the same text, so the two never disagree. Each
+//! stdio NAME` for clients that launch their servers. `latchkey add` and `latchkey
+//! url --snippets` print these and the status page shows the same text, so they
+//! never disagree. Each
 //! client's format is its own documented one (Claude Code's `claude mcp add`, VS
 //! Code's `mcp.json` `servers`, Cursor's and Gemini CLI's `mcpServers`, Codex's
 //! `[mcp_servers]` TOML, opencode's `mcp`).
@@ -145,6 +146,20 @@ pub fn snippets(name: &str, url: &str) -> Vec<Snippet> {
             ),
         },
     ]
+}
+
+/// The snippets as the commands print them, under a line saying what each form needs.
+pub fn print(name: &str, url: &str) -> String {
+    let mut out = String::from(
+        "Connect a client (the endpoint needs `latchkey serve` running; stdio needs nothing):\n",
+    );
+    for s in snippets(name, url) {
+        out.push_str(&format!("\n  {} ({}, {}):\n", s.client, s.form, s.place));
+        for line in s.text.lines() {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    out
 }
 
 /// Single quotes unless the word needs none (server names and URLs rarely do).
