@@ -117,7 +117,7 @@ pub(crate) struct UpstreamAuth {
     pub(crate) waits: LoginWait,
     /// What the status page's last sign-out could not do (a token not revoked), shown
     /// there until the next sign-in.
-    pub(crate) notice: Mutex<Option<String>>,
+    notice: Mutex<Option<String>>,
 }
 
 /// How long a request that meets a login waits for it: the front end's choice.
@@ -129,6 +129,12 @@ pub enum LoginWait {
     /// `latchkey stdio`: `login_wait_secs` at most. Its client cannot show a sign-in
     /// link, and gives up on a silent server sooner than a login takes.
     Briefly,
+}
+
+impl UpstreamAuth {
+    pub(crate) fn notice(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.notice.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Upstream {

@@ -9,6 +9,8 @@
 mod html;
 mod view;
 
+use std::sync::Arc;
+
 use axum::extract::{Form, Path, State};
 use axum::response::{Html, IntoResponse, Response};
 use http::HeaderMap;
@@ -18,6 +20,7 @@ use serde_json::{Value, json};
 
 use crate::error::ProxyError;
 use crate::proxy::Proxy;
+use crate::server::Upstream;
 
 /// Where the page's "Sign in" buttons post. Server names cannot start with a dot, so
 /// this never shadows a server.
@@ -66,13 +69,20 @@ pub(crate) struct ButtonForm {
 }
 
 impl ButtonForm {
-    fn check(&self, proxy: &Proxy) -> Result<(), ProxyError> {
-        if proxy.csrf.matches(&self.csrf) {
-            return Ok(());
+    /// The OAuth server a button names, once the form's token checks out.
+    fn server(&self, proxy: &Proxy, name: &str, action: &str) -> Result<Arc<Upstream>, ProxyError> {
+        if !proxy.csrf.matches(&self.csrf) {
+            return Err(ProxyError::Forbidden(
+                "the form's token is missing or stale; reload the status page and press the button again".into(),
+            ));
         }
-        Err(ProxyError::Forbidden(
-            "the form's token is missing or stale; reload the status page and press the button again".into(),
-        ))
+        let upstream = proxy.upstream(name)?;
+        if upstream.auth.is_none() {
+            return Err(ProxyError::BadRequest(format!(
+                "server {name:?} has oauth = false; there is nothing to {action}"
+            )));
+        }
+        Ok(upstream)
     }
 }
 
@@ -90,17 +100,10 @@ pub(crate) async fn authorize(
     Path(name): Path<String>,
     Form(form): Form<ButtonForm>,
 ) -> Result<Response, ProxyError> {
-    form.check(&proxy)?;
-    let upstream = proxy.upstream(&name)?;
-    let Some(auth) = &upstream.auth else {
-        return Err(ProxyError::BadRequest(format!(
-            "server {name:?} has oauth = false; there is nothing to sign in to"
-        )));
-    };
-    auth.notice
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
+    let upstream = form.server(&proxy, &name, "sign in to")?;
+    if let Some(auth) = &upstream.auth {
+        auth.notice().take();
+    }
     // The page does not wait: the flow runs on, and the page shows its progress.
     start_login(&proxy, &upstream).await;
     // Give the flow a moment to reach `authorizing`, so the page shows it at once.
@@ -117,12 +120,9 @@ pub(crate) async fn sign_out(
     Path(name): Path<String>,
     Form(form): Form<ButtonForm>,
 ) -> Result<Response, ProxyError> {
-    form.check(&proxy)?;
-    let upstream = proxy.upstream(&name)?;
+    let upstream = form.server(&proxy, &name, "sign out of")?;
     let Some(auth) = &upstream.auth else {
-        return Err(ProxyError::BadRequest(format!(
-            "server {name:?} has oauth = false; there is nothing to sign out of"
-        )));
+        return Ok(back());
     };
     let problems = auth
         .session
@@ -133,10 +133,7 @@ pub(crate) async fn sign_out(
         tracing::warn!(server = %name, problem = %problem, "signed out, but");
     }
     tracing::info!(server = %name, "signed out from the status page");
-    *auth
-        .notice
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+    *auth.notice() =
         (!problems.is_empty()).then(|| format!("Signed out, but {}.", problems.join("; ")));
     Ok(back())
 }

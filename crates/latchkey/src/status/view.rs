@@ -166,11 +166,7 @@ fn oauth(
         expired = expires_at.is_some_and(|at| at <= SystemTime::now());
         auth["sign_out"] = json!(SIGN_OUT_PATH.replace("{server}", name));
     }
-    let notice = upstream_auth
-        .notice
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let notice = upstream_auth.notice().clone();
     if let Some(notice) = notice {
         auth["notice"] = json!(notice);
     }
