@@ -6,13 +6,15 @@
 // out". Saves a screenshot per state in SHOTS. Prints one JSON object;
 // tests/it/statuspage.rs checks it.
 //
-//   node statuspage.mjs http://127.0.0.1:PORT/ SERVER SHOTS
+// In between, a page on another port (ATTACKER) tries to press "Sign out" itself.
+//
+//   node statuspage.mjs http://127.0.0.1:PORT/ SERVER SHOTS http://127.0.0.1:OTHER/
 import { readFileSync, mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { withBrowser } from './chromium.mjs';
 
-const [url, server, shots] = process.argv.slice(2);
+const [url, server, shots, attacker] = process.argv.slice(2);
 mkdirSync(shots, { recursive: true });
 const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
 
@@ -125,6 +127,16 @@ await withBrowser(async (page) => {
     await page.screenshot({ path: join(shots, 'signed-in.png'), fullPage: true });
     result.audit_signed_in = await audit(page);
     result.json_signed_in = await (await fetch(url, { headers: { accept: 'application/json' } })).json();
+
+    const other = await page.context().newPage();
+    await other.goto(attacker);
+    await other.waitForFunction(() => document.title === 'done', null, { timeout: 10000 });
+    result.attacker_title = await other.title();
+    await other.close();
+    // Two polls of the page: a sign-out would show.
+    await page.waitForTimeout(4500);
+    result.after_attack = await card(page, server);
+    result.json_after_attack = await (await fetch(url, { headers: { accept: 'application/json' } })).json();
 
     await page.locator(`section[data-server="${server}"]`).getByRole('button', { name: `Sign out of ${server}` }).click();
     await page.waitForURL(url);

@@ -10,7 +10,9 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::binary::Serve;
-use crate::harness::{API_KEY, API_KEY_HEADER, Daemon, TempDir, client, initialize, interop_dir};
+use crate::harness::{
+    API_KEY, API_KEY_HEADER, Daemon, TempDir, client, html_server, initialize, interop_dir,
+};
 
 /// An HTTP+SSE upstream whose stream sends `first` and then stays open.
 async fn hostile_sse(first: Vec<u8>) -> String {
@@ -161,20 +163,6 @@ async fn another_local_user_cannot_use_the_credentials() {
         .await
         .expect("ran");
     assert_eq!(status, 200, "{body}");
-}
-
-/// A web server on its own loopback port that answers every GET with `page`.
-async fn html_server(page: String) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let app = axum::Router::new().fallback(move || {
-        let page = page.clone();
-        async move { axum::response::Html(page) }
-    });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
 }
 
 /// A hostile upstream's HTML page, and a page on another port of 127.0.0.1, in

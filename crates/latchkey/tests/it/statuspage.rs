@@ -16,7 +16,7 @@ use std::process::Stdio;
 use serde_json::Value;
 
 use crate::binary::{latchkey, serve};
-use crate::harness::{TempDir, client, initialize, interop_dir, protected};
+use crate::harness::{TempDir, client, html_server, initialize, interop_dir, protected};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_panel_in_headless_chromium() {
@@ -55,6 +55,23 @@ async fn control_panel_in_headless_chromium() {
             .expect("a request");
     }
 
+    // A page on another port of 127.0.0.1, open in the same browser while the person
+    // is signed in, tries to press "Sign out" (a form aimed at a hidden frame, and a
+    // no-cors fetch); it cannot know the form's token, and its origin is not
+    // latchkey's.
+    let latchkey_origin = daemon.url("");
+    let attacker = html_server(format!(
+        r#"<!doctype html><title>loading</title><iframe name="sink"></iframe>
+<form id="f" method="post" action="{latchkey_origin}/.latchkey/sign-out/notes" target="sink"><input name="csrf" value="guessed"></form>
+<script>
+fetch('{latchkey_origin}/.latchkey/sign-out/notes', {{method: 'POST', mode: 'no-cors',
+  headers: {{'content-type': 'application/x-www-form-urlencoded'}}, body: 'csrf=guessed'}})
+  .catch(() => {{}})
+  .finally(() => {{ document.getElementById('f').submit(); setTimeout(() => {{ document.title = 'done'; }}, 1000); }});
+</script>"#
+    ))
+    .await;
+
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/statuspage");
     let _ = std::fs::remove_dir_all(&shots);
     let interop = interop_dir();
@@ -64,6 +81,7 @@ async fn control_panel_in_headless_chromium() {
         .arg(interop.join("statuspage.mjs"))
         .args([&daemon.url("/"), "notes"])
         .arg(&shots)
+        .arg(format!("http://{attacker}/"))
         .stdin(Stdio::null())
         .output()
         .await
@@ -201,6 +219,11 @@ async fn control_panel_in_headless_chromium() {
         "held: the token is renewed without you"
     );
     assert_eq!(result["not_reloaded"], true, "live, not reloaded");
+    assert_eq!(result["attacker_title"], "done", "{context}");
+    assert_eq!(
+        result["after_attack"]["state"], "signed_in",
+        "another port's page signed the person out: {context}"
+    );
     let left = |text: &Value| -> u64 {
         // "in 59 min 58 s"
         let words: Vec<&str> = text.as_str().expect("a countdown").split(' ').collect();
@@ -265,6 +288,11 @@ async fn control_panel_in_headless_chromium() {
     assert_eq!(notes_json["state"], "ready");
     assert_eq!(notes_json["summary"]["state"], "signed_in");
     assert!(json["version"].is_string() && json["local_users"].is_object());
+
+    assert_eq!(
+        result["json_after_attack"]["servers"][0]["auth"]["signed_in"],
+        true
+    );
 
     // Sign out: revoked at the authorization server, and gone here.
     assert!(
