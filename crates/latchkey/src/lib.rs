@@ -17,6 +17,7 @@ pub mod local_key;
 pub mod login;
 pub mod notify;
 pub mod onboard;
+pub mod out;
 pub mod peer;
 mod proxy;
 pub mod redact;

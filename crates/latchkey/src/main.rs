@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use latchkey::cli::{Cli, Command, LogFormat};
 use latchkey::config;
+use latchkey::out::{say, sayln};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -23,7 +24,7 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Check { config } => {
             let path = config.unwrap_or_else(config::default_path);
-            print!("{}", latchkey::report::check(&path)?);
+            say!("{}", latchkey::report::check(&path)?);
             Ok(())
         }
         Command::Login {
@@ -67,7 +68,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             for problem in &problems {
                 eprintln!("latchkey: warning: {problem}");
             }
-            println!("{server}: logged out; the stored credentials are deleted");
+            sayln!("{server}: logged out; the stored credentials are deleted");
             Ok(())
         }
         Command::Url {
@@ -78,9 +79,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let config = config::load(&config.unwrap_or_else(config::default_path))?;
             let url = runtime()?.block_on(latchkey::login::url(&config, &server, new))?;
-            println!("{url}");
+            sayln!("{url}");
             if snippets {
-                print!("\n{}", latchkey::snippets::print(&server, &url));
+                say!("\n{}", latchkey::snippets::print(&server, &url));
             }
             if new {
                 eprintln!(
@@ -93,9 +94,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             let config = config::load(&config.unwrap_or_else(config::default_path))?;
             let status = runtime()?.block_on(latchkey::report::status(&config))?;
             if json {
-                println!("{status:#}");
+                sayln!("{status:#}");
             } else {
-                println!("{}", latchkey::report::table(&status));
+                sayln!("{}", latchkey::report::table(&status));
             }
             Ok(())
         }
@@ -106,7 +107,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 &config,
                 &path.display().to_string(),
             ));
-            print!("{}", latchkey::report::findings(&findings));
+            say!("{}", latchkey::report::findings(&findings));
             let problems = findings.iter().filter(|f| f.fix.is_some()).count();
             if problems > 0 {
                 anyhow::bail!("{problems} problem(s) found");
@@ -147,7 +148,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Init { config } => {
             let path = config.unwrap_or_else(config::default_path);
             latchkey::onboard::init(&path)?;
-            println!(
+            sayln!(
                 "Wrote a starter config to {}. Add a server with `latchkey add NAME URL`, or `latchkey import` the ones your MCP clients have.",
                 path.display()
             );
@@ -181,8 +182,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 client_secret: oauth_client_secret,
             };
             let added = runtime()?.block_on(latchkey::onboard::add(&path, &server))?;
-            print!("{}", added.report());
-            println!("\n{}", latchkey::onboard::reload());
+            say!("{}", added.report());
+            sayln!("\n{}", latchkey::onboard::reload());
             if added.needs_login()
                 && !no_login
                 && latchkey::onboard::ask(&format!("Log in to {name} now?"))
@@ -204,11 +205,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                 }
             }
             latchkey::onboard::remove(&path, &name)?;
-            println!(
+            sayln!(
                 "Removed [servers.{name}] from {} (and logged out).",
                 path.display()
             );
-            println!("{}", latchkey::onboard::reload());
+            sayln!("{}", latchkey::onboard::reload());
             Ok(())
         }
         Command::Import {
@@ -230,9 +231,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                     backups.push((r.path.clone(), r.apply()?));
                 }
             }
-            print!("{}", import::report(&outcome, rewrite, &backups));
+            say!("{}", import::report(&outcome, rewrite, &backups));
             if outcome.added > 0 {
-                println!("\n{}", latchkey::onboard::reload());
+                sayln!("\n{}", latchkey::onboard::reload());
             }
             Ok(())
         }
@@ -247,7 +248,7 @@ fn login(config: &config::Config, server: &str, open: bool) -> anyhow::Result<()
     let outcome = runtime.block_on(latchkey::login::login(config, server, browser));
     // A read of stdin (for a pasted redirect) may still be blocked: don't wait for it.
     runtime.shutdown_background();
-    println!("{}", outcome?.summary(server));
+    sayln!("{}", outcome?.summary(server));
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::cli::ServiceAction;
+use crate::out::sayln;
 
 const SERVICE_UNIT: &str = include_str!("../../../systemd/latchkey.service");
 const SOCKET_UNIT: &str = include_str!("../../../systemd/latchkey.socket");
@@ -111,16 +112,16 @@ fn install(dir: &Path, now: bool, socket: bool) -> Result<(), ServiceError> {
         for args in &commands {
             systemctl(args)?;
         }
-        println!(
+        sayln!(
             "latchkey: {start} is enabled and started; `systemctl --user status latchkey` shows it"
         );
     } else {
-        println!("To start latchkey now and at every login, run:");
+        sayln!("To start latchkey now and at every login, run:");
         for args in &commands {
-            println!("  systemctl --user {}", args.join(" "));
+            sayln!("  systemctl --user {}", args.join(" "));
         }
     }
-    println!(
+    sayln!(
         "Logs: journalctl --user -u latchkey. Reload the config: systemctl --user reload latchkey"
     );
     Ok(())
@@ -133,7 +134,7 @@ fn uninstall(dir: &Path, now: bool) -> Result<(), ServiceError> {
         .filter(|path| path.exists())
         .collect();
     if units.is_empty() {
-        println!(
+        sayln!(
             "latchkey: no latchkey units in {}; nothing to remove",
             dir.display()
         );
@@ -148,14 +149,14 @@ fn uninstall(dir: &Path, now: bool) -> Result<(), ServiceError> {
             path: path.clone(),
             source,
         })?;
-        println!("latchkey: removed {}", path.display());
+        sayln!("latchkey: removed {}", path.display());
     }
     if now {
         systemctl(&["daemon-reload"])?;
     } else {
-        println!("To stop latchkey and forget the units, run:");
-        println!("  systemctl --user {}", stop.join(" "));
-        println!("  systemctl --user daemon-reload");
+        sayln!("To stop latchkey and forget the units, run:");
+        sayln!("  systemctl --user {}", stop.join(" "));
+        sayln!("  systemctl --user daemon-reload");
     }
     Ok(())
 }
@@ -165,7 +166,7 @@ fn write(path: &Path, text: &str) -> Result<(), ServiceError> {
         path: path.to_owned(),
         source,
     })?;
-    println!("latchkey: wrote {}", path.display());
+    sayln!("latchkey: wrote {}", path.display());
     Ok(())
 }
 

@@ -142,7 +142,7 @@ pub fn ask(question: &str) -> bool {
     if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
         return false;
     }
-    print!("{question} [Y/n] ");
+    crate::out::say!("{question} [Y/n] ");
     let _ = std::io::stdout().flush();
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer).is_ok()

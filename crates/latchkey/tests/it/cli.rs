@@ -128,6 +128,27 @@ fn check_finds_the_default_config_and_the_env_override() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
 
+/// `latchkey url NAME --snippets | head -1`: the reader goes before the output is
+/// written, and latchkey stops quietly, as a command in a pipe should.
+#[test]
+fn a_reader_that_goes_away_stops_the_output_quietly() {
+    let dir = TempDir::new("pipe");
+    let path = dir.write_config("[servers.notes]\nurl = \"https://notes.example.com/mcp\"\n");
+    let mut child = latchkey()
+        .args(["url", "notes", "--snippets", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    // Closed before the binary has parsed its arguments, let alone printed.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert_eq!(stderr, "");
+}
+
 #[test]
 fn serve_refuses_a_non_loopback_listen_flag() {
     let dir = TempDir::new("listen");
