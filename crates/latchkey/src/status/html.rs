@@ -175,6 +175,16 @@ fn buttons(out: &mut String, server: &Value, name: &str, state: &str, csrf: &str
             "<a class=\"button\" href=\"{}\" target=\"_blank\" rel=\"noopener\">Open the sign-in page</a>",
             escape(sign_in)
         );
+    } else if state == "error" && auth["needs_a_person"] == false {
+        let action = AUTHORIZE_PATH.replace("{server}", name);
+        form(
+            out,
+            &action,
+            csrf,
+            "",
+            "Get a token",
+            &format!("Get a token for {name}"),
+        );
     } else if state == "sign_in_needed" || state == "error" {
         let action = AUTHORIZE_PATH.replace("{server}", name);
         form(

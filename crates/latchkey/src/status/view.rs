@@ -6,7 +6,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use latchkey_auth::session::AuthStatus;
+use latchkey_auth::session::{AuthStatus, Grant};
 use serde_json::{Value, json};
 use url::Url;
 
@@ -155,6 +155,10 @@ fn oauth(
     }
     auth["refresh_token_held"] = json!(session.holds_refresh_token());
     auth["unattended"] = json!(matches!(&server.oauth, OAuth::Enabled(o) if o.grant.unattended()));
+    // No person at any step (the enterprise grant needs one at the IdP, once).
+    let by_itself = matches!(&server.oauth,
+        OAuth::Enabled(o) if matches!(o.grant, Grant::ClientCredentials | Grant::JwtBearer(_)));
+    auth["needs_a_person"] = json!(!by_itself);
     let mut expired = false;
     if let Some((expires_at, scopes)) = &token {
         auth["scopes"] = json!(scopes);
@@ -190,6 +194,14 @@ fn oauth(
             };
             (State::SigningIn, Some(detail), None)
         }
+        // No login would help: the grant's own settings are what was refused.
+        AuthStatus::NeedsAuth { reason } if by_itself => (
+            State::Error,
+            Some(reason),
+            Some(format!(
+                "Check the grant's settings under [servers.{name}.oauth] (the client's credentials or the workload's token), then press Get a token; `latchkey doctor` checks the setup."
+            )),
+        ),
         AuthStatus::NeedsAuth { reason } => {
             auth["reason"] = json!(reason);
             (State::SignInNeeded, Some(reason), None)
@@ -205,7 +217,8 @@ fn oauth(
             State::Error,
             Some(message),
             Some(format!(
-                "Press Sign in to try again, or run `latchkey login {name}` to see each step; `latchkey doctor` checks the setup."
+                "Press {} to try again, or run `latchkey login {name}` to see each step; `latchkey doctor` checks the setup.",
+                if by_itself { "Get a token" } else { "Sign in" }
             )),
         ),
         // The server's last answer to a request without a token was a success.
@@ -218,6 +231,11 @@ fn oauth(
                 None,
             )
         }
+        AuthStatus::Ready if token.is_none() && by_itself => (
+            State::NoSignInNeeded,
+            said("No sign-in needed: latchkey gets its tokens by itself, at the first request."),
+            None,
+        ),
         AuthStatus::Ready if token.is_none() => (
             State::SignInNeeded,
             said(

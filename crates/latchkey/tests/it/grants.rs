@@ -55,6 +55,11 @@ async fn a_workload_token_in_a_file_is_read_again_for_every_grant() {
         ])
         .start()
         .await;
+    // Before the first token: nothing for a person to do, so no Sign in.
+    let server = &daemon.status().await["servers"][0];
+    assert_eq!(server["summary"]["state"], "no_sign_in_needed", "{server}");
+    let page = daemon.page("text/html").await;
+    assert!(!page.contains(">Sign in<"), "{page}");
     assert_ok(daemon.initialize("/notes").await).await;
     // The platform rotates the token; the server drops the access token.
     let second = workload_token(&platform, &setup.auth.issuer(), "2", 300);
@@ -142,6 +147,14 @@ async fn a_refused_workload_token_fails_once_without_a_browser() {
         assert!(!body.contains(&token), "{what}: the error shows the token");
         assert_eq!(assertions(&setup.auth).len(), 1, "{what}: one grant");
         assert!(!setup.auth.paths().iter().any(|p| p.ends_with("/authorize")));
+        // The page offers another try, not a sign-in nobody could do.
+        let server = &daemon.status().await["servers"][0];
+        assert_eq!(server["summary"]["state"], "error", "{what}: {server}");
+        let page = daemon.page("text/html").await;
+        assert!(
+            page.contains(">Get a token<") && !page.contains(">Sign in<"),
+            "{what}: {page}"
+        );
     }
 }
 
