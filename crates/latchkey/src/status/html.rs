@@ -71,7 +71,11 @@ fn card(out: &mut String, server: &Value, csrf: &str) {
         label = text(&summary["text"]),
     );
     if let Some(detail) = summary["detail"].as_str() {
-        let _ = writeln!(out, "<p class=\"detail\">{}</p>", escape(&sentence(detail)));
+        let _ = writeln!(
+            out,
+            "<p class=\"detail\">{}</p>",
+            commands(&escape(&sentence(detail)))
+        );
     }
     if let Some(fix) = summary["fix"].as_str() {
         let _ = writeln!(

@@ -79,7 +79,7 @@ pub(super) fn server(upstream: &Upstream, host: &str) -> Value {
     let (summary, detail, fix) = match (&transport_error, from_auth) {
         (Some(cause), _) => (
             State::Error,
-            Some(cause.clone()),
+            Some(format!("Could not reach the server: {cause}")),
             Some(format!(
                 "Check that the server is up and that url under [servers.{name}] is its MCP endpoint; `latchkey doctor` tests it."
             )),
@@ -87,7 +87,9 @@ pub(super) fn server(upstream: &Upstream, host: &str) -> Value {
         (None, Some(summary)) => summary,
         (None, None) => (
             State::NoSignInNeeded,
-            Some("oauth = false: requests carry only the configured headers.".into()),
+            Some(format!(
+                "No OAuth (`oauth = false` under [servers.{name}]): requests carry only the configured headers."
+            )),
             None,
         ),
     };
