@@ -7,6 +7,7 @@
 //! may run only its own script (its hash is in the Content-Security-Policy).
 
 mod html;
+mod look;
 mod view;
 
 use std::sync::Arc;
@@ -34,15 +35,18 @@ pub(crate) async fn page(State(proxy): State<Proxy>, headers: HeaderMap) -> Resp
         .get(HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("127.0.0.1");
+    let wants_html = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if wants_html && look::by_the_person(&headers) {
+        look::look_first(&proxy).await;
+    }
     let servers: Vec<Value> = proxy
         .upstreams()
         .iter()
         .map(|upstream| view::server(upstream, host))
         .collect();
-    let wants_html = headers
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/html"));
     if wants_html {
         (
             [(http::header::CONTENT_SECURITY_POLICY, html::csp())],

@@ -85,6 +85,15 @@ pub(super) fn server(upstream: &Upstream, host: &str) -> Value {
             )),
         ),
         (None, Some(summary)) => summary,
+        (None, None) if let Some(status) = seen.status().filter(|&s| refused(s)) => (
+            State::Error,
+            Some(format!(
+                "The server refused the configured headers (HTTP {status})."
+            )),
+            Some(format!(
+                "Check the headers under [servers.{name}] (an API key that is wrong or unset?), or remove `oauth = false` there so that latchkey signs in."
+            )),
+        ),
         (None, None) => (
             State::NoSignInNeeded,
             Some(format!(
@@ -225,7 +234,7 @@ fn oauth(
         ),
         // The server's last answer to a request without a token was a success.
         AuthStatus::Ready
-            if token.is_none() && seen.last.is_some_and(|(_, status)| status < 300) =>
+            if token.is_none() && seen.status().is_some_and(|status| status < 300) =>
         {
             (
                 State::NoSignInNeeded,
@@ -236,6 +245,13 @@ fn oauth(
         AuthStatus::Ready if token.is_none() && by_itself => (
             State::NoSignInNeeded,
             said("No sign-in needed: latchkey gets its tokens by itself, at the first request."),
+            None,
+        ),
+        AuthStatus::Ready if token.is_none() && seen.status().is_some_and(refused) => (
+            State::SignInNeeded,
+            said(
+                "The server asks for a sign-in: sign in now, or latchkey asks when a client first uses it.",
+            ),
             None,
         ),
         AuthStatus::Ready if token.is_none() => (
@@ -258,6 +274,11 @@ fn oauth(
             None,
         ),
     }
+}
+
+/// An answer that asks for credentials.
+fn refused(status: u16) -> bool {
+    status == 401 || status == 403
 }
 
 fn unix_secs(at: SystemTime) -> u64 {

@@ -327,6 +327,83 @@ fetch('{latchkey_origin}/.latchkey/sign-out/notes', {{method: 'POST', mode: 'no-
 }
 
 /// A loopback port nothing listens on (bound, then let go).
+/// Before any client has used a server, the page asks it once (the unauthenticated
+/// `initialize` a login starts with) instead of guessing "sign-in needed" for all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_asks_each_server_it_has_not_met_once() {
+    let setup = protected().start().await;
+    let open = latchkey_testkit::McpUpstream::start()
+        .await
+        .expect("upstream");
+    let dead = closed_port();
+    let daemon = setup
+        .daemon(&[])
+        .server("open", &open.mcp_url(), &[])
+        .server("dead", &format!("http://127.0.0.1:{dead}/mcp"), &[])
+        .server("keyless", &setup.mcp_url(), &["oauth = false"])
+        .start()
+        .await;
+    // A page of another site that frames this one does not make latchkey look.
+    client()
+        .get(daemon.url("/"))
+        .header("accept", "text/html")
+        .header("sec-fetch-site", "same-site")
+        .send()
+        .await
+        .expect("GET /");
+    assert!(open.requests().is_empty(), "{:?}", open.requests());
+    for _ in 0..3 {
+        daemon.page("text/html").await;
+    }
+    let first = daemon.status().await;
+    let card = |name: &str| -> Value {
+        let servers = first["servers"].as_array().expect("servers");
+        let card = servers.iter().find(|s| s["name"] == name).expect(name);
+        assert_eq!(
+            card["traffic"]["requests"], 0,
+            "not a client's request: {card}"
+        );
+        card["summary"].clone()
+    };
+    let notes = card("notes");
+    assert_eq!(notes["state"], "sign_in_needed", "{notes}");
+    assert!(
+        notes["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("asks for a sign-in")),
+        "{notes}"
+    );
+    assert_eq!(
+        card("open")["state"],
+        "no_sign_in_needed",
+        "{}",
+        card("open")
+    );
+    let dead = card("dead");
+    assert_eq!(dead["state"], "error", "{dead}");
+    assert!(
+        dead["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("Could not reach")),
+        "{dead}"
+    );
+    let keyless = card("keyless");
+    assert_eq!(keyless["state"], "error", "{keyless}");
+    assert!(
+        keyless["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("headers")),
+        "{keyless}"
+    );
+    // Once, however often the page is read.
+    let asked = open
+        .requests()
+        .iter()
+        .filter(|r| r.method == http::Method::POST)
+        .count();
+    assert_eq!(asked, 1, "{:?}", open.requests());
+}
+
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
