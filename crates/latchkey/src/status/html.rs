@@ -99,7 +99,8 @@ fn card(out: &mut String, server: &Value, csrf: &str) {
             text(&server["transport"])
         ),
     );
-    if auth["oauth"] == true {
+    // A server that answers without a sign-in has no issuer to show.
+    if auth["oauth"] == true && (state != "no_sign_in_needed" || auth["issuer"].is_string()) {
         fact(
             "Issuer",
             auth["issuer"]

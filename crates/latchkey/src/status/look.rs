@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use http::HeaderMap;
+use reqwest::StatusCode;
 
+use crate::config::{Server, Transport};
 use crate::proxy::Proxy;
 
 /// How long the page waits for the answers before it is drawn without them.
@@ -45,14 +47,9 @@ pub(super) async fn look_first(proxy: &Proxy) {
         .map(|upstream| {
             let http = proxy.http().clone();
             tokio::spawn(async move {
-                let probed =
-                    tokio::time::timeout(PATIENCE, crate::server::probe(&http, &upstream.config))
-                        .await;
-                match probed {
-                    Ok(Ok(probe)) => upstream.traffic.looked(probe.status),
-                    Ok(Err(crate::server::ProbeError::Unreachable { cause, .. })) => {
-                        upstream.record(Err(&cause));
-                    }
+                match tokio::time::timeout(PATIENCE, answer(&http, &upstream.config)).await {
+                    Ok(Ok(status)) => upstream.traffic.looked(status),
+                    Ok(Err(cause)) => upstream.record(Err(&cause)),
                     Err(_) => {
                         upstream.record(Err(&format!("no answer within {} s", PATIENCE.as_secs())))
                     }
@@ -63,4 +60,27 @@ pub(super) async fn look_first(proxy: &Proxy) {
     if !looks.is_empty() {
         drop(tokio::time::timeout(PAGE_WAIT, join_all(looks)).await);
     }
+}
+
+/// The status of the server's answer to a client without credentials.
+async fn answer(http: &reqwest::Client, server: &Server) -> Result<StatusCode, String> {
+    if server.transport != Transport::Sse {
+        let probe = crate::server::probe(http, server)
+            .await
+            .map_err(|crate::server::ProbeError::Unreachable { cause, .. }| cause)?;
+        // A 2024-11-05 server refuses a POST to its SSE URL; its GET tells.
+        let legacy = matches!(probe.status.as_u16(), 400 | 404 | 405);
+        if server.transport == Transport::StreamableHttp || !legacy {
+            return Ok(probe.status);
+        }
+    }
+    let mut request = http
+        .get(server.url.clone())
+        .header("accept", "text/event-stream");
+    for (key, value) in &server.headers {
+        request = request.header(key, value);
+    }
+    let response = request.send().await.map_err(crate::error::describe)?;
+    // Dropping the response ends its stream.
+    Ok(response.status())
 }

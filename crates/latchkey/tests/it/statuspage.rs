@@ -335,12 +335,17 @@ async fn the_page_asks_each_server_it_has_not_met_once() {
     let open = latchkey_testkit::McpUpstream::start()
         .await
         .expect("upstream");
+    let old = latchkey_testkit::McpUpstream::start()
+        .await
+        .expect("upstream");
     let dead = closed_port();
     let daemon = setup
         .daemon(&[])
         .server("open", &open.mcp_url(), &[])
         .server("dead", &format!("http://127.0.0.1:{dead}/mcp"), &[])
         .server("keyless", &setup.mcp_url(), &["oauth = false"])
+        .server("legacy", &old.sse_url(), &["transport = \"sse\""])
+        .server("legacy-auto", &old.sse_url(), &[])
         .start()
         .await;
     // A page of another site that frames this one does not make latchkey look.
@@ -352,10 +357,17 @@ async fn the_page_asks_each_server_it_has_not_met_once() {
         .await
         .expect("GET /");
     assert!(open.requests().is_empty(), "{:?}", open.requests());
+    let mut page = String::new();
     for _ in 0..3 {
-        daemon.page("text/html").await;
+        page = daemon.page("text/html").await;
     }
     let first = daemon.status().await;
+    // No "Issuer: not known yet" on the three that need no sign-in.
+    assert_eq!(
+        page.matches("<dt>Issuer</dt>").count(),
+        2,
+        "notes and dead: {page}"
+    );
     let card = |name: &str| -> Value {
         let servers = first["servers"].as_array().expect("servers");
         let card = servers.iter().find(|s| s["name"] == name).expect(name);
@@ -373,12 +385,14 @@ async fn the_page_asks_each_server_it_has_not_met_once() {
             .is_some_and(|d| d.contains("asks for a sign-in")),
         "{notes}"
     );
-    assert_eq!(
-        card("open")["state"],
-        "no_sign_in_needed",
-        "{}",
-        card("open")
-    );
+    for name in ["open", "legacy", "legacy-auto"] {
+        assert_eq!(
+            card(name)["state"],
+            "no_sign_in_needed",
+            "{name}: {}",
+            card(name)
+        );
+    }
     let dead = card("dead");
     assert_eq!(dead["state"], "error", "{dead}");
     assert!(
