@@ -166,8 +166,8 @@ fn card(out: &mut String, server: &Value, csrf: &str) {
     out.push_str("</section>\n");
 }
 
-/// "Sign in" wherever OAuth is in play and no token is held (or a login failed),
-/// "Sign out" wherever one is; while a login waits, only the way to its page.
+/// The summary's button ("Sign in", or "Get a token" where no person is needed),
+/// "Sign out" wherever a token is held; while a login waits, only the way to its page.
 fn buttons(out: &mut String, server: &Value, name: &str, state: &str, csrf: &str) {
     let auth = &server["auth"];
     if auth["oauth"] != true {
@@ -180,26 +180,13 @@ fn buttons(out: &mut String, server: &Value, name: &str, state: &str, csrf: &str
             "<a class=\"button\" href=\"{}\" target=\"_blank\" rel=\"noopener\">Open the sign-in page</a>",
             escape(sign_in)
         );
-    } else if state == "error" && auth["needs_a_person"] == false {
+    } else if let Some(button) = server["summary"]["button"].as_str() {
+        let (label, aria) = match button {
+            "get_token" => ("Get a token", format!("Get a token for {name}")),
+            _ => ("Sign in", format!("Sign in to {name}")),
+        };
         let action = AUTHORIZE_PATH.replace("{server}", name);
-        form(
-            out,
-            &action,
-            csrf,
-            "",
-            "Get a token",
-            &format!("Get a token for {name}"),
-        );
-    } else if state == "sign_in_needed" || state == "error" {
-        let action = AUTHORIZE_PATH.replace("{server}", name);
-        form(
-            out,
-            &action,
-            csrf,
-            "",
-            "Sign in",
-            &format!("Sign in to {name}"),
-        );
+        form(out, &action, csrf, "", label, &aria);
     }
     // Not while a login waits: the sign-out would wait for it to end.
     if let Some(sign_out) = auth["sign_out"].as_str().filter(|_| state != "signing_in") {

@@ -102,6 +102,17 @@ pub(super) fn server(upstream: &Upstream, host: &str) -> Value {
             None,
         ),
     };
+    // The button that may help; none for a server that cannot be reached.
+    let button = match summary {
+        State::SignInNeeded | State::Error if transport_error.is_none() => {
+            match auth["needs_a_person"].as_bool() {
+                Some(false) => Some("get_token"),
+                Some(true) => Some("sign_in"),
+                None => None,
+            }
+        }
+        _ => None,
+    };
     let local_url = (!server.local_key).then(|| format!("http://{host}/{name}"));
     // A keyed server's URL is never shown (`latchkey url NAME` prints it), so only
     // the stdio snippets, which need no URL.
@@ -128,6 +139,7 @@ pub(super) fn server(upstream: &Upstream, host: &str) -> Value {
             "text": summary.text(),
             "detail": detail,
             "fix": fix,
+            "button": button,
         },
         "auth": auth,
         "traffic": {

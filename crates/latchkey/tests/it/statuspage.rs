@@ -393,8 +393,15 @@ async fn the_page_asks_each_server_it_has_not_met_once() {
             card(name)
         );
     }
+    assert_eq!(notes["button"], "sign_in", "{notes}");
     let dead = card("dead");
     assert_eq!(dead["state"], "error", "{dead}");
+    // Signing in cannot help a server that cannot be reached.
+    assert_eq!(dead["button"], Value::Null, "{dead}");
+    assert!(
+        page.contains("Sign in to notes") && !page.contains("Sign in to dead"),
+        "{page}"
+    );
     assert!(
         dead["detail"]
             .as_str()
