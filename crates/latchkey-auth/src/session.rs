@@ -967,9 +967,9 @@ impl ServerAuth {
                 state.step_ups += 1;
                 if state.step_ups > MAX_STEP_UPS {
                     return Err(AuthError::fatal(format!(
-                        "the server keeps asking for more scopes after {MAX_STEP_UPS} step-ups in {} minutes; giving up for now (run `latchkey login {}` to try again at once)",
+                        "the server keeps asking for more scopes after {MAX_STEP_UPS} step-ups in {} minutes; giving up for now (run `{}` to try again at once)",
                         STEP_UP_WINDOW.as_secs() / 60,
-                        self.settings.server
+                        self.settings.login_command
                     )));
                 }
             }

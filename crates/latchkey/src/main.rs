@@ -81,7 +81,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             let url = runtime()?.block_on(latchkey::login::url(&config, &server, new))?;
             sayln!("{url}");
             if snippets {
-                say!("\n{}", latchkey::snippets::print(&server, &url));
+                let file = config.servers.iter().find(|s| s.name == server);
+                let file = file.and_then(|s| s.config_file.as_deref());
+                say!("\n{}", latchkey::snippets::print(&server, &url, file));
             }
             if new {
                 eprintln!(

@@ -21,8 +21,18 @@ pub struct Snippet {
     pub text: String,
 }
 
-/// Every client's snippets for the server `name`, served at `url`.
-pub fn snippets(name: &str, url: &str) -> Vec<Snippet> {
+/// Every client's snippets for the server `name`, served at `url`; `config_file`
+/// when `latchkey stdio` must be told where the config is.
+pub fn snippets(name: &str, url: &str, config_file: Option<&str>) -> Vec<Snippet> {
+    let mut args = vec!["stdio", name];
+    if let Some(file) = config_file {
+        args.extend(["--config", file]);
+    }
+    let shell_args = args
+        .iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
     let quoted = |s: &str| shell_quote(s);
     let text = |s: &str| CstInputValue::String(s.to_owned());
     // `{ "<top>": { "<name>": { <fields> } } }`, in the order a person writes it.
@@ -43,7 +53,7 @@ pub fn snippets(name: &str, url: &str) -> Vec<Snippet> {
             ("command", text("latchkey")),
             (
                 "args",
-                CstInputValue::Array(vec![text("stdio"), text(name)]),
+                CstInputValue::Array(args.iter().map(|a| text(a)).collect()),
             ),
         ]
     };
@@ -62,11 +72,7 @@ pub fn snippets(name: &str, url: &str) -> Vec<Snippet> {
             client: "Claude Code",
             place: "shell",
             form: "stdio",
-            text: format!(
-                "claude mcp add {} -- latchkey stdio {}",
-                quoted(name),
-                quoted(name)
-            ),
+            text: format!("claude mcp add {} -- latchkey {shell_args}", quoted(name),),
         },
         Snippet {
             client: "VS Code",
@@ -107,9 +113,12 @@ pub fn snippets(name: &str, url: &str) -> Vec<Snippet> {
             place: "~/.codex/config.toml",
             form: "stdio",
             text: format!(
-                "[mcp_servers.{}]\ncommand = \"latchkey\"\nargs = [\"stdio\", {}]",
+                "[mcp_servers.{}]\ncommand = \"latchkey\"\nargs = [{}]",
                 toml_key(name),
-                toml_string(name)
+                args.iter()
+                    .map(|a| toml_string(a))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         },
         Snippet {
@@ -140,7 +149,12 @@ pub fn snippets(name: &str, url: &str) -> Vec<Snippet> {
                     ("type", text("local")),
                     (
                         "command",
-                        CstInputValue::Array(vec![text("latchkey"), text("stdio"), text(name)]),
+                        CstInputValue::Array(
+                            std::iter::once("latchkey")
+                                .chain(args.iter().copied())
+                                .map(text)
+                                .collect(),
+                        ),
                     ),
                 ],
             ),
@@ -149,11 +163,11 @@ pub fn snippets(name: &str, url: &str) -> Vec<Snippet> {
 }
 
 /// The snippets as the commands print them, under a line saying what each form needs.
-pub fn print(name: &str, url: &str) -> String {
+pub fn print(name: &str, url: &str, config_file: Option<&str>) -> String {
     let mut out = String::from(
         "Connect a client (the endpoint needs `latchkey serve` running; stdio needs nothing):\n",
     );
-    for s in snippets(name, url) {
+    for s in snippets(name, url, config_file) {
         out.push_str(&format!("\n  {} ({}, {}):\n", s.client, s.form, s.place));
         for line in s.text.lines() {
             out.push_str(&format!("    {line}\n"));
@@ -163,7 +177,7 @@ pub fn print(name: &str, url: &str) -> String {
 }
 
 /// Single quotes unless the word needs none (server names and URLs rarely do).
-fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c))
@@ -188,7 +202,7 @@ mod tests {
 
     #[test]
     fn every_snippet_is_valid_in_its_format() {
-        let all = snippets("jira-work", "http://127.0.0.1:8931/jira-work");
+        let all = snippets("jira-work", "http://127.0.0.1:8931/jira-work", None);
         assert_eq!(all.len(), 12);
         for s in &all {
             match s.place {
@@ -207,6 +221,47 @@ mod tests {
             all[0].text,
             "claude mcp add --transport http jira-work http://127.0.0.1:8931/jira-work"
         );
+    }
+
+    #[test]
+    fn a_config_that_is_not_the_default_is_named_in_every_stdio_form() {
+        let file = "/home/me/my configs/latchkey.toml";
+        let all = snippets("notes", "http://127.0.0.1:8931/notes", Some(file));
+        for s in all.iter().filter(|s| s.form == "stdio") {
+            let args: Vec<String> = match s.place {
+                "shell" => {
+                    assert!(
+                        s.text.ends_with(&format!("--config '{file}'")),
+                        "{}",
+                        s.text
+                    );
+                    continue;
+                }
+                p if p.ends_with(".json") => {
+                    let v: serde_json::Value = serde_json::from_str(&s.text).expect("json");
+                    let entry = v.as_object().and_then(|o| o.values().next()).expect("top");
+                    let entry = &entry["notes"];
+                    let args = if entry["args"].is_array() {
+                        &entry["args"]
+                    } else {
+                        &entry["command"]
+                    };
+                    serde_json::from_value(args.clone()).expect("strings")
+                }
+                _ => {
+                    let t: toml::Table = toml::from_str(&s.text).expect("toml");
+                    t["mcp_servers"]["notes"]["args"]
+                        .clone()
+                        .try_into()
+                        .expect("strings")
+                }
+            };
+            assert!(
+                args.ends_with(&["--config".to_owned(), file.to_owned()]),
+                "{}: {args:?}",
+                s.client
+            );
+        }
     }
 
     #[test]

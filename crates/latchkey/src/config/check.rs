@@ -48,11 +48,12 @@ impl fmt::Display for Diagnostic {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "cannot read config file {path}: {source}\n  hint: `latchkey add NAME URL` creates it with a server, `latchkey init` writes a commented starter, `latchkey import` brings your MCP clients' servers; or pass --config FILE or set LATCHKEY_CONFIG"
+        "cannot read config file {path}: {cause}\n  hint: `latchkey add NAME URL` creates it with a server, `latchkey init` writes a commented starter, `latchkey import` brings your MCP clients' servers; or pass --config FILE or set LATCHKEY_CONFIG"
     )]
+    // Not `source`: the message has it already, and anyhow would print it again.
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}", Invalid::render(.0))]
     Invalid(Vec<Diagnostic>),

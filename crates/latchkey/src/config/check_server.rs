@@ -87,6 +87,7 @@ impl Checker<'_> {
         let (url, uri) = url?;
         Some(Server {
             login_command: format!("latchkey login {name}"),
+            config_file: None,
             name,
             url,
             uri,

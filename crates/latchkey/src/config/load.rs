@@ -36,11 +36,31 @@ pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
 
 /// Reads and validates a config file, resolving `${VAR}` from the process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
-    parse(path, &text, |name| std::env::var(name).ok())
+    let mut config = parse(path, &text, |name| std::env::var(name).ok())?;
+    name_the_file(&mut config, path);
+    Ok(config)
+}
+
+/// Makes the commands a config's messages and snippets name find it again: `latchkey
+/// login NAME` run by hand reads the default file, not this one.
+pub fn name_the_file(config: &mut Config, path: &Path) {
+    if path == default_path() {
+        return;
+    }
+    let file = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let file = file.display().to_string();
+    for server in &mut config.servers {
+        server.login_command = format!(
+            "latchkey login {} --config {}",
+            server.name,
+            crate::snippets::shell_quote(&file)
+        );
+        server.config_file = Some(file.clone());
+    }
 }
 
 /// Validates config text. `env` resolves `${VAR}` references in header values.
@@ -219,6 +239,7 @@ pub fn adhoc(
             oauth: OAuth::Enabled(OAuthConfig::default()),
             local_key: false,
             login_command: format!("latchkey login --url {}", crate::redact::redacted(&url)),
+            config_file: None,
             adhoc: true,
         },
         store,

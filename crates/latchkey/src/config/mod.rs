@@ -13,7 +13,8 @@ pub use check::{ConfigError, Diagnostic};
 #[cfg(feature = "fuzzing")]
 pub(crate) use load::substitute_env;
 pub use load::{
-    AdhocError, TargetError, adhoc, check_listen, default_path, load, parse, target, xdg_dir,
+    AdhocError, TargetError, adhoc, check_listen, default_path, load, name_the_file, parse, target,
+    xdg_dir,
 };
 
 use std::fmt;
@@ -174,6 +175,9 @@ pub struct Server {
     pub local_key: bool,
     /// The command that logs in to this server from a terminal, for error messages.
     pub login_command: String,
+    /// The config file, when it is not the default one: the commands that messages
+    /// and snippets name must then be given it (`--config`) to find this server.
+    pub config_file: Option<String>,
     /// A `--url` server, not a `[servers.NAME]` table: its credentials are kept
     /// under its URL (every such server is named "remote").
     pub adhoc: bool,

@@ -280,13 +280,13 @@ impl ConfigFile {
     /// from this environment), then writes it.
     pub fn save(&self) -> Result<config::Config, EditError> {
         let text = self.text();
-        let loaded = config::parse(&self.path, &text, |name| std::env::var(name).ok()).map_err(
-            |source| EditError::Invalid {
+        let mut loaded = config::parse(&self.path, &text, |name| std::env::var(name).ok())
+            .map_err(|source| EditError::Invalid {
                 path: self.path.clone(),
                 source,
-            },
-        )?;
+            })?;
         write_atomically(&self.path, text.as_bytes(), 0o600)?;
+        config::name_the_file(&mut loaded, &self.path);
         Ok(loaded)
     }
 }

@@ -45,6 +45,9 @@ pub struct Added {
     pub created: bool,
     pub local_url: String,
     pub found: Found,
+    /// What logs in to it, and the config file the commands need, if not the default.
+    login_command: String,
+    config_file: Option<String>,
 }
 
 /// `latchkey add`: the server in the config file (created if need be), probed.
@@ -63,6 +66,8 @@ pub async fn add(path: &Path, server: &NewServer) -> Result<Added, OnboardError>
         created: file.created,
         local_url: crate::local_key::url(config.listen, &server.name, None),
         found: inspect::inspect(added).await,
+        login_command: added.login_command.clone(),
+        config_file: added.config_file.clone(),
     })
 }
 
@@ -91,16 +96,18 @@ impl Added {
                 ..
             } => writeln!(
                 out,
-                "The server needs a login, at {}.\nLog in now with `latchkey login {name}` (or let the first request open the browser).",
-                escape_controls(issuer)
+                "The server needs a login, at {}.\nLog in now with `{}` (or let the first request open the browser).",
+                escape_controls(issuer),
+                self.login_command
             ),
             Found::NeedsLogin {
                 issuer: None,
                 problem,
             } => writeln!(
                 out,
-                "The server needs a login, but its authorization server was not found: {}\nTry `latchkey login {name}`; `latchkey doctor` says more.",
-                escape_controls(problem.as_deref().unwrap_or("unknown"))
+                "The server needs a login, but its authorization server was not found: {}\nTry `{}`; `latchkey doctor` says more.",
+                escape_controls(problem.as_deref().unwrap_or("unknown")),
+                self.login_command
             ),
             Found::Refused { status } => writeln!(
                 out,
@@ -118,7 +125,11 @@ impl Added {
         };
         let _ = writeln!(out, "\nLocal endpoint: {}", self.local_url);
         out.push('\n');
-        out.push_str(&crate::snippets::print(name, &self.local_url));
+        out.push_str(&crate::snippets::print(
+            name,
+            &self.local_url,
+            self.config_file.as_deref(),
+        ));
         out
     }
 

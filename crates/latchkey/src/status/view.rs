@@ -116,10 +116,14 @@ pub(super) fn server(upstream: &Upstream, host: &str) -> Value {
     let local_url = (!server.local_key).then(|| format!("http://{host}/{name}"));
     // A keyed server's URL is never shown (`latchkey url NAME` prints it), so only
     // the stdio snippets, which need no URL.
-    let snippets: Vec<_> = crate::snippets::snippets(name, local_url.as_deref().unwrap_or(""))
-        .into_iter()
-        .filter(|s| local_url.is_some() || s.form == "stdio")
-        .collect();
+    let snippets: Vec<_> = crate::snippets::snippets(
+        name,
+        local_url.as_deref().unwrap_or(""),
+        server.config_file.as_deref(),
+    )
+    .into_iter()
+    .filter(|s| local_url.is_some() || s.form == "stdio")
+    .collect();
     json!({
         "name": name,
         // Never a key: `latchkey url NAME` prints a keyed server's URL.
@@ -240,8 +244,9 @@ fn oauth(
             State::Error,
             Some(message),
             Some(format!(
-                "Press {} to try again, or run `latchkey login {name}` to see each step; `latchkey doctor` checks the setup.",
-                if by_itself { "Get a token" } else { "Sign in" }
+                "Press {} to try again, or run `{}` to see each step; `latchkey doctor` checks the setup.",
+                if by_itself { "Get a token" } else { "Sign in" },
+                server.login_command
             )),
         ),
         // The server's last answer to a request without a token was a success.

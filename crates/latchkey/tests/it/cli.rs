@@ -125,7 +125,14 @@ fn check_finds_the_default_config_and_the_env_override() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read config file"), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file").count(),
+        1,
+        "the cause once: {stderr}"
+    );
+    assert!(stderr.contains("`latchkey add NAME URL`"), "{stderr}");
 }
 
 /// `latchkey url NAME --snippets | head -1`: the reader goes before the output is

@@ -97,6 +97,7 @@ async fn with_no_way_to_the_person_the_log_says_where_to_go_and_requests_get_the
         ),
     ] {
         let dir = TempDir::new("guidance-unreached");
+        let before = setup.logins();
         let served = daemon(&dir, &setup, browser, None).await;
         let (status, body, took) = first_request(&served).await;
         assert_eq!(status, 503, "{body}");
@@ -105,20 +106,31 @@ async fn with_no_way_to_the_person_the_log_says_where_to_go_and_requests_get_the
             "answered after login_wait_secs, not auth_timeout_secs: {took:?}"
         );
         let data = &body["error"]["data"];
-        assert_eq!(data["command"], "latchkey login notes", "{body}");
+        // The daemon's config is not the default one, so the command names it.
+        let config = dir.path().join("config.toml");
+        let command = format!("latchkey login notes --config {}", config.display());
+        assert_eq!(data["command"], command, "{body}");
         assert_eq!(data["sign_in"], "/.latchkey/login/notes", "{body}");
         assert!(
             body["error"]["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("latchkey login notes")),
+                .is_some_and(|m| m.contains(&command)),
             "{body}"
         );
+        // …and works as printed, with a person at a browser.
+        let words: Vec<&str> = command.split(' ').collect();
+        let ran = crate::binary::latchkey(&dir)
+            .args(&words[1..])
+            .env("BROWSER", dir.approving_browser(0))
+            .status()
+            .expect("run the command");
+        assert!(ran.success(), "`{command}`: {ran:?}");
         let start = served.url("/.latchkey/login/notes");
         let (log, line) = guidance(&served).await;
         assert!(
             line.contains(" WARN ")
                 && line.contains(why)
-                && line.contains("run `latchkey login notes`")
+                && line.contains(&format!("run `{command}`"))
                 && line.contains(&format!("or open {start}")),
             "{line}"
         );
@@ -126,7 +138,11 @@ async fn with_no_way_to_the_person_the_log_says_where_to_go_and_requests_get_the
             !log.contains("state="),
             "the authorization URL (with its state) is not logged:\n{log}"
         );
-        assert_eq!(setup.logins(), 0);
+        assert_eq!(
+            setup.logins(),
+            before + 1,
+            "the command's login, not the daemon's"
+        );
     }
 }
 
