@@ -191,6 +191,7 @@ pub async fn run_service(
         browser,
         opened.credentials,
         crate::server::LoginWait::WhileReached,
+        Some(local),
     )?;
     // Stored credentials first, so the first request already carries a token. A
     // record that cannot be read leaves its server in `error` and the rest running.

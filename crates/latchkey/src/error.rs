@@ -35,11 +35,13 @@ pub(crate) enum ProxyError {
         message: String,
         command: String,
     },
-    #[error("server {server:?} needs a login in the browser, which has not finished yet{}, or run `{command}` in a terminal; then send the request again", .sign_in.as_deref().map(|u| format!(": open {u} on latchkey's address")).unwrap_or_default())]
+    #[error("server {server:?} needs a login in the browser, which has not finished yet{}, or run `{command}` in a terminal; then send the request again", .start_page.as_deref().map(|u| format!(": open {u}")).unwrap_or_default())]
     AuthTimeout {
         server: String,
-        /// latchkey's sign-in start page, never the authorization URL itself.
+        /// The path of latchkey's sign-in start page (never the authorization URL
+        /// itself), as the status page links it, and the page's whole URL.
         sign_in: Option<String>,
+        start_page: Option<String>,
         command: String,
     },
     #[error(
@@ -97,6 +99,7 @@ impl IntoResponse for ProxyError {
                 server,
                 sign_in,
                 command,
+                ..
             } => {
                 data = json!({
                     "latchkey": true,

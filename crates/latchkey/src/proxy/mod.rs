@@ -14,6 +14,7 @@ pub(crate) mod sse;
 pub(crate) mod sse_endpoint;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -156,6 +157,7 @@ impl Proxy {
         browser: Arc<dyn Browser>,
         credentials: Credentials,
         waits: LoginWait,
+        daemon: Option<SocketAddr>,
     ) -> Result<Self, reqwest::Error> {
         let shared = Shared {
             servers: ArcSwap::from_pointee(Servers::default()),
@@ -168,6 +170,7 @@ impl Proxy {
                 connector: server::Connector::new(),
                 shutdown,
                 waits,
+                daemon,
             },
             client: http_client()?,
             legacy: LegacyEndpoints::default(),

@@ -52,12 +52,18 @@ impl UpstreamAuth {
             }
         }
         let authorizing = matches!(self.session.status(), AuthStatus::Authorizing { .. });
+        // The start page is the daemon's: `latchkey stdio` has none.
+        let sign_in = self
+            .daemon
+            .filter(|_| authorizing)
+            .map(|addr| (addr, crate::server::login_path(&upstream.config.name)));
         Err(ProxyError::AuthTimeout {
             server: upstream.config.name.clone(),
             command: upstream.config.login_command.clone(),
-            // The start page is the daemon's: `latchkey stdio` has none.
-            sign_in: (authorizing && self.waits == LoginWait::WhileReached)
-                .then(|| crate::server::login_path(&upstream.config.name)),
+            start_page: sign_in
+                .as_ref()
+                .map(|(addr, path)| format!("http://{addr}{path}")),
+            sign_in: sign_in.map(|(_, path)| path),
         })
     }
 }

@@ -7,6 +7,7 @@
 mod pool;
 mod traffic;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -104,6 +105,9 @@ pub(crate) struct Parts {
     /// Cancelled at shutdown; each server's streams token is a child of it.
     pub(crate) shutdown: CancellationToken,
     pub(crate) waits: LoginWait,
+    /// The daemon's address, for the sign-in start page its errors name; `None` in
+    /// `latchkey stdio`, which serves none.
+    pub(crate) daemon: Option<SocketAddr>,
 }
 
 /// An OAuth-protected server's token source.
@@ -115,6 +119,7 @@ pub(crate) struct UpstreamAuth {
     /// How long it waits when the person may not be there ([`LoginWait`]).
     pub(crate) login_wait: Duration,
     pub(crate) waits: LoginWait,
+    pub(crate) daemon: Option<SocketAddr>,
     /// What the status page's last sign-out could not do (a token not revoked), shown
     /// there until the next sign-in.
     notice: Mutex<Option<String>>,
@@ -152,6 +157,7 @@ impl Upstream {
                 timeout: oauth.auth_timeout,
                 login_wait: oauth.login_wait.min(oauth.auth_timeout),
                 waits: parts.waits,
+                daemon: parts.daemon,
                 notice: Mutex::new(None),
             }),
         };

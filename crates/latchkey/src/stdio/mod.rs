@@ -81,6 +81,7 @@ pub async fn run(
         Arc::new(SystemBrowser::default()),
         opened.credentials,
         crate::server::LoginWait::Briefly,
+        None,
     )?;
     proxy.restore().await;
     let (out, lines) = mpsc::channel::<Bytes>(256);

@@ -111,10 +111,12 @@ async fn with_no_way_to_the_person_the_log_says_where_to_go_and_requests_get_the
         let command = format!("latchkey login notes --config {}", config.display());
         assert_eq!(data["command"], command, "{body}");
         assert_eq!(data["sign_in"], "/.latchkey/login/notes", "{body}");
+        // The message is what the client shows: the whole address of the start page.
+        let start = served.url("/.latchkey/login/notes");
         assert!(
             body["error"]["message"]
                 .as_str()
-                .is_some_and(|m| m.contains(&command)),
+                .is_some_and(|m| m.contains(&command) && m.contains(&format!("open {start}"))),
             "{body}"
         );
         // …and works as printed, with a person at a browser.
@@ -125,7 +127,6 @@ async fn with_no_way_to_the_person_the_log_says_where_to_go_and_requests_get_the
             .status()
             .expect("run the command");
         assert!(ran.success(), "`{command}`: {ran:?}");
-        let start = served.url("/.latchkey/login/notes");
         let (log, line) = guidance(&served).await;
         assert!(
             line.contains(" WARN ")

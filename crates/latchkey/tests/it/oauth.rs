@@ -166,7 +166,7 @@ async fn a_login_nobody_finishes_times_out_with_the_url_and_keeps_waiting() {
         body["error"]["message"]
             .as_str()
             .expect("message")
-            .contains("open /.latchkey/login/notes"),
+            .contains(&format!("open {}", daemon.url("/.latchkey/login/notes"))),
         "{body}"
     );
     assert_eq!(body["error"]["data"]["command"], "latchkey login notes");
