@@ -122,7 +122,7 @@ pub async fn serve(
     };
     let service = Service {
         browser: Arc::new(crate::callback::SystemBrowser {
-            daemon: listener.local_addr().ok(),
+            daemon: listener.local_addr().ok().map(crate::local_key::reachable),
         }),
         reload,
         notifier: Notifier::from_env(),
@@ -137,7 +137,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let daemon = listener.local_addr().ok();
+    let daemon = listener.local_addr().ok().map(crate::local_key::reachable);
     run_with_browser(
         listener,
         config,
@@ -191,7 +191,7 @@ pub async fn run_service(
         browser,
         opened.credentials,
         crate::server::LoginWait::WhileReached,
-        Some(local),
+        Some(crate::local_key::reachable(local)),
     )?;
     // Stored credentials first, so the first request already carries a token. A
     // record that cannot be read leaves its server in `error` and the rest running.

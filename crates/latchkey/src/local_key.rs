@@ -202,11 +202,10 @@ pub async fn load(
     .map_err(failed)
 }
 
-/// Server `name`'s URL on a daemon that listens on `listen`: its key URL if it has
-/// a key.
-pub fn url(listen: SocketAddr, name: &str, key: Option<&Secret>) -> String {
-    // A daemon on every address is reached on loopback.
-    let address = match listen.ip() {
+/// Where a daemon listening on `listen` is reached: on loopback when it listens on
+/// every address (the guard refuses an unspecified address as a Host).
+pub(crate) fn reachable(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
         }
@@ -214,7 +213,13 @@ pub fn url(listen: SocketAddr, name: &str, key: Option<&Secret>) -> String {
             SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), listen.port())
         }
         _ => listen,
-    };
+    }
+}
+
+/// Server `name`'s URL on a daemon that listens on `listen`: its key URL if it has
+/// a key.
+pub fn url(listen: SocketAddr, name: &str, key: Option<&Secret>) -> String {
+    let address = reachable(listen);
     match key {
         Some(key) => format!("http://{address}{PREFIX}{}/{name}", key.expose()),
         None => format!("http://{address}/{name}"),

@@ -17,6 +17,12 @@ pub fn default_path() -> PathBuf {
     if let Some(path) = std::env::var_os("LATCHKEY_CONFIG").filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
+    usual_path()
+}
+
+/// `$XDG_CONFIG_HOME/latchkey/config.toml`: where latchkey looks without
+/// `LATCHKEY_CONFIG`, as an MCP client that launches `latchkey stdio` does.
+fn usual_path() -> PathBuf {
     let base = xdg_dir("XDG_CONFIG_HOME", ".config").unwrap_or_else(|| PathBuf::from("."));
     base.join("latchkey").join("config.toml")
 }
@@ -46,13 +52,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Makes the commands a config's messages and snippets name find it again: `latchkey
-/// login NAME` run by hand reads the default file, not this one.
+/// login NAME` run by hand reads the usual file, not this one. `LATCHKEY_CONFIG` is
+/// not enough: a client that launches `latchkey stdio` rarely passes it on.
 pub fn name_the_file(config: &mut Config, path: &Path) {
-    if path == default_path() {
+    let Some(file) = named_file(path) else {
         return;
-    }
-    let file = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-    let file = file.display().to_string();
+    };
     for server in &mut config.servers {
         server.login_command = format!(
             "latchkey login {} --config {}",
@@ -61,6 +66,15 @@ pub fn name_the_file(config: &mut Config, path: &Path) {
         );
         server.config_file = Some(file.clone());
     }
+}
+
+/// The config file at `path` as the commands latchkey prints must name it
+/// (`--config`), or `None` for the usual one.
+pub fn named_file(path: &Path) -> Option<String> {
+    (path != usual_path()).then(|| {
+        let file = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        file.display().to_string()
+    })
 }
 
 /// Validates config text. `env` resolves `${VAR}` references in header values.

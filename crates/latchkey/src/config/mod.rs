@@ -13,8 +13,8 @@ pub use check::{ConfigError, Diagnostic};
 #[cfg(feature = "fuzzing")]
 pub(crate) use load::substitute_env;
 pub use load::{
-    AdhocError, TargetError, adhoc, check_listen, default_path, load, name_the_file, parse, target,
-    xdg_dir,
+    AdhocError, TargetError, adhoc, check_listen, default_path, load, name_the_file, named_file,
+    parse, target, xdg_dir,
 };
 
 use std::fmt;

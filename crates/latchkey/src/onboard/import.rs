@@ -661,7 +661,11 @@ pub fn run(
             }
             named.push((entry, name));
         }
-        if let Some(rewrite) = rewrite(source, &named, listen, stdio_command)? {
+        let stdio = Stdio {
+            command: stdio_command,
+            config_file: crate::config::named_file(config_path),
+        };
+        if let Some(rewrite) = rewrite(source, &named, listen, &stdio)? {
             rewrites.push(rewrite);
         }
     }
@@ -703,13 +707,31 @@ const REACH_KEYS: &[&str] = &[
     "bearer_token_env_var",
 ];
 
+/// How a client that launches its servers runs `latchkey stdio`.
+struct Stdio<'a> {
+    /// This binary's path.
+    command: &'a str,
+    /// The config, when it is not the usual one.
+    config_file: Option<String>,
+}
+
+impl Stdio<'_> {
+    fn args(&self, name: &str) -> Vec<String> {
+        let mut args = vec!["stdio".to_owned(), name.to_owned()];
+        if let Some(file) = &self.config_file {
+            args.extend(["--config".to_owned(), file.clone()]);
+        }
+        args
+    }
+}
+
 /// The client file with each remote entry pointed at latchkey; `None` when nothing
 /// changes.
 fn rewrite(
     source: &Source,
     named: &[(Entry, String)],
     listen: SocketAddr,
-    stdio_command: &str,
+    stdio: &Stdio<'_>,
 ) -> Result<Option<Rewrite>, ImportError> {
     if named.is_empty() {
         return Ok(None);
@@ -768,10 +790,10 @@ fn rewrite(
             let reach: Vec<(&str, CstInputValue)> = match source.client {
                 // Claude Desktop's file takes only stdio servers.
                 Client::ClaudeDesktop => vec![
-                    ("command", text(stdio_command.to_owned())),
+                    ("command", text(stdio.command.to_owned())),
                     (
                         "args",
-                        CstInputValue::Array(vec![text("stdio".into()), text(name.clone())]),
+                        CstInputValue::Array(stdio.args(name).into_iter().map(text).collect()),
                     ),
                 ],
                 Client::Gemini => vec![("httpUrl", text(endpoint(name)))],

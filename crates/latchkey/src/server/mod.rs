@@ -356,14 +356,17 @@ pub(crate) async fn probe(
     })?;
     let status = response.status();
     if status.is_success() {
-        // A session may have started: end it.
+        // A session may have started: end it, with the headers that opened it (a
+        // server behind an API key refuses a DELETE without).
         if let Some(id) = response.headers().get("mcp-session-id").cloned() {
-            drop(
-                http.delete(server.url.clone())
-                    .header("mcp-session-id", id)
-                    .send()
-                    .await,
-            );
+            let mut end = http
+                .delete(server.url.clone())
+                .header("mcp-session-id", id)
+                .header("mcp-protocol-version", "2025-11-25");
+            for (key, value) in &server.headers {
+                end = end.header(key, value);
+            }
+            drop(end.send().await);
         }
     }
     let challenge = BearerChallenge::from_headers(

@@ -85,7 +85,7 @@ pub(super) fn server(upstream: &Upstream, host: &str) -> Value {
             )),
         ),
         (None, Some(summary)) => summary,
-        (None, None) if let Some(status) = seen.status().filter(|&s| refused(s)) => (
+        (None, None) if let Some(status) = asked_for_credentials(&seen) => (
             State::Error,
             Some(format!(
                 "The server refused the configured headers (HTTP {status})."
@@ -103,8 +103,11 @@ pub(super) fn server(upstream: &Upstream, host: &str) -> Value {
         ),
     };
     // The button that may help; none for a server that cannot be reached.
+    // Nor where latchkey needs a client registered first.
     let button = match summary {
-        State::SignInNeeded | State::Error if transport_error.is_none() => {
+        State::SignInNeeded | State::Error
+            if transport_error.is_none() && state != "needs_client_registration" =>
+        {
             match auth["needs_a_person"].as_bool() {
                 Some(false) => Some("get_token"),
                 Some(true) => Some("sign_in"),
@@ -264,7 +267,7 @@ fn oauth(
             said("No sign-in needed: latchkey gets its tokens by itself, at the first request."),
             None,
         ),
-        AuthStatus::Ready if token.is_none() && seen.status().is_some_and(refused) => (
+        AuthStatus::Ready if token.is_none() && asked_for_credentials(seen).is_some() => (
             State::SignInNeeded,
             said(
                 "The server asks for a sign-in: sign in now, or latchkey asks when a client first uses it.",
@@ -293,9 +296,14 @@ fn oauth(
     }
 }
 
-/// An answer that asks for credentials.
-fn refused(status: u16) -> bool {
-    status == 401 || status == 403
+/// The status with which the server asked for credentials, if it did: its answer to
+/// the page's look (401 or 403), or a request's 401. Not a request's 403, which may
+/// be latchkey's own (a wrong key URL); latchkey never answers 401 itself.
+fn asked_for_credentials(seen: &Seen) -> Option<u16> {
+    match seen.last {
+        Some((_, status)) => (status == 401).then_some(status),
+        None => seen.looked.filter(|&status| status == 401 || status == 403),
+    }
 }
 
 fn unix_secs(at: SystemTime) -> u64 {

@@ -72,12 +72,13 @@ async fn add_probes_each_kind_of_server_and_keeps_the_comments() {
     assert!(out.status.success(), "{said}");
     assert!(
         said.contains(&format!("needs a login, at {}", setup.auth.issuer()))
-            && said.contains("latchkey login jira"),
+            && said.contains(&format!("`latchkey login jira --config {c}`")),
         "{said}"
     );
+    // Not the usual config file: the commands name it, or they would not find jira.
     assert!(
         said.contains("claude mcp add --transport http jira http://127.0.0.1:8931/jira")
-            && said.contains("latchkey stdio jira")
+            && said.contains(&format!("latchkey stdio jira --config {c}"))
             && said.contains("[mcp_servers.jira]")
             && said.contains("\"httpUrl\": \"http://127.0.0.1:8931/jira\""),
         "{said}"

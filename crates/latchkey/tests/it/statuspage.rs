@@ -326,7 +326,6 @@ fetch('{latchkey_origin}/.latchkey/sign-out/notes', {{method: 'POST', mode: 'no-
     daemon.exits_cleanly(&scratch).await;
 }
 
-/// A loopback port nothing listens on (bound, then let go).
 /// Before any client has used a server, the page asks it once (the unauthenticated
 /// `initialize` a login starts with) instead of guessing "sign-in needed" for all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +340,11 @@ async fn the_page_asks_each_server_it_has_not_met_once() {
     let dead = closed_port();
     let daemon = setup
         .daemon(&[])
-        .server("open", &open.mcp_url(), &[])
+        .server(
+            "open",
+            &open.mcp_url(),
+            &["headers = { \"X-Api-Key\" = \"k1\" }"],
+        )
         .server("dead", &format!("http://127.0.0.1:{dead}/mcp"), &[])
         .server("keyless", &setup.mcp_url(), &["oauth = false"])
         .server("legacy", &old.sse_url(), &["transport = \"sse\""])
@@ -416,15 +419,18 @@ async fn the_page_asks_each_server_it_has_not_met_once() {
             .is_some_and(|f| f.contains("headers")),
         "{keyless}"
     );
-    // Once, however often the page is read.
-    let asked = open
-        .requests()
-        .iter()
-        .filter(|r| r.method == http::Method::POST)
-        .count();
-    assert_eq!(asked, 1, "{:?}", open.requests());
+    // Once, however often the page is read; the session it opened is ended, with
+    // the headers that opened it.
+    let methods: Vec<_> = open.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(methods, [http::Method::POST, http::Method::DELETE]);
+    assert!(
+        open.requests()
+            .iter()
+            .all(|r| r.headers["x-api-key"] == "k1")
+    );
 }
 
+/// A loopback port nothing listens on (bound, then let go).
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
