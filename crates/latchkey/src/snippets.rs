@@ -24,10 +24,8 @@ pub struct Snippet {
 /// Every client's snippets for the server `name`, served at `url`; `config_file`
 /// when `latchkey stdio` must be told where the config is.
 pub fn snippets(name: &str, url: &str, config_file: Option<&str>) -> Vec<Snippet> {
-    let mut args = vec!["stdio", name];
-    if let Some(file) = config_file {
-        args.extend(["--config", file]);
-    }
+    let args = stdio_args(name, config_file);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let shell_args = args
         .iter()
         .map(|a| shell_quote(a))
@@ -174,6 +172,16 @@ pub fn print(name: &str, url: &str, config_file: Option<&str>) -> String {
         }
     }
     out
+}
+
+/// The arguments of `latchkey stdio` for `name`: `--config FILE` too when the config
+/// is not the usual file. Also what `latchkey import --rewrite` writes.
+pub(crate) fn stdio_args(name: &str, config_file: Option<&str>) -> Vec<String> {
+    let mut args = vec!["stdio".to_owned(), name.to_owned()];
+    if let Some(file) = config_file {
+        args.extend(["--config".to_owned(), file.to_owned()]);
+    }
+    args
 }
 
 /// Single quotes unless the word needs none (server names and URLs rarely do).

@@ -715,16 +715,6 @@ struct Stdio<'a> {
     config_file: Option<String>,
 }
 
-impl Stdio<'_> {
-    fn args(&self, name: &str) -> Vec<String> {
-        let mut args = vec!["stdio".to_owned(), name.to_owned()];
-        if let Some(file) = &self.config_file {
-            args.extend(["--config".to_owned(), file.clone()]);
-        }
-        args
-    }
-}
-
 /// The client file with each remote entry pointed at latchkey; `None` when nothing
 /// changes.
 fn rewrite(
@@ -793,7 +783,12 @@ fn rewrite(
                     ("command", text(stdio.command.to_owned())),
                     (
                         "args",
-                        CstInputValue::Array(stdio.args(name).into_iter().map(text).collect()),
+                        CstInputValue::Array(
+                            crate::snippets::stdio_args(name, stdio.config_file.as_deref())
+                                .into_iter()
+                                .map(text)
+                                .collect(),
+                        ),
                     ),
                 ],
                 Client::Gemini => vec![("httpUrl", text(endpoint(name)))],
